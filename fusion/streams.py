@@ -1,0 +1,339 @@
+"""Backbone streams as ordered, named stages (DESIGN §4).
+
+A stream wraps one of torchvision's own classification models. Its modules are regrouped into an
+ordered ``ModuleDict`` of stages, one per tap, so that a two-stream model can run a stream up to a
+tap, fuse, and continue from there without hooks:
+
+    stream = build_stream("resnet18", in_channels=20, num_classes=101, modality="flow")
+    h = stream.forward_to(x, "layer3")
+    y = stream.forward_from(h, "layer3")      # == stream(x)
+
+The last stage is always ``scores`` (the class logits), so late fusion is "fusion at scores".
+"""
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum
+
+# Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Flow is stored quantised to [0, 255] with 127.5 as zero motion (DESIGN §5), so mean 0.5 and
+# std 0.5 map a stored component back to flow / bound in [-1, 1].
+FLOW_MEAN = (0.5, 0.5)
+FLOW_STD = (0.5, 0.5)
+MODALITIES = ("rgb", "flow")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to regroup one torchvision model into tap stages."""
+
+    builder: Callable[..., nn.Module]
+    imagenet_weights: WeightsEnum
+    stages: Callable[[nn.Module, float], list[tuple[str, nn.Module]]]
+    first_conv: str  # dotted path of the input convolution
+    last_linear: str  # dotted path of the classifier's last Linear
+    default_dropout: float
+    init_first_conv: Callable[[nn.Conv2d], None]
+    # The ImageNet statistics the pretrained weights expect on RGB input.
+    rgb_mean: tuple[float, float, float] = IMAGENET_MEAN
+    rgb_std: tuple[float, float, float] = IMAGENET_STD
+    builder_kwargs: tuple[tuple[str, object], ...] = ()
+    ignored_weight_prefixes: tuple[str, ...] = ()
+
+
+STREAMS: dict[str, BackboneSpec] = {}
+
+
+def register_stream(name: str, spec: BackboneSpec) -> None:
+    if name in STREAMS:
+        raise ValueError(f"stream {name!r} is already registered")
+    STREAMS[name] = spec
+
+
+def _kaiming_fan_out(conv: nn.Conv2d) -> None:
+    # ResNet's and VGG's own rule for conv weights.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def _googlenet_trunc_normal(conv: nn.Conv2d) -> None:
+    # GoogLeNet's own rule (torchvision `GoogLeNet.__init__`).
+    nn.init.trunc_normal_(conv.weight, mean=0.0, std=0.01, a=-2, b=2)
+
+
+def _resnet_stages(m: nn.Module, dropout: float) -> list[tuple[str, nn.Module]]:
+    return [
+        ("conv1", nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)),
+        ("layer1", m.layer1),
+        ("layer2", m.layer2),
+        ("layer3", m.layer3),
+        ("layer4", m.layer4),
+        # torchvision's ResNet has no dropout; TSN-style recipes put one before the classifier.
+        ("scores", nn.Sequential(m.avgpool, nn.Flatten(1), nn.Dropout(dropout), m.fc)),
+    ]
+
+
+def _vgg_stages(m: nn.Module, dropout: float) -> list[tuple[str, nn.Module]]:
+    # Split `features` at its max-pools: block k ends with the ReLU before pool k, and the pool
+    # opens block k + 1. The last pool is a tap of its own (`pool5`).
+    blocks: list[list[nn.Module]] = [[]]
+    for layer in m.features:
+        if isinstance(layer, nn.MaxPool2d):
+            blocks.append([])
+        blocks[-1].append(layer)
+    *convs, last_pool = blocks
+    stages = [(f"conv{i + 1}", nn.Sequential(*layers)) for i, layers in enumerate(convs)]
+    stages.append(("pool5", nn.Sequential(*last_pool)))
+    stages.append(("scores", nn.Sequential(m.avgpool, nn.Flatten(1), m.classifier)))
+    return stages
+
+
+def _googlenet_stages(m: nn.Module, dropout: float) -> list[tuple[str, nn.Module]]:
+    return [
+        ("conv3", nn.Sequential(m.conv1, m.maxpool1, m.conv2, m.conv3, m.maxpool2)),
+        ("inception3a", m.inception3a),
+        ("inception3b", m.inception3b),
+        ("inception4a", nn.Sequential(m.maxpool3, m.inception4a)),
+        ("inception4b", m.inception4b),
+        ("inception4c", m.inception4c),
+        ("inception4d", m.inception4d),
+        ("inception4e", m.inception4e),
+        ("inception5a", nn.Sequential(m.maxpool4, m.inception5a)),
+        ("inception5b", m.inception5b),
+        ("scores", nn.Sequential(m.avgpool, nn.Flatten(1), m.dropout, m.fc)),
+    ]
+
+
+_tvm = torchvision.models
+for _name, _builder, _weights in [
+    ("resnet18", _tvm.resnet18, _tvm.ResNet18_Weights.DEFAULT),
+    ("resnet50", _tvm.resnet50, _tvm.ResNet50_Weights.DEFAULT),
+    ("resnet101", _tvm.resnet101, _tvm.ResNet101_Weights.DEFAULT),
+]:
+    register_stream(_name, BackboneSpec(
+        builder=_builder, imagenet_weights=_weights, stages=_resnet_stages, first_conv="conv1",
+        last_linear="fc", default_dropout=0.0, init_first_conv=_kaiming_fan_out))
+for _name, _builder, _weights in [
+    ("vgg16", _tvm.vgg16, _tvm.VGG16_Weights.DEFAULT),
+    ("vgg19", _tvm.vgg19, _tvm.VGG19_Weights.DEFAULT),
+]:
+    register_stream(_name, BackboneSpec(
+        builder=_builder, imagenet_weights=_weights, stages=_vgg_stages, first_conv="features.0",
+        last_linear="classifier.6", default_dropout=0.5, init_first_conv=_kaiming_fan_out,
+        builder_kwargs=(("dropout", None),)))
+register_stream("googlenet", BackboneSpec(
+    builder=_tvm.googlenet, imagenet_weights=_tvm.GoogLeNet_Weights.DEFAULT,
+    stages=_googlenet_stages, first_conv="conv1.conv", last_linear="fc", default_dropout=0.2,
+    init_first_conv=_googlenet_trunc_normal,
+    # torchvision's ImageNet GoogLeNet expects transform_input, which rescales ImageNet-normalised
+    # input to (x - 0.5) / 0.5. We never use transform_input (it is meaningless on flow) and
+    # normalise RGB with those statistics directly instead: the same numbers reach the network.
+    rgb_mean=(0.5, 0.5, 0.5), rgb_std=(0.5, 0.5, 0.5),
+    builder_kwargs=(("dropout", None), ("aux_logits", False), ("transform_input", False),
+                    ("init_weights", True)),
+    ignored_weight_prefixes=("aux1.", "aux2.")))
+
+
+def resolve_name(name: str, valid: tuple[str, ...] | list[str], what: str) -> str:
+    """Return `name` if valid, else fail listing the valid names (one helper for every selector)."""
+    if name not in valid:
+        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
+    return name
+
+
+class Stream(nn.Module):
+    """One backbone as ordered tap stages; see the module docstring."""
+
+    def __init__(self, name: str, stages: list[tuple[str, nn.Module]], *, in_channels: int,
+                 num_classes: int, modality: str, mean: tuple[float, ...], std: tuple[float, ...],
+                 feature_info: list[dict]):
+        super().__init__()
+        self.name = name
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.modality = modality
+        self.stages = nn.ModuleDict(stages)
+        self.taps: tuple[str, ...] = tuple(self.stages.keys())
+        self.feature_info = feature_info
+        repeats = in_channels // len(mean)
+        self.register_buffer("mean", torch.tensor(mean * repeats).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std * repeats).view(-1, 1, 1), persistent=False)
+
+    def tap_info(self, tap: str) -> dict:
+        """`feature_info` entry of a feature-map tap (not `scores`)."""
+        names = [info["name"] for info in self.feature_info]
+        return self.feature_info[names.index(resolve_name(tap, names, f"{self.name} tap"))]
+
+    def resolve_tap(self, tap: str) -> str:
+        return resolve_name(tap, self.taps, f"{self.name} tap")
+
+    def forward_to(self, x: torch.Tensor, tap: str) -> torch.Tensor:
+        """Run the stages up to and including `tap`."""
+        self.resolve_tap(tap)
+        for name, stage in self.stages.items():
+            x = stage(x)
+            if name == tap:
+                return x
+        raise AssertionError("unreachable: tap was resolved")
+
+    def forward_from(self, h: torch.Tensor, tap: str) -> torch.Tensor:
+        """Continue from the output of `tap` to the class scores."""
+        index = self.taps.index(self.resolve_tap(tap))
+        for name in self.taps[index + 1:]:
+            h = self.stages[name](h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages.values():
+            x = stage(x)
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float in [0, 255]) `... x C x H x W` -> the float input this stream expects."""
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(f"{self.name} ({self.modality}) expects {self.in_channels} channels, "
+                             f"got input of shape {tuple(x.shape)}")
+        return (x.float() / 255.0 - self.mean) / self.std
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last Linear layer (the one sized by `num_classes`)."""
+        return [m for m in self.stages["scores"].modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path)
+
+
+def _set(module: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, leaf, new)
+
+
+def _download_imagenet(name: str, weights: WeightsEnum) -> dict[str, torch.Tensor]:
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"could not download the ImageNet weights for {name} from {weights.url} ({err}). "
+            f"Without network access, download that file elsewhere and pass its path instead: "
+            f"weights='/path/to/{Path(weights.url).name}'") from err
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a file that is not a checkpoint
+        raise ValueError(f"weights file {path} is not a readable torch state dict: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} must hold a plain state dict (name -> tensor) with "
+                         f"torchvision's keys, got {type(state).__name__}")
+    return state
+
+
+def _check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
+                      source: str) -> None:
+    """Fail naming the first key that is missing, unexpected, or of the wrong shape."""
+    for key, tensor in expected.items():
+        if key not in given:
+            raise ValueError(f"{source}: missing key {key!r} (shape {tuple(tensor.shape)})")
+        if given[key].shape != tensor.shape:
+            raise ValueError(f"{source}: key {key!r} has shape {tuple(given[key].shape)}, "
+                             f"expected {tuple(tensor.shape)}")
+    for key in given:
+        if key not in expected:
+            raise ValueError(f"{source}: unexpected key {key!r}")
+
+
+def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
+                 weights: str | Path | None = None, dropout: float | None = None,
+                 modality: str | None = None) -> Stream:
+    """Build a stream from torchvision's model code.
+
+    weights: None (random init), "imagenet" (torchvision's weights enum, downloaded), or the path
+        of a local state-dict file with torchvision's keys for the 1000-class, 3-channel model.
+    dropout: before the last Linear; None keeps torchvision's default (VGG 0.5, GoogLeNet 0.2,
+        ResNet none).
+    modality: "rgb" or "flow", which sets the input normalisation; None means "rgb" for 3 input
+        channels and "flow" otherwise.
+    With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
+    RGB and replicated over the new channels (cross-modality initialisation, TSN).
+    """
+    spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
+    modality = modality or ("rgb" if in_channels == 3 else "flow")
+    resolve_name(modality, MODALITIES, "modality")
+    mean, std = (spec.rgb_mean, spec.rgb_std) if modality == "rgb" else (FLOW_MEAN, FLOW_STD)
+    if in_channels < 1 or in_channels % len(mean):
+        raise ValueError(f"in_channels={in_channels} is not a multiple of {len(mean)}, "
+                         f"the channels of one {modality} frame")
+    dropout = spec.default_dropout if dropout is None else dropout
+    kwargs = {k: (dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
+
+    if weights is None:
+        model = spec.builder(weights=None, num_classes=num_classes, **kwargs)
+    else:
+        model = spec.builder(weights=None, num_classes=1000, **kwargs)
+        if str(weights) == "imagenet":
+            state, source = _download_imagenet(name, spec.imagenet_weights), "ImageNet weights"
+        else:
+            state, source = _read_weights_file(Path(weights)), f"weights file {weights}"
+        state = {k: v for k, v in state.items()
+                 if not k.startswith(spec.ignored_weight_prefixes)}
+        _check_state_dict(model.state_dict(), state, f"cannot load {source} into {name}")
+        model.load_state_dict(state)
+        if num_classes != 1000:
+            # Only the last Linear is resized: the video classes are not ImageNet's.
+            old = _get(model, spec.last_linear)
+            _set(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
+
+    if in_channels != 3:
+        old = _get(model, spec.first_conv)
+        new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+        if weights is None:
+            spec.init_first_conv(new)
+        else:
+            with torch.no_grad():
+                new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
+                if old.bias is not None:
+                    new.bias.copy_(old.bias)
+        _set(model, spec.first_conv, new)
+
+    stages = spec.stages(model, dropout)
+    return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
+                  modality=modality, mean=mean, std=std,
+                  feature_info=_trace_feature_info(stages, in_channels))
+
+
+def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int) -> list[dict]:
+    """Channels and reduction of every feature-map tap, read off a real forward pass."""
+    size = 64  # small but a multiple of every reduction (32), so the ratios are exact
+    x = torch.zeros(1, in_channels, size, size)
+    info = []
+    with torch.no_grad():
+        for name, stage in stages:
+            if name == "scores":
+                break
+            # eval: a forward in training mode would move the BatchNorm running statistics.
+            training = stage.training
+            x = stage.eval()(x)
+            stage.train(training)
+            info.append({"name": name, "channels": x.shape[1],
+                         "reduction": int(round(size / x.shape[-1]))})
+    return info
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
