@@ -156,9 +156,10 @@ class Stream(nn.Module):
 
     def __init__(self, name: str, stages: list[tuple[str, nn.Module]], *, in_channels: int,
                  num_classes: int, modality: str, mean: tuple[float, ...], std: tuple[float, ...],
-                 feature_info: list[dict]):
+                 feature_info: list[dict], dropout: float):
         super().__init__()
         self.name = name
+        self.dropout = dropout
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.modality = modality
@@ -176,6 +177,12 @@ class Stream(nn.Module):
 
     def resolve_tap(self, tap: str) -> str:
         return resolve_name(tap, self.taps, f"{self.name} tap")
+
+    def truncate(self, tap: str) -> None:
+        """Drop the stages after `tap`, for a tower that is not used past its fusion point."""
+        for name in self.taps[self.taps.index(self.resolve_tap(tap)) + 1:]:
+            del self.stages[name]
+        self.taps = tuple(self.stages.keys())
 
     def forward_to(self, x: torch.Tensor, tap: str) -> torch.Tensor:
         """Run the stages up to and including `tap`."""
@@ -243,7 +250,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
+def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
                       source: str) -> None:
     """Fail naming the first key that is missing, unexpected, or of the wrong shape."""
     for key, tensor in expected.items():
@@ -291,7 +298,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
             state, source = _read_weights_file(Path(weights)), f"weights file {weights}"
         state = {k: v for k, v in state.items()
                  if not k.startswith(spec.ignored_weight_prefixes)}
-        _check_state_dict(model.state_dict(), state, f"cannot load {source} into {name}")
+        check_state_dict(model.state_dict(), state, f"cannot load {source} into {name}")
         model.load_state_dict(state)
         if num_classes != 1000:
             # Only the last Linear is resized: the video classes are not ImageNet's.
@@ -313,7 +320,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
 
     stages = spec.stages(model, dropout)
     return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
-                  modality=modality, mean=mean, std=std,
+                  modality=modality, mean=mean, std=std, dropout=dropout,
                   feature_info=_trace_feature_info(stages, in_channels))
 
 

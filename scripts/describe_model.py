@@ -1,45 +1,104 @@
-"""Print a stream's taps with their output shapes at a given input size, and its parameters.
+"""Print a stream's or a two-stream model's taps with their output shapes, and its parameters.
 
     python scripts/describe_model.py --stream resnet18 --in-channels 20 --num-classes 12
+    python scripts/describe_model.py --rgb googlenet --flow resnet18 --fuse conv1x1 \\
+        --at inception5b --flow-stack 12 --keep-spatial-head --num-classes 12
 """
 import argparse
 
 import torch
 
+from fusion.fusers import FUSIONS
+from fusion.model import build_two_stream
 from fusion.streams import STREAMS, build_stream, count_parameters
 
 
-def describe_stream(stream, image_size: int) -> str:
+def describe_stream(stream, image_size: int, title: str = "tap") -> list[str]:
     x = torch.zeros(1, stream.in_channels, image_size, image_size)
     info = {i["name"]: i for i in stream.feature_info}
-    rows = [f"{'tap':<13} {'output shape':<20} {'reduction':>9} {'parameters':>12}"]
+    rows = [f"{title:<16} {'output shape':<20} {'reduction':>9} {'parameters':>12}"]
     stream.eval()
     with torch.no_grad():
         for tap in stream.taps:
             x = stream.stages[tap](x)
             reduction = info[tap]["reduction"] if tap in info else "-"
-            rows.append(f"{tap:<13} {str(tuple(x.shape[1:])):<20} {reduction:>9} "
+            rows.append(f"{tap:<16} {str(tuple(x.shape[1:])):<20} {reduction:>9} "
                         f"{count_parameters(stream.stages[tap]):>12,}")
-    rows.append(f"{'total':<13} {'':<20} {'':>9} {count_parameters(stream):>12,}")
-    return "\n".join(rows)
+    return rows
+
+
+def describe_two_stream(model, image_size: int, segments: int = 1) -> list[str]:
+    rgb = torch.zeros(1, segments, model.rgb.in_channels, image_size, image_size)
+    flow = torch.zeros(1, segments, model.flow.in_channels, image_size, image_size)
+    rows = [f"rgb stream: {model.rgb.name}, {model.rgb.in_channels} channels "
+            f"(fused at {model.at})"]
+    rows += describe_stream(model.rgb, image_size, "rgb tap")
+    rows += ["", f"flow stream: {model.flow.name}, {model.flow.in_channels} channels "
+                 f"(fused at {model.at_flow})"]
+    rows += describe_stream(model.flow, image_size, "flow tap")
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["in"], seen["out"] = [tuple(x.shape) for x in inputs], tuple(output.shape)
+    model.eval()
+    with torch.no_grad():
+        if model.fusion.late:
+            parts = model(rgb, flow, return_parts=True)
+        else:
+            handle = model.fusion.register_forward_hook(record)
+            parts = model(rgb, flow, return_parts=True)
+            handle.remove()
+    if seen:  # shapes are B x T x C x H x W
+        (_, _, *rgb_map), (_, _, *flow_map) = seen["in"]
+        rows += ["", f"fusion {model.fusion.name}: rgb {tuple(rgb_map)} + flow {tuple(flow_map)} "
+                     f"-> {tuple(seen['out'][2:])} per segment, {seen['out'][1]} segment(s)"]
+    rows += ["", "outputs: " + ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in parts.items()),
+             "", f"{'part':<16} {'parameters':>12}"]
+    rows += [f"{name:<16} {count_parameters(part):>12,}" for name, part in model.parts().items()]
+    rows.append(f"{'total':<16} {count_parameters(model):>12,}")
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stream", required=True, choices=sorted(STREAMS))
+    parser.add_argument("--stream", choices=sorted(STREAMS), help="describe one stream")
     parser.add_argument("--in-channels", type=int, default=3,
-                        help="3 for one RGB frame, 2L for a stack of L flow frames")
+                        help="one stream: 3 for one RGB frame, 2L for a stack of L flow frames")
     parser.add_argument("--modality", choices=["rgb", "flow"], default=None,
-                        help="default: rgb for 3 channels, flow otherwise")
+                        help="one stream: default rgb for 3 channels, flow otherwise")
+    parser.add_argument("--rgb", choices=sorted(STREAMS), help="two-stream: the RGB backbone")
+    parser.add_argument("--flow", choices=sorted(STREAMS), help="two-stream: the flow backbone")
+    parser.add_argument("--fuse", choices=sorted(FUSIONS))
+    parser.add_argument("--at", default=None, help="RGB tap to fuse at")
+    parser.add_argument("--at-flow", default=None, help="flow tap (default: same reduction)")
+    parser.add_argument("--flow-stack", type=int, default=10)
+    parser.add_argument("--rgb-stack", type=int, default=1)
+    parser.add_argument("--segments", type=int, default=1)
+    parser.add_argument("--keep-spatial-head", action="store_true")
+    parser.add_argument("--keep-temporal-tower", action="store_true")
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args(argv)
-    stream = build_stream(args.stream, in_channels=args.in_channels,
-                          num_classes=args.num_classes, modality=args.modality)
-    print(f"{args.stream}: {stream.in_channels} x {args.image_size} x {args.image_size} "
-          f"{stream.modality} input, {stream.num_classes} classes")
-    print(describe_stream(stream, args.image_size))
+    if (args.stream is None) == (args.fuse is None):
+        parser.error("give either --stream (one stream) or --rgb/--flow/--fuse (two streams)")
+    if args.stream:
+        stream = build_stream(args.stream, in_channels=args.in_channels,
+                              num_classes=args.num_classes, modality=args.modality)
+        print(f"{args.stream}: {stream.in_channels} x {args.image_size} x {args.image_size} "
+              f"{stream.modality} input, {stream.num_classes} classes")
+        rows = describe_stream(stream, args.image_size)
+        rows.append(f"{'total':<16} {'':<20} {'':>9} {count_parameters(stream):>12,}")
+    else:
+        if not (args.rgb and args.flow):
+            parser.error("--fuse needs --rgb and --flow")
+        model = build_two_stream(rgb=args.rgb, flow=args.flow, fuse=args.fuse, at=args.at,
+                                 at_flow=args.at_flow, num_classes=args.num_classes,
+                                 flow_stack=args.flow_stack, rgb_stack=args.rgb_stack,
+                                 keep_spatial_head=args.keep_spatial_head,
+                                 keep_temporal_tower=args.keep_temporal_tower)
+        rows = describe_two_stream(model, args.image_size, args.segments)
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,21 @@ def test_describe_model_prints_every_tap_and_the_parameter_count(capsys):
 def test_describe_model_rejects_unknown_stream():
     with pytest.raises(SystemExit):
         load_script("describe_model").main(["--stream", "alexnet"])
+
+
+def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys):
+    load_script("describe_model").main([
+        "--rgb", "googlenet", "--flow", "resnet18", "--fuse", "conv1x1", "--at", "inception5b",
+        "--flow-stack", "12", "--keep-spatial-head", "--num-classes", "12", "--image-size", "64",
+        "--segments", "3"])
+    out = capsys.readouterr().out
+    assert "fusion conv1x1: rgb (1024, 2, 2) + flow (512, 2, 2) -> (1024, 2, 2) per segment, " \
+           "3 segment(s)" in out
+    parts = dict(line.split() for line in out.splitlines()[-5:])
+    assert parts == {"rgb": "5,612,204", "flow": "11,242,368", "fusion": "1,574,912",
+                     "head": "12,300", "total": "18,441,784"}
+
+
+def test_describe_model_needs_one_mode():
+    with pytest.raises(SystemExit):
+        load_script("describe_model").main(["--num-classes", "3"])

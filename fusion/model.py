@@ -1,0 +1,273 @@
+"""Two-stream model: run both streams to their taps, fuse, continue (DESIGN §4, §6).
+
+    model = build_two_stream(rgb="googlenet", flow="resnet18", fuse="conv1x1", at="inception5b",
+                             num_classes=12, flow_stack=12, keep_spatial_head=True)
+    scores = model(rgb, flow)   # rgb B x T x 3*rgb_stack x H x W, flow B x T x 2*flow_stack x H x W
+
+Inputs are uint8 frames (or floats in [0, 255]); each stream normalises its own input. Outputs are
+logits averaged over the T segments (TSN consensus), so cross-entropy applies to every variant.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from fusion.fusers import FUSIONS
+from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
+
+FREEZE_MODES = ("none", "streams")
+
+
+def consensus(scores: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B T) x K per-segment logits -> B x K, averaged over the segments (TSN)."""
+    return rearrange(scores, "(b t) k -> b t k", b=batch).mean(dim=1)
+
+
+def fold_segments(x: torch.Tensor, name: str, channels: int) -> torch.Tensor:
+    if x.dim() != 5 or x.shape[2] != channels:
+        raise ValueError(f"{name} input must be B x T x {channels} x H x W, "
+                         f"got shape {tuple(x.shape)}")
+    return rearrange(x, "b t c h w -> (b t) c h w")
+
+
+class FrozenBatchNormMixin:
+    """Keeps chosen BatchNorm layers in eval mode (running statistics fixed) through `.train()`."""
+
+    def hold_batchnorm(self, modules: Sequence[nn.Module]) -> None:
+        self._held_bn = list(modules)
+        for bn in self._held_bn:
+            for p in bn.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for bn in getattr(self, "_held_bn", ()):
+            bn.eval()
+        return self
+
+
+def batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class SingleStream(FrozenBatchNormMixin, nn.Module):
+    """One stream with segment consensus, for training a stream on its own (first stage)."""
+
+    def __init__(self, stream: Stream, partial_bn: bool = False):
+        super().__init__()
+        self.stream = stream
+        if partial_bn:
+            # TSN's partial BN: every BatchNorm but the first keeps its ImageNet statistics.
+            self.hold_batchnorm(batchnorms(stream)[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = self.stream.normalize(fold_segments(x, self.stream.modality, self.stream.in_channels))
+        return consensus(self.stream(x), b)
+
+
+class TwoStream(FrozenBatchNormMixin, nn.Module):
+    """RGB and flow streams joined by a fusion module; see `build_two_stream`."""
+
+    def __init__(self, rgb: Stream, flow: Stream, fusion: nn.Module, *, at: str, at_flow: str,
+                 num_classes: int, dropout: float, keep_spatial_head: bool,
+                 keep_temporal_tower: bool):
+        super().__init__()
+        self.rgb, self.flow, self.fusion = rgb, flow, fusion
+        self.at, self.at_flow = at, at_flow
+        self.keep_spatial_head = keep_spatial_head
+        self.keep_temporal_tower = keep_temporal_tower
+        self.head: nn.Module | None = None
+        self.to_spatial: nn.Module | None = None
+        if fusion.late:
+            return
+        rgb_channels = rgb.tap_info(at)["channels"]
+        if at == rgb.feature_info[-1]["name"]:
+            # Fused at the last tap: a new head on the fused map (seed 001).
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout),
+                                      nn.Linear(fusion.out_channels, num_classes))
+            if not keep_spatial_head:
+                rgb.truncate(at)
+        else:
+            # Fused at an inner tap: the fused map continues through the spatial tower
+            # (Feichtenhofer), so it must have the spatial stream's channels.
+            if keep_spatial_head:
+                raise ValueError(f"keep_spatial_head applies when fusing at the last tap "
+                                 f"({rgb.feature_info[-1]['name']}); at {at!r} the fused map "
+                                 f"continues through the spatial tower instead")
+            self.to_spatial = (nn.Identity() if fusion.out_channels == rgb_channels else
+                               nn.Conv2d(fusion.out_channels, rgb_channels, 1, bias=False))
+        if not keep_temporal_tower:
+            flow.truncate(at_flow)
+
+    def forward(self, rgb: torch.Tensor, flow: torch.Tensor, return_parts: bool = False):
+        b = rgb.shape[0]
+        if flow.shape[:2] != rgb.shape[:2]:
+            raise ValueError(f"rgb and flow must have the same batch and segments (B x T), got "
+                             f"{tuple(rgb.shape[:2])} and {tuple(flow.shape[:2])}")
+        x_rgb = self.rgb.normalize(fold_segments(rgb, "rgb", self.rgb.in_channels))
+        x_flow = self.flow.normalize(fold_segments(flow, "flow", self.flow.in_channels))
+        parts: dict[str, torch.Tensor] = {}
+        if self.fusion.late:
+            parts["rgb"] = consensus(self.rgb(x_rgb), b)
+            parts["flow"] = consensus(self.flow(x_flow), b)
+            parts["fused"] = self.fusion([parts["rgb"], parts["flow"]])
+            return parts if return_parts else parts["fused"]
+
+        h_rgb = self.rgb.forward_to(x_rgb, self.at)        # (B T) x C_rgb x H x W
+        h_flow = self.flow.forward_to(x_flow, self.at_flow)  # (B T) x C_flow x H' x W'
+        if self.keep_spatial_head:
+            parts["rgb"] = consensus(self.rgb.forward_from(h_rgb, self.at), b)
+        if self.keep_temporal_tower:
+            parts["flow"] = consensus(self.flow.forward_from(h_flow, self.at_flow), b)
+        if h_flow.shape[-2:] != h_rgb.shape[-2:]:
+            h_flow = F.interpolate(h_flow, size=h_rgb.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        fused = self.fusion(rearrange(h_rgb, "(b t) c h w -> b t c h w", b=b),
+                            rearrange(h_flow, "(b t) c h w -> b t c h w", b=b))
+        fused = rearrange(fused, "b t c h w -> (b t) c h w")  # T may have collapsed to 1 (conv3d)
+        if self.head is not None:
+            scores = self.head(fused)
+        else:
+            scores = self.rgb.forward_from(self.to_spatial(fused), self.at)
+        scores = consensus(scores, b)
+        kept = [parts[k] for k in ("rgb", "flow") if k in parts]
+        # Kept heads are averaged with the fused scores (seed 001 found averaging beat max).
+        parts["fused"] = torch.stack([scores, *kept]).mean(dim=0) if kept else scores
+        return parts if return_parts else parts["fused"]
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The model's parameter groups, for describing and for per-part learning rates."""
+        groups = {"rgb": self.rgb, "flow": self.flow, "fusion": self.fusion}
+        if self.to_spatial is not None:
+            groups["to_spatial"] = self.to_spatial
+        if self.head is not None:
+            groups["head"] = self.head
+        return groups
+
+
+def match_flow_tap(rgb: Stream, flow: Stream, at: str) -> str:
+    """The deepest flow tap with the same reduction as the RGB tap `at`."""
+    reduction = rgb.tap_info(at)["reduction"]
+    same = [i["name"] for i in flow.feature_info if i["reduction"] == reduction]
+    if not same:
+        offered = ", ".join(f"{i['name']} (/{i['reduction']})" for i in flow.feature_info)
+        raise ValueError(f"no {flow.name} tap has the reduction of {rgb.name} {at} (/{reduction}); "
+                         f"name one with at_flow: {offered}")
+    return same[-1]
+
+
+def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict in a checkpoint written by training, or a plain state dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and "model" in state:
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path} holds no model state dict")
+    return dict(state)
+
+
+def load_stream_checkpoint(stream: Stream, path: str | Path, role: str) -> None:
+    """Initialise `stream` from a separately trained checkpoint.
+
+    The file may hold a single-stream model (keys `stream.*`), a two-stream model (keys
+    `rgb.*` / `flow.*`, `role` picks the side) or a bare stream state dict (keys `stages.*`).
+    """
+    state = read_model_state(path)
+    for prefix in ("stream.", f"{role}.", ""):
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub and all(k.startswith("stages.") for k in sub):
+            break
+    else:
+        raise ValueError(f"checkpoint {path} holds no {role} stream weights (keys start with "
+                         f"{sorted({k.split('.')[0] for k in state})})")
+    check_state_dict(stream.state_dict(), sub,
+                     f"cannot initialise the {role} stream ({stream.name}) from {path}")
+    stream.load_state_dict(sub)
+
+
+def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
+                     at_flow: str | None = None, num_classes: int, flow_stack: int = 10,
+                     rgb_stack: int = 1, weights: str | Path | Mapping | None = None,
+                     dropout: float | None = None, keep_spatial_head: bool = False,
+                     keep_temporal_tower: bool = False, fusion_init: str = "identity",
+                     fusion_weights: Sequence[float] | None = None, freeze: str = "none",
+                     partial_bn: bool = False, init_rgb: str | Path | None = None,
+                     init_flow: str | Path | None = None) -> TwoStream:
+    """Build a two-stream model.
+
+    rgb, flow: backbone names (`fusion.streams.STREAMS`).
+    fuse: a name in `fusion.fusers.FUSIONS`; `average` is late fusion (at="scores").
+    at: the RGB tap to fuse at; at_flow: the flow tap, by default the deepest one with the same
+        reduction. Flow maps are resized to the RGB map where sizes differ.
+    weights: None, "imagenet" or a weights file for both streams, or {"rgb": ..., "flow": ...}.
+    dropout: the streams' (None: torchvision's default) and the fused head's (None: the RGB
+        stream's).
+    keep_spatial_head: at the last tap, average the RGB stream's own scores with the fused ones.
+    keep_temporal_tower: run the flow stream on to its scores and average them in as well.
+    fusion_init: "identity" (Feichtenhofer: start as a weighted sum) or "random" for conv fusions.
+    fusion_weights: (w_rgb, w_flow) of `average` (default 1 : 1) or of the identity init
+        (default 0.5 : 0.5).
+    freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
+        statistics are frozen as well); partial_bn: TSN's, every BatchNorm but each stream's first
+        keeps its statistics and affine parameters.
+    init_rgb, init_flow: checkpoints of separately trained streams.
+    """
+    fusion_cls = FUSIONS[resolve_name(fuse, tuple(FUSIONS), "fusion")]
+    resolve_name(freeze, FREEZE_MODES, "freeze mode")
+    if rgb_stack < 1 or flow_stack < 1:
+        raise ValueError(f"rgb_stack and flow_stack must be >= 1, got {rgb_stack}, {flow_stack}")
+    per_stream = weights if isinstance(weights, Mapping) else {"rgb": weights, "flow": weights}
+    rgb_stream = build_stream(rgb, in_channels=3 * rgb_stack, num_classes=num_classes,
+                              weights=per_stream.get("rgb"), dropout=dropout, modality="rgb")
+    flow_stream = build_stream(flow, in_channels=2 * flow_stack, num_classes=num_classes,
+                               weights=per_stream.get("flow"), dropout=dropout, modality="flow")
+    if init_rgb is not None:
+        load_stream_checkpoint(rgb_stream, init_rgb, "rgb")
+    if init_flow is not None:
+        load_stream_checkpoint(flow_stream, init_flow, "flow")
+
+    if fusion_cls.late:
+        if at not in (None, "scores") or at_flow not in (None, "scores"):
+            raise ValueError(f"fusion {fuse!r} combines class scores: use at='scores', "
+                             f"got at={at!r}, at_flow={at_flow!r}")
+        at = at_flow = "scores"
+        fusion = fusion_cls(**({"weights": fusion_weights} if fusion_weights else {}))
+    else:
+        if at is None:
+            raise ValueError(f"fusion {fuse!r} needs a tap: at is one of "
+                             f"{', '.join(i['name'] for i in rgb_stream.feature_info)}")
+        rgb_info = rgb_stream.tap_info(at)
+        at_flow = match_flow_tap(rgb_stream, flow_stream, at) if at_flow is None else at_flow
+        flow_info = flow_stream.tap_info(at_flow)
+        options = {}
+        if fuse in ("conv1x1", "conv3d"):
+            options = {"out_channels": rgb_info["channels"], "init": fusion_init}
+            if fusion_weights:
+                options["weights"] = fusion_weights
+        elif fusion_weights:
+            raise ValueError(f"fusion_weights apply to average, conv1x1 and conv3d, not {fuse!r}")
+        fusion = fusion_cls(rgb_info["channels"], flow_info["channels"], **options)
+
+    head_dropout = rgb_stream.dropout if dropout is None else dropout
+    model = TwoStream(rgb_stream, flow_stream, fusion, at=at, at_flow=at_flow,
+                      num_classes=num_classes, dropout=head_dropout,
+                      keep_spatial_head=keep_spatial_head, keep_temporal_tower=keep_temporal_tower)
+    held: list[nn.Module] = []
+    if freeze == "streams":
+        for p in (*rgb_stream.parameters(), *flow_stream.parameters()):
+            p.requires_grad_(False)
+        held = batchnorms(rgb_stream) + batchnorms(flow_stream)
+    elif partial_bn:
+        held = batchnorms(rgb_stream)[1:] + batchnorms(flow_stream)[1:]
+    model.hold_batchnorm(held)
+    return model

@@ -1,0 +1,90 @@
+"""Fusion modules on their own, against hand-computed values."""
+import pytest
+import torch
+
+from fusion.fusers import FUSIONS, AverageFusion, Conv1x1Fusion, Conv3dFusion, register_fusion
+
+BN_SCALE = 1 / (1 + 1e-5) ** 0.5  # a fresh BatchNorm in eval mode divides by sqrt(1 + eps)
+
+
+def test_registry_has_every_design_fusion_and_rejects_duplicates():
+    assert set(FUSIONS) == {"average", "sum", "max", "concat", "conv1x1", "conv3d"}
+    with pytest.raises(ValueError, match="'sum' is already registered"):
+        register_fusion("sum")(type("Other", (), {}))
+
+
+def test_sum_max_concat_values():
+    rgb = torch.rand(2, 3, 4, 5, 5)
+    flow = torch.rand(2, 3, 4, 5, 5)
+    torch.testing.assert_close(FUSIONS["sum"](4, 4)(rgb, flow), rgb + flow)
+    torch.testing.assert_close(FUSIONS["max"](4, 4)(rgb, flow), torch.maximum(rgb, flow))
+    concat = FUSIONS["concat"](4, 4)
+    assert concat.out_channels == 8
+    torch.testing.assert_close(concat(rgb, flow), torch.cat([rgb, flow], dim=2))
+
+
+def test_sum_projects_flow_when_channels_differ():
+    fuse = FUSIONS["sum"](6, 2)
+    assert fuse.project.weight.shape == (6, 2, 1, 1)
+    rgb, flow = torch.rand(1, 2, 6, 3, 3), torch.rand(1, 2, 2, 3, 3)
+    w = fuse.project.weight.detach()[:, :, 0, 0]
+    expected = rgb + torch.einsum("oc,btchw->btohw", w, flow)
+    torch.testing.assert_close(fuse(rgb, flow), expected)
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (1.0, 2.0)])
+def test_conv1x1_identity_init_starts_as_weighted_sum(weights):
+    fuse = Conv1x1Fusion(8, 8, 8, init="identity", weights=weights).eval()
+    rgb, flow = torch.rand(2, 3, 8, 4, 4), torch.rand(2, 3, 8, 4, 4)  # post-ReLU maps: >= 0
+    expected = (weights[0] * rgb + weights[1] * flow) * BN_SCALE
+    torch.testing.assert_close(fuse(rgb, flow), expected)
+
+
+def test_conv1x1_identity_init_with_unequal_channels():
+    # Seed 001's case in small: more RGB than flow channels, fused back to the RGB channels.
+    fuse = Conv1x1Fusion(6, 3, 6).eval()
+    rgb, flow = torch.rand(1, 1, 6, 2, 2), torch.rand(1, 1, 3, 2, 2)
+    expected = 0.5 * rgb + 0.5 * flow[:, :, [0, 1, 2, 0, 1, 2]]
+    torch.testing.assert_close(fuse(rgb, flow), expected * BN_SCALE)
+    assert fuse.conv.bias is None
+
+
+def test_conv1x1_random_init_is_not_identity():
+    fuse = Conv1x1Fusion(4, 4, init="random")
+    assert (fuse.conv.weight != 0).float().mean() > 0.9
+    with pytest.raises(ValueError, match="unknown fusion init 'zeros'; valid: identity, random"):
+        Conv1x1Fusion(4, 4, init="zeros")
+
+
+def test_conv3d_fuses_across_segments_then_pools_time():
+    fuse = Conv3dFusion(4, 4).eval()
+    assert fuse.conv.weight.shape == (4, 8, 3, 3, 3)
+    rgb, flow = torch.rand(2, 5, 4, 3, 3), torch.rand(2, 5, 4, 3, 3)
+    out = fuse(rgb, flow)
+    assert out.shape == (2, 1, 4, 3, 3)
+    # Identity at the kernel centre: each segment is the weighted sum, then the max over time.
+    expected = ((0.5 * rgb + 0.5 * flow) * BN_SCALE).amax(dim=1, keepdim=True)
+    torch.testing.assert_close(out, expected)
+    # Random init mixes neighbouring segments: changing segment 0 changes what segment 1 sees.
+    mixing = Conv3dFusion(4, 4, init="random").eval()
+    with torch.no_grad():
+        mixing.conv.weight.zero_()
+        mixing.conv.weight[:, :, 0, 1, 1] = 1.0  # only the previous segment's centre pixel
+    shifted = rgb.clone()
+    shifted[:, 0] += 10
+    assert not torch.allclose(mixing(rgb, flow), mixing(shifted, flow))
+
+
+def test_average_is_weighted_mean_of_softmaxes():
+    a, b, c = torch.randn(4, 7), torch.randn(4, 7), torch.randn(4, 7)
+    fused = AverageFusion(weights=(1.0, 1.5))([a, b])
+    expected = (a.softmax(-1) + 1.5 * b.softmax(-1)) / 2.5
+    torch.testing.assert_close(fused.softmax(-1), expected)
+    torch.testing.assert_close(fused.exp().sum(-1), torch.ones(4))  # log-probabilities
+    three = AverageFusion(weights=(1.0, 1.5, 1.0))([a, b, c])
+    torch.testing.assert_close(three.exp(),
+                               (a.softmax(-1) + 1.5 * b.softmax(-1) + c.softmax(-1)) / 3.5)
+    with pytest.raises(ValueError, match="2 weights for 3 streams"):
+        AverageFusion()([a, b, c])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        AverageFusion(weights=(1.0, -1.0))

@@ -1,0 +1,258 @@
+"""The two-stream model: every fusion at every backbone pair, and its documented behaviours."""
+import copy
+import functools
+
+import pytest
+import torch
+
+import fusion.model
+from fusion.fusers import FUSIONS
+from fusion.model import SingleStream, build_two_stream
+from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream, count_parameters
+
+BACKBONES = ["resnet18", "vgg19", "googlenet"]
+LAST_TAP = {"resnet18": "layer4", "vgg19": "pool5", "googlenet": "inception5b"}
+INNER_TAP = {"resnet18": "layer3", "vgg19": "conv4", "googlenet": "inception4e"}
+B, T, SIZE, FLOW_STACK, CLASSES = 2, 2, 64, 2, 5
+
+
+_built_once = functools.lru_cache(maxsize=None)(build_stream)
+
+
+@pytest.fixture
+def cached_streams(monkeypatch):
+    """Build each backbone once per session (VGG-19 takes seconds) and hand out copies."""
+    def copy_of(name, **kwargs):
+        return copy.deepcopy(_built_once(name, **kwargs))
+    monkeypatch.setattr(fusion.model, "build_stream", copy_of)
+
+
+def clip(channels, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (B, T, channels, SIZE, SIZE), dtype=torch.uint8, generator=g)
+
+
+def first_conv_grad(stream):
+    conv = next(m for m in stream.modules() if isinstance(m, torch.nn.Conv2d))
+    return conv.weight.grad
+
+
+CASES = [(rgb, flow, fuse, where) for rgb in BACKBONES for flow in BACKBONES
+         for fuse in FUSIONS for where in (["scores"] if fuse == "average" else ["last", "inner"])]
+
+
+@pytest.mark.parametrize("rgb, flow, fuse, where", CASES)
+def test_every_fusion_at_every_backbone_pair(rgb, flow, fuse, where, cached_streams):
+    at = {"scores": "scores", "last": LAST_TAP[rgb], "inner": INNER_TAP[rgb]}[where]
+    torch.manual_seed(0)
+    model = build_two_stream(rgb=rgb, flow=flow, fuse=fuse, at=at, num_classes=CLASSES,
+                             flow_stack=FLOW_STACK)
+    out = model(clip(3), clip(2 * FLOW_STACK, seed=1))
+    assert out.shape == (B, CLASSES)
+    assert torch.isfinite(out).all()
+    out.logsumexp(-1).sum().backward()
+    for stream in (model.rgb, model.flow):
+        grad = first_conv_grad(stream)
+        assert grad is not None and grad.abs().sum() > 0, f"no gradient reaches {stream.name}"
+    for name, p in [*model.fusion.named_parameters(), *(model.head or torch.nn.Module())
+                    .named_parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def by_hand(stream, frames, mean, std):
+    """Independent reference: normalise each segment by hand, run the stream, average logits."""
+    logits = []
+    for t in range(frames.shape[1]):
+        x = frames[:, t].float() / 255
+        x = (x - torch.tensor(mean).repeat(x.shape[1] // len(mean)).view(-1, 1, 1)) / \
+            torch.tensor(std).repeat(x.shape[1] // len(std)).view(-1, 1, 1)
+        logits.append(stream(x))
+    return torch.stack(logits).mean(0)
+
+
+def test_average_is_weighted_mean_of_the_streams_run_alone():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="average", num_classes=CLASSES,
+                             flow_stack=FLOW_STACK, fusion_weights=(1.0, 1.5)).eval()
+    rgb, flow = clip(3), clip(4, seed=1)
+    with torch.no_grad():
+        fused = model(rgb, flow).softmax(-1)
+        p_rgb = by_hand(model.rgb, rgb, IMAGENET_MEAN, IMAGENET_STD).softmax(-1)
+        p_flow = by_hand(model.flow, flow, (0.5, 0.5), (0.5, 0.5)).softmax(-1)
+    torch.testing.assert_close(fused, (p_rgb + 1.5 * p_flow) / 2.5)
+
+
+def test_seed_001_two_stream_model_has_the_reported_parameter_count():
+    model = build_two_stream(rgb="googlenet", flow="resnet18", fuse="conv1x1", at="inception5b",
+                             num_classes=12, flow_stack=12, keep_spatial_head=True)
+    assert model.at_flow == "layer4"
+    assert model.fusion.conv.weight.shape == (1024, 1536, 1, 1)
+    assert [m.p for m in model.head if isinstance(m, torch.nn.Dropout)] == [0.2]
+    assert model.head[-1].in_features == 1024 and model.head[-1].out_features == 12
+    assert "scores" in model.rgb.stages and "scores" not in model.flow.stages
+    assert count_parameters(model) == 18_441_784
+
+
+def test_kept_spatial_head_is_averaged_with_fused_scores():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK,
+                             keep_spatial_head=True).eval()
+    with torch.no_grad():
+        parts = model(clip(3), clip(4, seed=1), return_parts=True)
+        alone = by_hand(model.rgb, clip(3), IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(parts["rgb"], alone)
+    assert set(parts) == {"fused", "rgb"}
+    assert not torch.allclose(parts["fused"], parts["rgb"])
+
+
+def perturbed(model, module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model
+
+
+def test_inner_tap_continues_through_the_spatial_tower():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer3",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK).eval()
+    rgb, flow = clip(3), clip(4, seed=1)
+    assert model.at_flow == "layer3" and model.head is None
+    # The flow tower ends at its tap: its later stages are not even part of the model.
+    assert model.flow.taps[-1] == "layer3"
+    with torch.no_grad():
+        before = model(rgb, flow)
+        after = perturbed(model, model.rgb.stages["layer4"])(rgb, flow)
+    assert not torch.allclose(before, after)
+
+
+def test_kept_temporal_tower_is_late_fused():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer3",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK,
+                             keep_temporal_tower=True).eval()
+    rgb, flow = clip(3), clip(4, seed=1)
+    with torch.no_grad():
+        parts = model(rgb, flow, return_parts=True)
+        torch.testing.assert_close(parts["flow"], by_hand(model.flow, flow, (0.5, 0.5), (0.5, 0.5)))
+        after = perturbed(model, model.flow.stages["layer4"])(rgb, flow)
+    assert set(parts) == {"fused", "flow"}
+    assert not torch.allclose(parts["fused"], after)
+
+
+def test_flow_map_is_resized_to_the_rgb_map():
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="sum", at="layer3",
+                             at_flow="layer4", num_classes=CLASSES, flow_stack=FLOW_STACK)
+    assert model(clip(3), clip(4)).shape == (B, CLASSES)
+
+
+def test_names_and_conflicts_are_checked():
+    common = dict(rgb="resnet18", flow="resnet18", num_classes=3, flow_stack=1)
+    with pytest.raises(ValueError, match="unknown fusion 'mean'; valid: .*conv1x1"):
+        build_two_stream(fuse="mean", at="layer4", **common)
+    with pytest.raises(ValueError, match="unknown resnet18 tap 'layer9'.*layer1, layer2"):
+        build_two_stream(fuse="conv1x1", at="layer9", **common)
+    with pytest.raises(ValueError, match="unknown resnet18 tap 'pool5'"):
+        build_two_stream(fuse="conv1x1", at="layer4", at_flow="pool5", **common)
+    with pytest.raises(ValueError, match="use at='scores'"):
+        build_two_stream(fuse="average", at="layer4", **common)
+    with pytest.raises(ValueError, match="keep_spatial_head applies when fusing at the last tap"):
+        build_two_stream(fuse="conv1x1", at="layer2", keep_spatial_head=True, **common)
+    with pytest.raises(ValueError, match="needs a tap"):
+        build_two_stream(fuse="sum", **common)
+    with pytest.raises(ValueError, match=r"no resnet18 tap has the reduction of vgg19 conv1 \(/1\)"):
+        build_two_stream(rgb="vgg19", flow="resnet18", fuse="sum", at="conv1", num_classes=3,
+                         flow_stack=1)
+    with pytest.raises(ValueError, match="unknown freeze mode 'all'"):
+        build_two_stream(fuse="sum", at="layer4", freeze="all", **common)
+    model = build_two_stream(fuse="sum", at="layer4", **common)
+    with pytest.raises(ValueError, match=r"flow input must be B x T x 2 x H x W"):
+        model(clip(3), clip(4))
+
+
+def one_step(model, rgb, flow, labels):
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(rgb, flow), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def snapshot(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_freeze_streams_trains_only_the_fusion():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK, freeze="streams")
+    streams = snapshot(torch.nn.ModuleList([model.rgb, model.flow]))
+    fusion_before = snapshot(model.fusion)
+    model.train()
+    one_step(model, clip(3), clip(4), torch.tensor([0, 1]))
+    after = torch.nn.ModuleList([model.rgb, model.flow]).state_dict()
+    for key, value in streams.items():  # weights and BatchNorm statistics alike
+        assert torch.equal(value, after[key]), key
+    assert not torch.equal(fusion_before["conv.weight"], model.fusion.conv.weight)
+    assert not torch.equal(fusion_before["bn.running_mean"], model.fusion.bn.running_mean)
+
+
+def test_partial_batchnorm_updates_only_the_first_batchnorm_of_each_stream():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK, partial_bn=True)
+    before = snapshot(model)
+    model.train()
+    one_step(model, clip(3), clip(4), torch.tensor([0, 1]))
+    for side in ("rgb", "flow"):
+        first = f"{side}.stages.conv1.1"
+        assert not torch.equal(before[f"{first}.running_mean"],
+                               model.state_dict()[f"{first}.running_mean"])
+        assert model.get_submodule(first).weight.requires_grad
+        later = f"{side}.stages.layer2.0.bn1"
+        assert torch.equal(before[f"{later}.running_mean"],
+                           model.state_dict()[f"{later}.running_mean"])
+        assert torch.equal(before[f"{later}.weight"], model.state_dict()[f"{later}.weight"])
+
+
+def test_streams_load_from_separately_trained_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    rgb = SingleStream(build_stream("resnet18", num_classes=CLASSES))
+    flow = SingleStream(build_stream("googlenet", in_channels=4, num_classes=CLASSES))
+    torch.save({"model": rgb.state_dict(), "epoch": 3}, tmp_path / "rgb.pt")
+    torch.save({"model": flow.state_dict()}, tmp_path / "flow.pt")
+    model = build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
+                             num_classes=CLASSES, flow_stack=2, init_rgb=tmp_path / "rgb.pt",
+                             init_flow=tmp_path / "flow.pt")
+    for key, value in model.rgb.state_dict().items():
+        assert torch.equal(value, rgb.stream.state_dict()[key]), key
+    for key, value in model.flow.state_dict().items():
+        assert torch.equal(value, flow.stream.state_dict()[key]), key
+    # A checkpoint for other classes fails naming the key.
+    with pytest.raises(ValueError, match=r"key 'stages.scores.3.weight' has shape \(5, 512\)"):
+        build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
+                         num_classes=7, flow_stack=2, init_rgb=tmp_path / "rgb.pt")
+    with pytest.raises(ValueError, match="holds no flow stream weights"):
+        torch.save({"model": {"encoder.weight": torch.zeros(1)}}, tmp_path / "other.pt")
+        build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
+                         num_classes=CLASSES, flow_stack=2, init_flow=tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("fuse, at", [("average", None), ("sum", "layer4"), ("max", "layer3"),
+                                      ("concat", "layer3"), ("conv1x1", "layer4"),
+                                      ("conv3d", "layer3")])
+def test_every_fusion_trains_a_few_steps(fuse, at):
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse=fuse, at=at, num_classes=3,
+                             flow_stack=1, dropout=0.0)
+    rgb, flow, labels = clip(3), clip(2, seed=1), torch.tensor([0, 2])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(rgb, flow), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
