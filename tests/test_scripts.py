@@ -46,3 +46,26 @@ def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys):
 def test_describe_model_needs_one_mode():
     with pytest.raises(SystemExit):
         load_script("describe_model").main(["--num-classes", "3"])
+
+
+def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys):
+    load_script("make_synthetic").main(["--out", str(tmp_path / "syn"), "--classes", "6",
+                                        "--groups", "3", "--clips", "1"])
+    assert "wrote 18 videos of 6 classes" in capsys.readouterr().out
+    lists = tmp_path / "syn" / "ucfTrainTestlist"
+    # Windows line endings, as in the official files.
+    assert (lists / "classInd.txt").read_bytes().split(b"\r\n")[:3] == \
+        [b"1 RedLeft", b"2 RedRight", b"3 RedUp"]
+    for split in (1, 2, 3):
+        train = (lists / f"trainlist0{split}.txt").read_text().split()
+        test = (lists / f"testlist0{split}.txt").read_text().split()
+        assert len(test) == 6 and len(train) == 2 * 12  # path and label per training line
+    video = "v_BlueUp_g02_c01"
+    rgb = sorted((tmp_path / "syn" / "jpegs_256" / video).iterdir())
+    u = sorted((tmp_path / "syn" / "tvl1_flow" / "u" / video).iterdir())
+    assert rgb[0].name == "frame000001.jpg" and len(u) == len(rgb) - 1
+
+
+def test_make_synthetic_rejects_odd_class_counts(tmp_path):
+    with pytest.raises(ValueError, match="synthetic classes must be even"):
+        load_script("make_synthetic").main(["--out", str(tmp_path / "s"), "--classes", "5"])

@@ -1,0 +1,1 @@
+"""Datasets, frame sampling, clip transforms, flow quantisation and the synthetic demo data."""

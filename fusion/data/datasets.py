@@ -1,0 +1,504 @@
+"""UCF101, HMDB51 and folder datasets read in the layouts of the public releases (DESIGN §5).
+
+Every dataset yields `(rgb, flow, label, video_id)`:
+    rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
+    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
+In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
+
+    train = ucf101("/data/ucf101", split=1, subset="train", segments=3, flow_stack=10)
+    loader = DataLoader(train, batch_size=8, collate_fn=collate_clips, num_workers=2)
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from einops import rearrange
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from fusion.data.index import FrameIndex
+from fusion.data.sampling import (POLICIES, policy_start, segment_starts, snippet_indices,
+                                  protocol_clip_starts)
+from fusion.data.transforms import EvalTransform, TrainTransform
+
+MODES = ("train", "val", "test")
+ON_BAD = ("raise", "skip")
+MODALITIES = ("rgb", "flow")
+FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
+
+# Seed report 001's 12 HMDB51 classes (matched to 12 Stanford 40 actions).
+HMDB51_SEED001_CLASSES = ("clap", "climb", "drink", "jump", "pour", "ride_bike", "ride_horse",
+                          "run", "shoot_bow", "smoke", "throw", "wave")
+
+
+class FrameError(RuntimeError):
+    """A frame that is missing or cannot be decoded; the message names the file and the video."""
+
+
+@dataclass
+class Video:
+    video_id: str
+    label: int
+    rgb_dir: Path | None = None
+    flow_dirs: tuple[Path, Path] | None = None
+    rgb_frames: int = 0
+    flow_frames: int = 0
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """What a dataset with on_bad="skip" returns for a sample it could not read."""
+
+    video_id: str
+    reason: str
+
+
+class Batch(NamedTuple):
+    rgb: torch.Tensor | None
+    flow: torch.Tensor | None
+    label: torch.Tensor
+    video_id: list[str]
+    skipped: list[Skipped]
+
+
+def collate_clips(samples: list) -> Batch:
+    """Stack samples, dropping (and listing) the ones a skipping dataset could not read."""
+    skipped = [s for s in samples if isinstance(s, Skipped)]
+    good = [s for s in samples if not isinstance(s, Skipped)]
+
+    def stack(i):
+        if not good or good[0][i] is None:
+            return None
+        return torch.stack([s[i] for s in good])
+    labels = torch.tensor([s[2] for s in good], dtype=torch.long)
+    return Batch(stack(0), stack(1), labels, [s[3] for s in good], skipped)
+
+
+def read_frames(folder: Path, indices: Sequence[int], *, gray: bool, video_id: str,
+                template: str = FRAME_TEMPLATE) -> torch.Tensor:
+    """Decode the frames at 0-based `indices` (repeats decoded once) -> N x C x H x W uint8."""
+    mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+    decoded: dict[int, torch.Tensor] = {}
+    for i in dict.fromkeys(indices):
+        path = folder / template.format(i + 1)
+        try:
+            decoded[i] = decode_jpeg(read_file(str(path)), mode=mode)
+        except RuntimeError as err:
+            raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
+    try:
+        return torch.stack([decoded[i] for i in indices])
+    except RuntimeError as err:
+        sizes = sorted({tuple(t.shape) for t in decoded.values()})
+        raise FrameError(f"frames of video {video_id} in {folder} differ in size: {sizes}") from err
+
+
+class VideoDataset(Dataset):
+    """Clips from a list of videos: segment / stack sampling, then one transform per sample.
+
+    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, centre crop) or
+        "test" (`num_clips` clips x `crops` views per video).
+    frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
+        first-middle, middle-last, random (seed 001).
+    on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is dropped
+        by `collate_clips` and counted in `skipped`).
+    """
+
+    def __init__(self, videos: list[Video], classes: list[str], *, mode: str = "train",
+                 modalities: Sequence[str] = MODALITIES, segments: int = 1, flow_stack: int = 10,
+                 rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
+                 transform=None, num_clips: int = 25, crops: str = "center",
+                 on_bad: str = "raise", frame_template: str = FRAME_TEMPLATE):
+        _check_choice(mode, MODES, "mode")
+        _check_choice(on_bad, ON_BAD, "on_bad")
+        _check_choice(frame_policy, POLICIES, "frame_policy")
+        for m in modalities:
+            _check_choice(m, MODALITIES, "modality")
+        if not modalities:
+            raise ValueError("at least one modality (rgb, flow) must be on")
+        if frame_policy != "tsn" and segments != 1:
+            raise ValueError(f"frame_policy {frame_policy!r} picks one snippet: use segments=1")
+        if not videos:
+            raise ValueError("the split holds no videos")
+        self.videos, self.classes = videos, classes
+        self.mode, self.on_bad = mode, on_bad
+        self.use_rgb, self.use_flow = "rgb" in modalities, "flow" in modalities
+        self.segments, self.flow_stack, self.rgb_stack = segments, flow_stack, rgb_stack
+        self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
+        self.frame_template = frame_template
+        if transform is None:
+            transform = (TrainTransform(image_size) if mode == "train" else
+                         EvalTransform(image_size, crops if mode == "test" else "center"))
+        self.transform = transform
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    @property
+    def labels(self) -> list[int]:
+        return [v.label for v in self.videos]
+
+    def clip_starts(self, video: Video) -> list[list[int]]:
+        """Snippet starts, clips x segments."""
+        if self.use_flow:
+            positions = video.flow_frames - self.flow_stack + 1
+        else:
+            positions = video.rgb_frames - self.rgb_stack + 1
+        if self.frame_policy != "tsn":
+            policy = self.frame_policy
+            if policy == "random" and self.mode != "train":
+                policy = "middle"  # evaluation stays deterministic
+            return [[policy_start(positions, policy)]] * self.num_clips
+        if self.mode == "test":
+            return protocol_clip_starts(positions, self.segments, self.num_clips)
+        return [segment_starts(positions, self.segments, train=self.mode == "train")]
+
+    def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        starts = [s for clip in self.clip_starts(video) for s in clip]  # clips * T snippets
+        rgb = flow = None
+        if self.use_flow:
+            idx = [i for s in starts for i in snippet_indices(s, self.flow_stack,
+                                                              video.flow_frames)]
+            u_dir, v_dir = video.flow_dirs
+            u = read_frames(u_dir, idx, gray=True, video_id=video.video_id,
+                            template=self.frame_template)
+            v = read_frames(v_dir, idx, gray=True, video_id=video.video_id,
+                            template=self.frame_template)
+            flow = torch.cat([u, v], dim=1)  # N x 2 x H x W
+        if self.use_rgb:
+            # RGB frames centred in the flow window (flow frame k is the motion k -> k + 1).
+            offset = max((self.flow_stack - self.rgb_stack) // 2, 0) if self.use_flow else 0
+            idx = [i for s in starts for i in snippet_indices(s + offset, self.rgb_stack,
+                                                              video.rgb_frames)]
+            rgb = read_frames(video.rgb_dir, idx, gray=False, video_id=video.video_id,
+                              template=self.frame_template)
+            if flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
+                flow = TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
+        rgb, flow = self.transform(rgb, flow)
+        clips = len(starts) // self.segments
+
+        def arrange(x, stack):
+            if x is None:
+                return None
+            if x.dim() == 4:  # training: N x C x H x W
+                return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
+            # evaluation: V x N x C x H x W; views and clips both become the leading axis
+            x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
+            return x[0] if self.mode == "val" else x
+        return arrange(rgb, self.rgb_stack), arrange(flow, self.flow_stack)
+
+    def __getitem__(self, i: int):
+        video = self.videos[i]
+        try:
+            rgb, flow = self.load(video)
+        except FrameError as err:
+            if self.on_bad == "raise":
+                raise
+            self.skipped += 1
+            return Skipped(video.video_id, str(err))
+        return rgb, flow, video.label, video.video_id
+
+
+def _check_choice(value, valid, what):
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: expected the folder {path}")
+    return path
+
+
+class _FolderLookup:
+    """Find a video's folder by name, falling back to a case-insensitive match (UCF101's
+    HandstandPushups / HandStandPushups)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lower = {name.lower(): name for name in os.listdir(root)}
+
+    def find(self, name: str) -> Path | None:
+        if (self.root / name).is_dir():
+            return self.root / name
+        actual = self.lower.get(name.lower())
+        return self.root / actual if actual else None
+
+
+def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) -> list[str]:
+    """A class subset by count (the first N) or by names; labels follow the returned order."""
+    if classes is None:
+        return list(all_classes)
+    if isinstance(classes, int):
+        if not 1 <= classes <= len(all_classes):
+            raise ValueError(f"classes={classes}: the dataset has {len(all_classes)} classes")
+        return list(all_classes[:classes])
+    unknown = [c for c in classes if c not in all_classes]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; valid: {', '.join(all_classes)}")
+    return list(classes)
+
+
+def stratified_split(labels: Sequence[int], *, val_fraction: float, test_fraction: float = 0.0,
+                     seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Indices for train / val / test with each class split in the same proportions (seed 001:
+    the test set first, then validation as a fraction of what is left)."""
+    g = torch.Generator().manual_seed(seed)
+    train, val, test = [], [], []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        members = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+        n_test = round(len(members) * test_fraction)
+        n_val = round((len(members) - n_test) * val_fraction)
+        test += members[:n_test]
+        val += members[n_test:n_test + n_val]
+        train += members[n_test + n_val:]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
+    """Add random duplicates of the smaller classes until every class is as large as the
+    largest (seed 001); done after splitting, so no sample crosses splits."""
+    g = torch.Generator().manual_seed(seed)
+    counts = Counter(labels)
+    target = max(counts.values())
+    extra = []
+    for label, n in sorted(counts.items()):
+        members = [item for item, y in zip(items, labels) if y == label]
+        extra += [members[j] for j in torch.randint(n, (target - n,), generator=g).tolist()]
+    return list(items) + extra
+
+
+def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
+            val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
+            on_bad: str, **kwargs) -> VideoDataset:
+    """Common tail of the dataset factories: the validation carve-out of a training list
+    (val_fraction > 0), frame counts, checks. `None` stands for a listed video whose folder is
+    missing (skipped and counted)."""
+    missing = sum(v is None for v in videos)
+    videos = [v for v in videos if v is not None]
+    if val_fraction > 0:
+        train, val, _ = stratified_split([v.label for v in videos], val_fraction=val_fraction,
+                                         seed=seed)
+        videos = [videos[i] for i in (train if subset == "train" else val)]
+    kept = []
+    for video in videos:
+        problem = None
+        if video.rgb_dir is not None:
+            video.rgb_frames = index.count(video.rgb_dir)
+            problem = None if video.rgb_frames else f"no frames in {video.rgb_dir}"
+        if video.flow_dirs is not None and problem is None:
+            counts = [index.count(d) for d in video.flow_dirs]
+            video.flow_frames = min(counts)
+            problem = None if video.flow_frames else f"no flow frames in {video.flow_dirs[0]}"
+        if problem is None:
+            kept.append(video)
+        elif on_bad == "raise":
+            raise FrameError(f"video {video.video_id}: {problem}")
+    index.save()
+    skipped_at_start = missing + len(videos) - len(kept)
+    if subset == "train" and oversample_train:
+        kept = oversample(kept, [v.label for v in kept], seed=seed)
+    if not kept:
+        raise ValueError(f"the {subset} split holds no videos")
+    mode = kwargs.pop("mode", "train" if subset == "train" else "val")
+    dataset = VideoDataset(kept, classes, mode=mode, on_bad=on_bad, **kwargs)
+    dataset.skipped = skipped_at_start
+    return dataset
+
+
+def _official_subset(subset: str, val_fraction: float) -> str:
+    """Which official list a subset reads: val is a part of the training list."""
+    _check_choice(subset, ("train", "val", "test"), "subset")
+    if subset == "val" and val_fraction <= 0:
+        raise ValueError("subset='val' needs val_fraction > 0 (a part of the training list)")
+    return "test" if subset == "test" else "train"
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"expected the list file {path}")
+    # The official files have Windows line endings and trailing spaces.
+    return [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)
+            if line.strip()]
+
+
+def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str]):
+    rgb_lookup = _FolderLookup(_require_dir(root / rgb, "RGB frames")) \
+        if "rgb" in modalities else None
+    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, f"flow {c} frames"))
+                         for c in ("u", "v")) if "flow" in modalities else None
+    return rgb_lookup, flow_lookups
+
+
+def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str) -> Video | None:
+    """The video with its folders; None (skip policy) when one is missing."""
+    video = Video(video_id, label)
+    if rgb_lookup is not None:
+        video.rgb_dir = rgb_lookup.find(video_id)
+        if video.rgb_dir is None:
+            if on_bad == "raise":
+                raise FrameError(f"video {video_id}: expected its frames in "
+                                 f"{rgb_lookup.root / video_id}")
+            return None
+    if flow_lookups is not None:
+        dirs = tuple(lookup.find(video_id) for lookup in flow_lookups)
+        if None in dirs:
+            if on_bad == "raise":
+                missing = flow_lookups[dirs.index(None)].root / video_id
+                raise FrameError(f"video {video_id}: expected its flow in {missing}")
+            return None
+        video.flow_dirs = dirs
+    return video
+
+
+def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
+           classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
+           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = MODALITIES,
+           lists: str | Path | None = None, on_bad: str = "raise",
+           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+    """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
+    and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
+
+    subset: "train" (trainlist0N, minus a stratified `val_fraction`), "val" (that fraction) or
+    "test" (testlist0N). Class folders are matched case-insensitively (HandstandPushups).
+    """
+    root = Path(root)
+    _require_dir(root, "UCF101 root")
+    official = _official_subset(subset, val_fraction)
+    if split not in (1, 2, 3):
+        raise ValueError(f"UCF101 split must be 1, 2 or 3, got {split}")
+    lists = Path(lists) if lists else _require_dir(root / "ucfTrainTestlist", "UCF101 split files")
+    class_file = lists / "classInd.txt"
+    all_classes = []
+    for n, line in _read_lines(class_file):
+        index, _, name = line.partition(" ")
+        if not index.isdigit() or int(index) != len(all_classes) + 1 or not name:
+            raise ValueError(f"{class_file}:{n}: expected '<index> <class>' with indices "
+                             f"1, 2, ..., got {line!r}")
+        all_classes.append(name.strip())
+    chosen = select_classes(all_classes, classes)
+    label_of = {name.lower(): i for i, name in enumerate(chosen)}
+    known = {name.lower() for name in all_classes}
+    list_file = lists / f"{official}list0{split}.txt"
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    videos = []
+    for n, line in _read_lines(list_file):
+        path, _, given = line.partition(" ")
+        class_dir, _, filename = path.replace("\\", "/").rpartition("/")
+        if class_dir.lower() not in known:
+            raise ValueError(f"{list_file}:{n}: unknown class {class_dir!r} (not in {class_file})")
+        if given.strip() and all_classes[int(given) - 1].lower() != class_dir.lower():
+            raise ValueError(f"{list_file}:{n}: label {given.strip()} is "
+                             f"{all_classes[int(given) - 1]!r}, but the path says {class_dir!r}")
+        if class_dir.lower() not in label_of:
+            continue  # outside the class subset
+        video = _make_video(Path(filename).stem, label_of[class_dir.lower()], rgb_lookup,
+                            flow_lookups, on_bad)
+        videos.append(video)
+    return _finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
+                   seed=seed, oversample_train=oversample, index=FrameIndex(root, frame_template),
+                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+                   **kwargs)
+
+
+def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
+           classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
+           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = MODALITIES,
+           lists: str | Path | None = None, on_bad: str = "raise",
+           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+    """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
+    train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
+    Classes are the split files' class names in sorted order; `classes` picks a subset
+    (`HMDB51_SEED001_CLASSES` is seed 001's)."""
+    root = Path(root)
+    _require_dir(root, "HMDB51 root")
+    official = _official_subset(subset, val_fraction)
+    if split not in (1, 2, 3):
+        raise ValueError(f"HMDB51 split must be 1, 2 or 3, got {split}")
+    lists = Path(lists) if lists else _require_dir(root / "testTrainMulti_7030_splits",
+                                                   "HMDB51 split files")
+    pattern = re.compile(rf"^(.+)_test_split{split}\.txt$")
+    files = {m.group(1): lists / m.group(0) for m in map(pattern.match, os.listdir(lists)) if m}
+    if not files:
+        raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
+    chosen = select_classes(sorted(files), classes)
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    wanted = "2" if official == "test" else "1"
+    videos = []
+    for label, name in enumerate(chosen):
+        for n, line in _read_lines(files[name]):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise ValueError(f"{files[name]}:{n}: expected '<video>.avi <tag 0|1|2>', "
+                                 f"got {line!r}")
+            if parts[1] == wanted:
+                videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
+                                          on_bad))
+    return _finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
+                   seed=seed, oversample_train=oversample, index=FrameIndex(root, frame_template),
+                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+                   **kwargs)
+
+
+def folder(root: str | Path, *, subset: str = "train",
+           classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
+           test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
+           modalities: Sequence[str] = MODALITIES, on_bad: str = "raise",
+           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+    """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
+    `u/` and `v/` subfolders. `<root>/<subset>.txt` (lines `<class>/<video>`) fixes a split;
+    without it the videos are split by `stratified_split` (val and test fractions, seed)."""
+    root = Path(root)
+    _require_dir(root, "folder dataset root")
+    _check_choice(subset, ("train", "val", "test"), "subset")
+    all_classes = sorted(d.name for d in root.iterdir() if d.is_dir()
+                         and not d.name.startswith("."))
+    if not all_classes:
+        raise FileNotFoundError(f"expected one folder per class in {root}")
+    chosen = select_classes(all_classes, classes)
+    list_file = root / f"{subset}.txt"
+    if list_file.is_file():
+        entries = []
+        for n, line in _read_lines(list_file):
+            class_name, _, video = line.partition("/")
+            if class_name not in all_classes:
+                raise ValueError(f"{list_file}:{n}: unknown class {class_name!r}; "
+                                 f"valid: {', '.join(all_classes)}")
+            entries.append((class_name, video))
+    else:
+        every = [(c, d.name) for c in all_classes for d in sorted((root / c).iterdir())
+                 if d.is_dir()]
+        split = stratified_split([all_classes.index(c) for c, _ in every],
+                                 val_fraction=val_fraction, test_fraction=test_fraction,
+                                 seed=seed)
+        entries = [every[i] for i in split[("train", "val", "test").index(subset)]]
+    videos = []
+    for class_name, name in entries:
+        if class_name not in chosen:
+            continue
+        video_dir = root / class_name / name
+        if not video_dir.is_dir():
+            if on_bad == "raise":
+                raise FrameError(f"video {class_name}/{name}: expected the folder {video_dir}")
+            videos.append(None)
+            continue
+        videos.append(Video(f"{class_name}/{name}", chosen.index(class_name),
+                            video_dir if "rgb" in modalities else None,
+                            (video_dir / "u", video_dir / "v") if "flow" in modalities
+                            else None))
+    return _finish(videos, chosen, subset, val_fraction=0.0, seed=seed,
+                   oversample_train=oversample, index=FrameIndex(root, frame_template),
+                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+                   **kwargs)
+
+
+DATASETS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}
