@@ -66,10 +66,16 @@ class SingleStream(FrozenBatchNormMixin, nn.Module):
             # TSN's partial BN: every BatchNorm but the first keeps its ImageNet statistics.
             self.hold_batchnorm(batchnorms(stream)[1:])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, rgb: torch.Tensor | None, flow: torch.Tensor | None,
+                return_parts: bool = False):
+        """Takes the same inputs as `TwoStream` and uses the one of its modality."""
+        x = rgb if self.stream.modality == "rgb" else flow
+        if x is None:
+            raise ValueError(f"a {self.stream.modality} stream needs {self.stream.modality} input")
         b = x.shape[0]
         x = self.stream.normalize(fold_segments(x, self.stream.modality, self.stream.in_channels))
-        return consensus(self.stream(x), b)
+        scores = consensus(self.stream(x), b)
+        return {"fused": scores, self.stream.modality: scores} if return_parts else scores
 
 
 class TwoStream(FrozenBatchNormMixin, nn.Module):

@@ -14,8 +14,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="dataset root to create")
     parser.add_argument("--classes", type=int, default=4,
                         help="even: 2 colours x classes/2 directions")
-    parser.add_argument("--groups", type=int, default=6, help="groups per class (>= 3)")
-    parser.add_argument("--clips", type=int, default=2, help="clips per group")
+    parser.add_argument("--groups", type=int, default=9, help="groups per class (>= 3)")
+    parser.add_argument("--clips", type=int, default=3, help="clips per group")
     parser.add_argument("--height", type=int, default=72)
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)

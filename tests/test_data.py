@@ -322,7 +322,7 @@ def synthetic(tmp_path_factory):
 def test_synthetic_labels_need_both_appearance_and_motion(synthetic):
     train = ucf101(synthetic, subset="train")
     test = ucf101(synthetic, subset="test")
-    assert train.classes == ["RedLeft", "RedRight", "BlueLeft", "BlueRight"]
+    assert train.classes == ["RedUp", "RedDown", "BlueUp", "BlueDown"]
     assert {v.video_id for v in train.videos}.isdisjoint(v.video_id for v in test.videos)
     seen = []
     for dataset in (train, test):
@@ -338,23 +338,23 @@ def test_synthetic_labels_need_both_appearance_and_motion(synthetic):
             motion = dequantize(flow.numpy())  # 2 x H x W, pixels
             moving = np.hypot(motion[0], motion[1]) > 1.5
             mean = motion[:, moving].mean(axis=1)
-            seen_direction = "Right" if mean[0] > 0 else "Left"
+            seen_direction = "Down" if mean[1] > 0 else "Up"
             assert (seen_colour, seen_direction) == (colour, direction)
-            assert abs(mean[0]) > 2 and abs(mean[1]) < 0.5
+            assert abs(mean[1]) > 2.5 and abs(mean[0]) < 0.5
             square = (frame[0] - frame[2]).abs() > 100
-            x = torch.nonzero(square)[:, 1].float().mean().item()
-            seen.append((seen_colour, seen_direction, label, x))
-    # A single cue is worth at most half: each colour (direction) is shared by two classes.
+            y = torch.nonzero(square)[:, 0].float().mean().item()
+            seen.append((seen_colour, seen_direction, label, y))
+    # A single cue is worth at most half: each colour (motion) is shared by two classes.
     for cue in (0, 1):
         best = sum(max(sum(1 for s in seen if s[cue] == value and s[2] == label)
                        for label in range(4)) for value in {s[cue] for s in seen})
         assert best / len(seen) <= 0.5 + 1e-9
     assert len({(s[0], s[1]) for s in seen}) == 4  # both cues together: every class
-    # Where the square is does not give away where it goes: both directions fill the frame.
-    for direction in ("Left", "Right"):
-        xs = [s[3] for s in seen if s[1] == direction]
-        assert min(xs) < 48 < max(xs)
-    assert set(DIRECTIONS) >= {"Left", "Right"} and set(COLOURS) == {"Red", "Blue"}
+    # Where the square is does not give away where it goes: both motions fill the frame.
+    for direction in ("Up", "Down"):
+        ys = [s[3] for s in seen if s[1] == direction]
+        assert min(ys) < 36 < max(ys)
+    assert list(DIRECTIONS)[:2] == ["Up", "Down"] and set(COLOURS) == {"Red", "Blue"}
 
 
 def test_dataloader_with_two_workers_over_synthetic(synthetic):

@@ -55,12 +55,12 @@ def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys):
     lists = tmp_path / "syn" / "ucfTrainTestlist"
     # Windows line endings, as in the official files.
     assert (lists / "classInd.txt").read_bytes().split(b"\r\n")[:3] == \
-        [b"1 RedLeft", b"2 RedRight", b"3 RedUp"]
+        [b"1 RedUp", b"2 RedDown", b"3 RedStill"]
     for split in (1, 2, 3):
         train = (lists / f"trainlist0{split}.txt").read_text().split()
         test = (lists / f"testlist0{split}.txt").read_text().split()
         assert len(test) == 6 and len(train) == 2 * 12  # path and label per training line
-    video = "v_BlueUp_g02_c01"
+    video = "v_BlueStill_g02_c01"
     rgb = sorted((tmp_path / "syn" / "jpegs_256" / video).iterdir())
     u = sorted((tmp_path / "syn" / "tvl1_flow" / "u" / video).iterdir())
     assert rgb[0].name == "frame000001.jpg" and len(u) == len(rgb) - 1

@@ -1,16 +1,16 @@
 """The built-in demo data: a small dataset in the exact UCF101 layout that needs both streams.
 
-Every video shows a coloured square sliding over a textured background (wrapping around the
-edges, so where it is says nothing about where it goes). The class is the pair (colour,
-direction): a single RGB frame shows the colour but not the direction, the flow shows the
-direction but not the colour. With 2 colours and K/2 directions, RGB alone can reach 2/K
-accuracy, flow alone 1/2, and the two together all of it.
+Every video shows a red or blue square sliding up, sliding down or standing still over a grey
+texture (wrapping around the edges, so where it is says nothing about where it goes). The class
+is the pair (colour, motion): a single RGB frame shows the colour but not the motion, the flow
+shows the motion but not the colour. With 2 colours and K/2 motions, RGB alone can reach 2/K
+accuracy, flow alone 1/2, and the two together all of it. Motions are vertical because a
+horizontal flip, a standard augmentation, must not change the class.
 
 As in UCF101, the videos of a group share a background, and the splits hold out whole groups.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,12 @@ from torchvision.io import encode_jpeg
 from fusion.data.flow import DEFAULT_BOUND, quantize
 
 COLOURS = {"Red": (210, 40, 40), "Blue": (40, 70, 220)}
-DIRECTIONS = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1),
-              "UpLeft": (-1, -1), "UpRight": (1, -1), "DownLeft": (-1, 1), "DownRight": (1, 1)}
+DIRECTIONS = {"Up": (0, -1), "Down": (0, 1), "Still": (0, 0)}
 SQUARE = 20
 
 
 def class_names(num_classes: int) -> list[str]:
-    """`num_classes` = 2 colours x num_classes / 2 directions, e.g. RedLeft, RedRight, ..."""
+    """`num_classes` = 2 colours x num_classes / 2 motions, e.g. RedUp, RedDown, BlueUp, ..."""
     if num_classes % 2 or not 4 <= num_classes <= 2 * len(DIRECTIONS):
         raise ValueError(f"synthetic classes must be even, 4 .. {2 * len(DIRECTIONS)}, "
                          f"got {num_classes}")
@@ -62,9 +61,11 @@ def render_video(colour: str, direction: str, *, frames: int, height: int, width
                  background: np.ndarray, rng: np.random.Generator):
     """RGB frames (frames x H x W x 3) and flow (frames - 1 x H x W x 2, in pixels)."""
     dx, dy = DIRECTIONS[direction]
-    speed = rng.uniform(2.5, 4.0) / math.hypot(dx, dy)
+    speed = rng.uniform(3.0, 5.0)
     vx, vy = dx * speed, dy * speed
-    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    # Columns near the centre, so that a centre crop sees the square; rows anywhere.
+    x0 = rng.uniform((width - SQUARE) / 2 - width / 8, (width - SQUARE) / 2 + width / 8)
+    y0 = rng.uniform(0, height)
     rgb = np.empty((frames, height, width, 3), np.float32)
     flow = rng.normal(0, 0.2, size=(frames - 1, height, width, 2)).astype(np.float32)
     for k in range(frames):
@@ -83,8 +84,8 @@ def _write_jpeg(array: np.ndarray, path: Path) -> None:
     path.write_bytes(encode_jpeg(tensor, quality=95).numpy().tobytes())
 
 
-def make_synthetic(out: str | Path, *, num_classes: int = 4, groups: int = 6,
-                   clips_per_group: int = 2, height: int = 72, width: int = 96,
+def make_synthetic(out: str | Path, *, num_classes: int = 4, groups: int = 9,
+                   clips_per_group: int = 3, height: int = 72, width: int = 96,
                    min_frames: int = 8, max_frames: int = 28, bound: float = DEFAULT_BOUND,
                    seed: int = 0) -> Path:
     """Write the dataset under `out` in UCF101's layout; returns `out`.

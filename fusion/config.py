@@ -1,0 +1,238 @@
+"""Run configuration: one flat dataclass with commented defaults, read from TOML, every key
+overridable on the command line (`--flow-stack 5` sets `flow_stack`).
+
+Precedence: defaults < `--config file.toml` < command-line flags. Unknown keys and bad values
+are errors that name the key. The resolved config is saved in the run folder and in every
+checkpoint; resuming takes the architecture from the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from fusion.data.sampling import POLICIES
+from fusion.data.transforms import CROP_MODES
+from fusion.fusers import FUSIONS
+from fusion.model import FREEZE_MODES
+from fusion.streams import STREAMS
+
+DATASETS = ("synthetic", "ucf101", "hmdb51", "folder")
+SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
+CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+BEST_RULES = ("both", "loss", "accuracy")
+AUGMENTS = ("tsn", "seed001")
+AGGREGATES = ("mean-softmax", "sum-logits", "vote")
+# Keys that may change when a run is resumed; everything else comes from the checkpoint.
+RESUMABLE = ("epochs", "device", "workers", "resume", "amp")
+
+
+@dataclass
+class Config:
+    # --- data ---
+    dataset: str = "synthetic"  # synthetic | ucf101 | hmdb51 | folder
+    data_root: str = "data/synthetic"  # dataset root; synthetic data is generated there if absent
+    split: int = 1  # official split 1-3 (ucf101, hmdb51, synthetic)
+    classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
+    max_classes: int = 0  # class subset: the first N classes; 0: all
+    val_fraction: float = 0.1  # stratified part of the training list held out for validation
+    oversample: bool = False  # duplicate videos of small classes in training (seed 001)
+    segments: int = 1  # T: TSN segments per clip
+    flow_stack: int = 10  # L: consecutive flow frames per snippet
+    rgb_stack: int = 1  # L_rgb: RGB frames per snippet (seed 003: 10)
+    frame_policy: str = "tsn"  # tsn | middle | first | last | first-middle | middle-last | random
+    image_size: int = 224  # network input side
+    augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
+    on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
+    workers: int = 2  # DataLoader worker processes
+    # --- model ---
+    fuse: str = "conv1x1"  # a fusion (average, sum, max, concat, conv1x1, conv3d) or none
+    stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow)
+    rgb: str = "resnet18"  # RGB backbone
+    flow: str = "resnet18"  # flow backbone
+    at: str = "layer4"  # RGB tap to fuse at (scores for average)
+    at_flow: str = ""  # flow tap; empty: the deepest with the same reduction
+    weights: str = "none"  # none | imagenet | path of a torchvision state-dict file
+    init_rgb: str = ""  # checkpoint of a trained RGB stream
+    init_flow: str = ""  # checkpoint of a trained flow stream
+    dropout: float = -1.0  # before the classifiers; -1: the backbone's default
+    keep_spatial_head: bool = False  # at the last tap: average in the RGB head (seed 001)
+    keep_temporal_tower: bool = False  # run the flow tower on and average its scores in
+    fusion_init: str = "identity"  # identity | random (conv fusions)
+    fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
+    freeze: str = "none"  # none | streams (train only the fusion)
+    partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 8
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # step | cyclic | plateau | cosine | constant (stepped per epoch)
+    step_size: int = 5  # step: epochs between decays (seed 001: halve every 5)
+    gamma: float = 0.5  # step: decay factor; plateau: reduction factor
+    base_lr: float = 1e-5  # cyclic: lower bound (seed 001)
+    max_lr: float = 1e-4  # cyclic: first peak (seed 001)
+    cycle_up: int = 5  # cyclic: epochs from base to max (and as many back down)
+    cyclic_mode: str = "triangular2"  # triangular | triangular2 | exp_range | halve-peak (seed 001)
+    cyclic_gamma: float = 1.0  # exp_range: peak decay per epoch
+    patience: int = 2  # plateau: epochs without validation-loss improvement
+    warmup_epochs: int = 0  # cosine: linear warm-up
+    grad_clip: float = 0.0  # max gradient norm; 0: off
+    amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | none | bf16 | fp16
+    # --- runs ---
+    best_rule: str = "both"  # both: val loss and accuracy improve (seed 001) | loss | accuracy
+    run_name: str = ""  # runs/<run_name>; empty: from fusion, tap and time
+    logdir: str = "runs"
+    resume: str = ""  # run folder or checkpoint to continue
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    eval_clips: int = 25  # test protocol: clips per video (Simonyan: 25)
+    eval_crops: str = "center"  # center | three | ten
+    aggregate: str = "mean-softmax"  # clip -> video: mean-softmax | sum-logits | vote
+
+    def validate(self) -> "Config":
+        def choice(key, valid):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"config key {key}: {getattr(self, key)!r} is not one of "
+                                 f"{', '.join(map(str, valid))}")
+
+        def positive(*keys):
+            for key in keys:
+                if getattr(self, key) <= 0:
+                    raise ValueError(f"config key {key}: must be > 0, got {getattr(self, key)}")
+        choice("dataset", DATASETS)
+        choice("split", (1, 2, 3))
+        choice("frame_policy", POLICIES)
+        choice("augment", AUGMENTS)
+        choice("on_bad", ("raise", "skip"))
+        choice("fuse", (*FUSIONS, "none"))
+        choice("stream", ("rgb", "flow"))
+        choice("rgb", tuple(STREAMS))
+        choice("flow", tuple(STREAMS))
+        choice("fusion_init", ("identity", "random"))
+        choice("freeze", FREEZE_MODES)
+        choice("optimizer", OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("cyclic_mode", CYCLIC_MODES)
+        choice("amp", AMP_MODES)
+        choice("best_rule", BEST_RULES)
+        choice("eval_crops", CROP_MODES)
+        choice("aggregate", AGGREGATES)
+        positive("segments", "flow_stack", "rgb_stack", "image_size", "epochs", "batch_size",
+                 "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"config key val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.workers < 0 or self.max_classes < 0 or self.grad_clip < 0:
+            raise ValueError("config keys workers, max_classes, grad_clip must be >= 0")
+        if self.dropout != -1 and not 0 <= self.dropout < 1:
+            raise ValueError(f"config key dropout: must be in [0, 1) or -1, got {self.dropout}")
+        if self.classes and self.max_classes:
+            raise ValueError("config keys classes and max_classes: give one of them")
+        if self.fuse == "average" and self.at not in ("scores", ""):
+            raise ValueError(f"config key at: average fusion combines scores, set at = "
+                             f"'scores' (got {self.at!r})")
+        return self
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return (self.stream,) if self.fuse == "none" else ("rgb", "flow")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_type(f: dataclasses.Field):
+    hints = typing.get_type_hints(Config)
+    return hints[f.name]
+
+
+def _coerce(key: str, value, kind, source: str):
+    """Check a TOML value against the field's type (ints are accepted for floats)."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise ValueError(f"{source}: key {key} must be a list of {item.__name__}, "
+                             f"got {value!r}")
+        return [_coerce(key, v, item, source) for v in value]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{source}: key {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a config file; unknown keys and ill-typed values are errors naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {path} is not valid TOML: {err}") from err
+    known = {f.name: f for f in fields(Config)}
+    out = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"config file {path}: unknown key {key!r}")
+        out[key] = _coerce(key, value, _field_type(known[key]), f"config file {path}")
+    return out
+
+
+def build_parser(description: str = "") -> argparse.ArgumentParser:
+    """`--config` plus one flag per Config key; unset flags stay None (not given)."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=None)
+    parser.add_argument("--config", help="TOML file with Config keys")
+    for f in fields(Config):
+        kind = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"default: {default!r}"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, help=help_text)
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """defaults < --config file < flags, validated."""
+    values = load_toml(args.config) if args.config else {}
+    flags = {k: v for k, v in vars(args).items() if k != "config" and v is not None
+             and k in {f.name for f in fields(Config)}}
+    values.update(flags)
+    return Config(**values).validate()
+
+
+def from_dict(data: dict) -> Config:
+    """A config saved in a checkpoint or a run folder (unknown keys are errors)."""
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"saved config has unknown keys {unknown}")
+    return Config(**data).validate()
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML (flat keys; the format `load_toml` reads)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+    return "".join(f"{k} = {value(v)}\n" for k, v in config.to_dict().items())

@@ -1,0 +1,480 @@
+"""Training and evaluation: the loop, checkpoints, exact resume, TensorBoard, the test protocol.
+
+    run_dir = train(config)              # runs/<name>/: config.toml, events, last.pt, best.pt,
+                                         # metrics.json
+    metrics = evaluate_checkpoint("runs/x/best.pt")
+
+All randomness in training draws from torch's generators: the model's from the global one (saved
+in every checkpoint), the data's from a per-epoch generator seeded by (seed, epoch). A run resumed
+from `last.pt` therefore ends with the same weights as one that was never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from fusion.config import RESUMABLE, Config, from_dict, to_toml
+from fusion.data.datasets import DATASETS, collate_clips
+from fusion.data.synthetic import make_synthetic
+from fusion.data.transforms import TrainTransform
+from fusion.model import SingleStream, build_two_stream, load_stream_checkpoint
+from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
+from fusion.streams import build_stream, count_parameters
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------- data and model
+
+def ensure_synthetic(root: Path) -> None:
+    """Generate the demo dataset on first use."""
+    if not (root / "ucfTrainTestlist" / "classInd.txt").is_file():
+        print(f"generating the synthetic dataset in {root}")
+        make_synthetic(root)
+
+
+def train_transform(config: Config) -> TrainTransform:
+    if config.augment == "seed001":
+        rgb_only = config.modalities == ("rgb",)
+        return TrainTransform(config.image_size, flip_p=0.25, color_jitter=(0.4, 0.4, 0.4, 0.3),
+                              grayscale_p=0.1, autocontrast_p=0.1, sharpness_p=0.1,
+                              rotation=15.0 if rgb_only else 0.0,
+                              perspective_p=0.1 if rgb_only else 0.0)
+    return TrainTransform(config.image_size)
+
+
+def build_dataset(config: Config, subset: str, mode: str):
+    """The dataset of a config for subset train / val / test, read in mode train / val / test."""
+    root = Path(config.data_root)
+    kind = "ucf101" if config.dataset == "synthetic" else config.dataset
+    if config.dataset == "synthetic":
+        ensure_synthetic(root)
+    options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
+                   seed=config.seed, oversample=config.oversample, modalities=config.modalities,
+                   segments=config.segments, flow_stack=config.flow_stack,
+                   rgb_stack=config.rgb_stack, frame_policy=config.frame_policy,
+                   image_size=config.image_size, on_bad=config.on_bad)
+    if kind == "folder":
+        options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
+    else:
+        options.update(split=config.split, val_fraction=config.val_fraction)
+    if mode == "train":
+        options["transform"] = train_transform(config)
+    if mode == "test":
+        options.update(num_clips=config.eval_clips, crops=config.eval_crops)
+    return DATASETS[kind](root, **options)
+
+
+def validation_subset(config: Config) -> str:
+    return "val" if config.val_fraction > 0 else "test"
+
+
+def build_model(config: Config, num_classes: int) -> torch.nn.Module:
+    weights = None if config.weights == "none" else config.weights
+    dropout = None if config.dropout == -1 else config.dropout
+    if config.fuse == "none":
+        rgb = config.stream == "rgb"
+        stream = build_stream(config.rgb if rgb else config.flow, num_classes=num_classes,
+                              in_channels=3 * config.rgb_stack if rgb else 2 * config.flow_stack,
+                              weights=weights, dropout=dropout, modality=config.stream)
+        init = config.init_rgb if rgb else config.init_flow
+        if init:
+            load_stream_checkpoint(stream, init, config.stream)
+        return SingleStream(stream, partial_bn=config.partial_bn)
+    return build_two_stream(
+        rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
+        at_flow=config.at_flow or None, num_classes=num_classes, flow_stack=config.flow_stack,
+        rgb_stack=config.rgb_stack, weights=weights, dropout=dropout,
+        keep_spatial_head=config.keep_spatial_head,
+        keep_temporal_tower=config.keep_temporal_tower, fusion_init=config.fusion_init,
+        fusion_weights=config.fusion_weights or None, freeze=config.freeze,
+        partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
+        init_flow=config.init_flow or None)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config key device: {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16/fp16 on GPUs that support it, none on the CPU unless asked."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_loader(dataset, config: Config, *, shuffle: bool, epoch: int = 0,
+                batch_size: int | None = None) -> DataLoader:
+    # A fresh generator per epoch fixes the order and the workers' augmentation seeds, so an
+    # epoch replays identically after a resume.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=batch_size or config.batch_size, shuffle=shuffle,
+                      num_workers=config.workers, collate_fn=collate_clips,
+                      generator=generator, pin_memory=torch.cuda.is_available(),
+                      drop_last=False)
+
+
+def to_device(batch, device):
+    move = (lambda x: None if x is None else x.to(device, non_blocking=True))
+    return move(batch.rgb), move(batch.flow), batch.label.to(device)
+
+
+# ---------------------------------------------------------------------------- one epoch
+
+def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
+              grad_clip: float = 0.0, desc: str = "", on_step=None) -> dict:
+    """Train (with an optimizer) or evaluate one pass; returns loss and accuracy per output."""
+    training = optimizer is not None
+    model.train(training)
+    sums: dict[str, list[float]] = {}
+    seen = skipped = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    with torch.set_grad_enabled(training):
+        for step, batch in enumerate(bar):
+            skipped += len(batch.skipped)
+            if len(batch.label) == 0:
+                continue
+            rgb, flow, labels = to_device(batch, device)
+            with autocast(device, dtype):
+                parts = model(rgb, flow, return_parts=True)
+                loss = F.cross_entropy(parts["fused"].float(), labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} "
+                                       f"at step {step}")
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if on_step is not None:
+                    on_step(step, batch)
+            n = len(labels)
+            seen += n
+            for name, logits in parts.items():
+                part_loss = loss if name == "fused" else F.cross_entropy(logits.float(), labels)
+                correct = (logits.argmax(-1) == labels).sum().item()
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0] += part_loss.item() * n
+                acc[1] += correct
+            bar.set_postfix(loss=f"{sums['fused'][0] / seen:.3f}",
+                            clips_s=f"{seen / (time.perf_counter() - start):.1f}")
+    elapsed = time.perf_counter() - start
+    metrics = {"clips_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
+               "clips": seen}
+    for name, (loss_sum, correct) in sums.items():
+        metrics[f"loss/{name}"] = loss_sum / max(seen, 1)
+        metrics[f"acc/{name}"] = correct / max(seen, 1)
+    return metrics
+
+
+def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
+    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy."""
+    if best is None:
+        return True
+    lower = metrics["loss/fused"] < best["loss/fused"]
+    higher = metrics["acc/fused"] > best["acc/fused"]
+    return {"both": lower and higher, "loss": lower, "accuracy": higher}[rule]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a
+    half-written checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a training checkpoint of this project")
+    state["path"] = str(path)
+    return state
+
+
+def resume_config(checkpoint: dict, overrides: dict) -> Config:
+    """The checkpoint's config; only RESUMABLE keys may be changed on the command line."""
+    saved = checkpoint["config"]
+    for key, value in overrides.items():
+        if key not in RESUMABLE and saved.get(key) != value:
+            raise ValueError(f"cannot change {key} when resuming {checkpoint['path']} "
+                             f"(saved: {saved.get(key)!r}, given: {value!r}); only "
+                             f"{', '.join(RESUMABLE)} may change")
+    return from_dict({**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE}})
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------- the test protocol
+
+def aggregate(scores: torch.Tensor, mode: str) -> torch.Tensor:
+    """Clip logits B x V x K -> video scores B x K (argmax gives the prediction).
+
+    mean-softmax: mean of the clips' softmax; sum-logits: sum of logits (the older PyTorch
+    repositories); vote: share of the clips voting for each class (seed 002), ties broken by
+    the mean softmax.
+    """
+    if mode == "mean-softmax":
+        return scores.float().softmax(-1).mean(1)
+    if mode == "sum-logits":
+        return scores.float().sum(1)
+    votes = F.one_hot(scores.argmax(-1), scores.shape[-1]).float().mean(1)
+    return votes + 1e-6 * scores.float().softmax(-1).mean(1)
+
+
+@torch.no_grad()
+def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, workers: int = 0,
+                   mode: str = "mean-softmax") -> dict:
+    """Run the test protocol: every view of every video, aggregated per output."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate_clips)
+    scores: dict[str, list[torch.Tensor]] = {}
+    labels, ids, skipped = [], [], []
+    for batch in tqdm(loader, desc="test", leave=False, dynamic_ncols=True, disable=None):
+        skipped += [s.video_id for s in batch.skipped]
+        if len(batch.label) == 0:
+            continue
+        rgb, flow, _ = to_device(batch, device)
+        b, v = batch.label.shape[0], (rgb if rgb is not None else flow).shape[1]
+        fold = (lambda x: None if x is None else x.flatten(0, 1))  # B x V x T ... -> (B V) x T
+        with autocast(device, dtype):
+            parts = model(fold(rgb), fold(flow), return_parts=True)
+        for name, logits in parts.items():
+            scores.setdefault(name, []).append(aggregate(logits.view(b, v, -1).cpu(), mode))
+        labels.append(batch.label)
+        ids += batch.video_id
+    return {"scores": {k: torch.cat(v) for k, v in scores.items()},
+            "labels": torch.cat(labels), "video_ids": ids, "skipped": skipped}
+
+
+def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    k = len(classes)
+    predictions = scores.argmax(-1)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    totals = confusion.sum(1)
+    return {"accuracy": (predictions == labels).float().mean().item(),
+            "per_class": {c: (confusion[i, i] / totals[i]).item() if totals[i] else None
+                          for i, c in enumerate(classes)},
+            "confusion": confusion.tolist()}
+
+
+def confusion_image(confusion: list[list[int]], cell: int = 16) -> torch.Tensor:
+    """Row-normalised confusion matrix as a 3 x H x W image (white: all of the row)."""
+    m = torch.tensor(confusion, dtype=torch.float32)
+    m = m / m.sum(1, keepdim=True).clamp(min=1)
+    image = m.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    return torch.stack([image, image, image ** 0.5])  # a faint blue tint shows small values
+
+
+def print_table(metrics: dict) -> None:
+    print(f"{'output':<8} {'video accuracy':>15}")
+    for name, m in metrics["test"].items():
+        print(f"{name:<8} {100 * m['accuracy']:>14.1f}%")
+
+
+# ---------------------------------------------------------------------------- training
+
+def run_name(config: Config) -> str:
+    if config.run_name:
+        return config.run_name
+    what = f"{config.stream}" if config.fuse == "none" else f"{config.fuse}_{config.at}"
+    return f"{what}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(config: Config, *, overrides: dict | None = None) -> Path:
+    """Train per `config` (or continue `config.resume`), then test the best checkpoint."""
+    checkpoint = None
+    if config.resume:
+        checkpoint = load_checkpoint(config.resume)
+        config = resume_config(checkpoint, overrides or {})
+        run_dir = Path(checkpoint["path"]).parent
+    else:
+        run_dir = Path(config.logdir) / run_name(config)
+        if (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
+                                  f"{run_dir} or choose another --run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(config))
+    device = select_device(config.device)
+    dtype = amp_dtype(config.amp, device)
+    torch.manual_seed(config.seed)
+
+    train_set = build_dataset(config, "train", "train")
+    val_set = build_dataset(config, validation_subset(config), "val")
+    if config.val_fraction == 0:
+        print("note: val_fraction = 0, so the best checkpoint is chosen on the test split")
+    classes = train_set.classes
+    model = build_model(config, len(classes)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), config)
+    scheduler = build_scheduler(optimizer, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    start_epoch, best, history, train_time = 0, None, [], 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, best = checkpoint["epoch"], checkpoint["best"]
+        history, train_time = checkpoint["history"], checkpoint["train_time"]
+        print(f"resuming {run_dir} after epoch {start_epoch}")
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch * steps_per_epoch)
+    print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} training "
+          f"and {len(val_set)} validation videos, {len(classes)} classes, device {device}")
+
+    def log_step(epoch):
+        def on_step(step, batch):
+            global_step = epoch * steps_per_epoch + step
+            writer.add_scalar("lr", optimizer.param_groups[0]["lr"], global_step)
+            if epoch == 0 and step == 0:
+                if batch.rgb is not None:
+                    writer.add_images("inputs/rgb", batch.rgb[:4, 0, :3], 0)
+                if batch.flow is not None:  # u of the first flow frame, grey = no motion
+                    writer.add_images("inputs/flow_u", batch.flow[:4, 0, :1], 0)
+        return on_step
+
+    for epoch in range(start_epoch, config.epochs):
+        began = time.perf_counter()
+        loader = make_loader(train_set, config, shuffle=True, epoch=epoch)
+        try:
+            train_metrics = run_epoch(model, loader, device, optimizer=optimizer, scaler=scaler,
+                                      dtype=dtype, grad_clip=config.grad_clip,
+                                      desc=f"epoch {epoch + 1}/{config.epochs}",
+                                      on_step=log_step(epoch))
+        except TrainingDiverged as err:
+            writer.close()
+            kept = run_dir / "last.pt"
+            raise TrainingDiverged(f"{err} in epoch {epoch + 1}; stopped. The last good "
+                                   f"checkpoint is {kept if kept.exists() else 'none yet'}; "
+                                   f"try a lower --lr or --grad-clip") from None
+        val_metrics = run_epoch(model, make_loader(val_set, config, shuffle=False), device,
+                                dtype=dtype, desc="validate")
+        step_scheduler(scheduler, val_metrics["loss/fused"])
+        train_time += time.perf_counter() - began
+        improved = is_better(val_metrics, best, config.best_rule)
+        if improved:
+            best = {**val_metrics, "epoch": epoch + 1}
+        history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
+                        "lr": optimizer.param_groups[0]["lr"]})
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "epoch": epoch + 1, "best": best, "history": history,
+                 "train_time": train_time, "config": config.to_dict(), "rng": rng_state(),
+                 "classes": classes}
+        save_atomic(state, run_dir / "last.pt")
+        if improved:
+            save_atomic(state, run_dir / "best.pt")
+        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+            for key, value in metrics.items():
+                if key.startswith(("loss/", "acc/")) or key == "clips_per_s":
+                    writer.add_scalar(f"{split}/{key}", value, epoch + 1)
+        print(f"epoch {epoch + 1}: train loss {train_metrics['loss/fused']:.3f} "
+              f"acc {train_metrics['acc/fused']:.3f} | val loss {val_metrics['loss/fused']:.3f} "
+              f"acc {val_metrics['acc/fused']:.3f}{' (best)' if improved else ''} | "
+              f"{train_metrics['clips_per_s']:.1f} clips/s")
+        skipped = train_metrics["skipped"] + val_metrics["skipped"]
+        if skipped:
+            print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
+
+    metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers)
+    writer.add_image("test/confusion", confusion_image(metrics["test"]["fused"]["confusion"]), 0)
+    hparams = {k: v for k, v in config.to_dict().items()
+               if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
+    writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
+                                 for k, m in metrics["test"].items()}, run_name=".")
+    writer.close()
+    return run_dir
+
+
+def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", workers: int = 0,
+                    overrides: dict | None = None, out: str | Path | None = None) -> dict:
+    """The standard test protocol on a checkpoint; writes metrics.json next to it (or `out`)."""
+    checkpoint = load_checkpoint(path)
+    config = from_dict({**checkpoint["config"], **(overrides or {})})
+    device = select_device(device) if isinstance(device, str) else device
+    dataset = build_dataset(config, "test", "test")
+    if dataset.classes != checkpoint["classes"]:
+        raise ValueError(f"the test set's classes {dataset.classes} differ from the "
+                         f"checkpoint's {checkpoint['classes']}")
+    model = build_model(from_dict({**config.to_dict(), "init_rgb": "", "init_flow": "",
+                                   "weights": "none"}), len(dataset.classes))
+    model.load_state_dict(checkpoint["model"])
+    model.to(device)
+    views = dataset.num_clips * dataset.transform.views
+    result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
+                            batch_size=max(1, config.batch_size // views), workers=workers,
+                            mode=config.aggregate)
+    best = checkpoint["best"] or {}
+    metrics = {
+        "run": Path(checkpoint["path"]).parent.name, "checkpoint": checkpoint["path"],
+        "epoch": checkpoint["epoch"], "best_epoch": best.get("epoch"),
+        "parameters": count_parameters(model), "train_time_s": checkpoint["train_time"],
+        "protocol": {"clips": config.eval_clips, "crops": config.eval_crops,
+                     "aggregate": config.aggregate, "videos": len(result["labels"])},
+        "skipped": result["skipped"], "classes": dataset.classes,
+        "val": {k: v for k, v in best.items() if k.startswith(("acc/", "loss/"))},
+        "test": {name: classification_metrics(s, result["labels"], dataset.classes)
+                 for name, s in result["scores"].items()},
+        "config": config.to_dict(),
+    }
+    out = Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json"
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=1))
+    os.replace(tmp, out)
+    return metrics
