@@ -432,7 +432,8 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
         if skipped:
             print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
-    metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers)
+    metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers,
+                              train_time_s=train_time)
     writer.add_image("test/confusion", confusion_image(metrics["test"]["fused"]["confusion"]), 0)
     hparams = {k: v for k, v in config.to_dict().items()
                if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
@@ -443,8 +444,10 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
 
 
 def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", workers: int = 0,
-                    overrides: dict | None = None, out: str | Path | None = None) -> dict:
-    """The standard test protocol on a checkpoint; writes metrics.json next to it (or `out`)."""
+                    overrides: dict | None = None, out: str | Path | None = None,
+                    train_time_s: float | None = None) -> dict:
+    """The standard test protocol on a checkpoint; writes metrics.json next to it (or `out`).
+    `train_time_s`: the whole run's training time (default: the time up to this checkpoint)."""
     checkpoint = load_checkpoint(path)
     config = from_dict({**checkpoint["config"], **(overrides or {})})
     device = select_device(device) if isinstance(device, str) else device
@@ -464,7 +467,8 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
     metrics = {
         "run": Path(checkpoint["path"]).parent.name, "checkpoint": checkpoint["path"],
         "epoch": checkpoint["epoch"], "best_epoch": best.get("epoch"),
-        "parameters": count_parameters(model), "train_time_s": checkpoint["train_time"],
+        "parameters": count_parameters(model),
+        "train_time_s": checkpoint["train_time"] if train_time_s is None else train_time_s,
         "protocol": {"clips": config.eval_clips, "crops": config.eval_crops,
                      "aggregate": config.aggregate, "videos": len(result["labels"])},
         "skipped": result["skipped"], "classes": dataset.classes,

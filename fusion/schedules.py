@@ -31,6 +31,9 @@ class HalvePeak:
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: Config) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (with freeze = 'streams', a "
+                         "fusion without parameters at an inner tap leaves nothing to train)")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)

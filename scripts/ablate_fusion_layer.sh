@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One fusion function at every tap of the RGB backbone, then one table.
+#   bash scripts/ablate_fusion_layer.sh [CONFIG] [EPOCHS] [FUSION] [extra train_fusion.py flags...]
+# Env: TAPS (default: every feature tap of the config's RGB backbone), SWEEP, PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-5}; FUSE=${3:-conv1x1}; shift $(( $# < 3 ? $# : 3 ))
+PYTHON=${PYTHON:-python}
+SWEEP=${SWEEP:-runs/ablate_fusion_layer}
+if [ -z "${TAPS:-}" ]; then
+  TAPS=$("$PYTHON" - "$CONFIG" "$@" <<'PY'
+import sys
+from fusion.config import build_parser, resolve
+from fusion.streams import build_stream
+config = resolve(build_parser().parse_args(["--config", sys.argv[1], *sys.argv[2:]]))
+print(" ".join(i["name"] for i in build_stream(config.rgb).feature_info))
+PY
+)
+fi
+for tap in $TAPS; do
+  bash scripts/sweep_run.sh "$SWEEP" "${FUSE}_$tap" --config "$CONFIG" --epochs "$EPOCHS" \
+    --fuse "$FUSE" --at "$tap" "$@"
+done
+"$PYTHON" scripts/summarize.py "$SWEEP"

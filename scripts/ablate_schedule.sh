@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Step vs cyclical learning-rate schedules (seed 001's comparison), then one table.
+#   bash scripts/ablate_schedule.sh [CONFIG] [EPOCHS] [extra train_fusion.py flags...]
+# Env: SWEEP (default: runs/ablate_schedule), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-10}; shift $(( $# < 2 ? $# : 2 ))
+PYTHON=${PYTHON:-python}
+SWEEP=${SWEEP:-runs/ablate_schedule}
+bash scripts/sweep_run.sh "$SWEEP" step --config "$CONFIG" --epochs "$EPOCHS" \
+  --schedule step --step-size 5 --gamma 0.5 "$@"
+bash scripts/sweep_run.sh "$SWEEP" cyclic --config "$CONFIG" --epochs "$EPOCHS" \
+  --schedule cyclic --base-lr 1e-5 --max-lr 1e-4 --cycle-up 5 --cyclic-mode halve-peak "$@"
+"$PYTHON" scripts/summarize.py "$SWEEP"

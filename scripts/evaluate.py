@@ -1,0 +1,67 @@
+"""Test a checkpoint with the standard protocol: N clips x crops per video, clip scores
+aggregated to video level; overall and per-class accuracy, confusion matrix, per output.
+
+    python scripts/evaluate.py --checkpoint runs/x/best.pt [--clips 25] [--crops ten]
+        [--aggregate mean-softmax|sum-logits|vote] [--data-root DIR] [--out metrics.json]
+
+Writes metrics.json next to the checkpoint unless --out says otherwise.
+"""
+import argparse
+import sys
+
+from fusion.config import AGGREGATES
+from fusion.data.datasets import FrameError
+from fusion.data.transforms import CROP_MODES
+from fusion.engine import print_table, test_checkpoint
+
+
+def print_details(metrics: dict) -> None:
+    classes = metrics["classes"]
+    width = max(len(c) for c in classes)
+    outputs = list(metrics["test"])
+    print(f"\n{'class':<{width}} " + " ".join(f"{o:>7}" for o in outputs))
+    for c in classes:
+        cells = [metrics["test"][o]["per_class"][c] for o in outputs]
+        print(f"{c:<{width}} " + " ".join("      -" if a is None else f"{100 * a:>6.1f}%"
+                                          for a in cells))
+    print(f"\nconfusion matrix (fused; rows: true class, columns: predicted)")
+    for c, row in zip(classes, metrics["test"]["fused"]["confusion"]):
+        print(f"{c:<{width}} " + " ".join(f"{n:>4}" for n in row))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="runs/<name>/best.pt or last.pt")
+    parser.add_argument("--clips", type=int, help="clips per video (default: the run's)")
+    parser.add_argument("--crops", choices=CROP_MODES, help="default: the run's")
+    parser.add_argument("--aggregate", choices=AGGREGATES, help="default: the run's")
+    parser.add_argument("--data-root", help="default: the run's")
+    parser.add_argument("--split", type=int, choices=(1, 2, 3), help="default: the run's")
+    parser.add_argument("--batch-size", type=int, help="clips per forward pass")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", help="metrics file (default: metrics.json beside the checkpoint)")
+    args = parser.parse_args(argv)
+    overrides = {key: value for key, value in [
+        ("eval_clips", args.clips), ("eval_crops", args.crops), ("aggregate", args.aggregate),
+        ("data_root", args.data_root), ("split", args.split), ("batch_size", args.batch_size)]
+        if value is not None}
+    try:
+        metrics = test_checkpoint(args.checkpoint, device=args.device, workers=args.workers,
+                                  overrides=overrides, out=args.out)
+    except (FrameError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    protocol = metrics["protocol"]
+    print(f"{metrics['checkpoint']} (epoch {metrics['epoch']}): {protocol['videos']} videos, "
+          f"{protocol['clips']} clips x {protocol['crops']} crops, {protocol['aggregate']}")
+    print_table(metrics)
+    print_details(metrics)
+    if metrics["skipped"]:
+        print(f"\nskipped {len(metrics['skipped'])} unreadable videos: {metrics['skipped']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Config loading, overrides and errors; every shipped config builds its model."""
+from pathlib import Path
+
+import pytest
+
+from fusion.config import Config, build_parser, load_toml, resolve, to_toml
+from fusion.engine import build_model
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+
+
+def parse(*argv):
+    return resolve(build_parser().parse_args(list(argv)))
+
+
+def test_defaults_file_and_flags_in_that_order(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('fuse = "sum"\nflow_stack = 4\nlr = 1\nfusion_weights = [1, 1.5]\n')
+    config = parse("--config", str(path), "--flow-stack", "6", "--keep-spatial-head")
+    assert (config.fuse, config.flow_stack, config.lr) == ("sum", 6, 1.0)
+    assert config.fusion_weights == [1.0, 1.5] and config.keep_spatial_head is True
+    assert config.segments == Config().segments  # untouched keys keep their defaults
+    assert parse("--no-keep-spatial-head").keep_spatial_head is False
+
+
+def test_unknown_and_ill_typed_keys_name_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('fuse = "conv1x1"\nflow_stacks = 4\n')
+    with pytest.raises(ValueError, match="c.toml: unknown key 'flow_stacks'"):
+        load_toml(path)
+    path.write_text('flow_stack = "ten"\n')
+    with pytest.raises(ValueError, match="key flow_stack must be int, got 'ten'"):
+        load_toml(path)
+    path.write_text('keep_spatial_head = 1\n')
+    with pytest.raises(ValueError, match="key keep_spatial_head must be bool"):
+        load_toml(path)
+    path.write_text('fuse = \n')
+    with pytest.raises(ValueError, match="is not valid TOML"):
+        load_toml(path)
+    with pytest.raises(FileNotFoundError, match="config file .*nope.toml does not exist"):
+        load_toml(tmp_path / "nope.toml")
+    with pytest.raises(SystemExit):  # argparse: an unknown flag
+        build_parser().parse_args(["--flow-stacks", "3"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fuse", "mean"], "config key fuse: 'mean' is not one of sum, max, concat, conv1x1, conv3d, average, none"),
+    (["--schedule", "linear"], "config key schedule: 'linear' is not one of step"),
+    (["--flow-stack", "0"], "config key flow_stack: must be > 0"),
+    (["--val-fraction", "1.5"], "config key val_fraction: must be in"),
+    (["--dropout", "2"], "config key dropout"),
+    (["--fuse", "average", "--at", "layer4"], "config key at: average fusion combines scores"),
+    (["--rgb", "alexnet"], "config key rgb: 'alexnet' is not one of"),
+    (["--split", "4"], "config key split"),
+])
+def test_bad_values_name_the_key(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse(*argv)
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    config = parse("--fuse", "average", "--at", "scores", "--fusion-weights", "1", "1.5",
+                   "--classes", "RedUp", "Blue \"quoted\"", "--run-name", "a\\b")
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config))
+    assert Config(**load_toml(path)) == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    config = parse("--config", str(path), "--weights", "none")
+    num_classes = len(config.classes) or config.max_classes or 5
+    model = build_model(config, num_classes)
+    assert sum(p.numel() for p in model.parameters()) > 0

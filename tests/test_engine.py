@@ -1,0 +1,200 @@
+"""Training end to end on a tiny synthetic dataset: runs, resume, NaN handling, evaluation."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import fusion.engine
+from fusion.config import build_parser, resolve
+from fusion.data.synthetic import make_synthetic
+from fusion.engine import TrainingDiverged, aggregate, load_checkpoint, train
+from tests.test_scripts import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_synthetic(tmp_path_factory.mktemp("tiny"), groups=3, clips_per_group=2,
+                          height=40, width=48, min_frames=6, max_frames=10, seed=2)
+
+
+def flags(tiny, logdir, *extra):
+    return ["--data-root", str(tiny), "--logdir", str(logdir), "--image-size", "32",
+            "--flow-stack", "2", "--batch-size", "4", "--epochs", "2", "--workers", "0",
+            "--optimizer", "adam", "--lr", "1e-3", "--val-fraction", "0.25",
+            "--eval-clips", "2", *extra]
+
+
+def config_of(argv):
+    return resolve(build_parser().parse_args(argv))
+
+
+def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys):
+    code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at",
+                                                   "layer4", "--keep-spatial-head",
+                                                   "--run-name", "fused"))
+    assert code == 0
+    run = tmp_path / "fused"
+    for name in ("config.toml", "last.pt", "best.pt", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert 'fuse = "conv1x1"' in (run / "config.toml").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"fused", "rgb"}
+    assert metrics["protocol"] == {"clips": 2, "crops": "center", "aggregate": "mean-softmax",
+                                   "videos": 8}
+    confusion = torch.tensor(metrics["test"]["fused"]["confusion"])
+    assert confusion.shape == (4, 4) and confusion.sum() == 8
+    assert metrics["test"]["fused"]["accuracy"] == pytest.approx(confusion.trace().item() / 8)
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["fuse"] == "conv1x1"
+    assert "best epoch" in capsys.readouterr().out
+
+    events = EventAccumulator(str(run)).Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss/fused", "val/acc/fused", "val/acc/rgb", "train/clips_per_s", "lr"):
+        assert tag in scalars, tag
+    assert len(events.Scalars("lr")) == 2 * 3  # 12 training videos, batches of 4, 2 epochs
+    assert {"inputs/rgb", "inputs/flow_u", "test/confusion"} <= set(events.Tags()["images"])
+
+    # evaluate.py: another protocol on the same checkpoint, to a file of its own.
+    out = tmp_path / "ten.json"
+    assert load_script("evaluate").main(["--checkpoint", str(run / "best.pt"), "--crops", "ten",
+                                         "--aggregate", "vote", "--workers", "0",
+                                         "--out", str(out)]) == 0
+    ten = json.loads(out.read_text())
+    assert ten["protocol"]["crops"] == "ten" and ten["protocol"]["aggregate"] == "vote"
+    printed = capsys.readouterr().out
+    assert "confusion matrix" in printed and "RedUp" in printed
+
+
+def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path):
+    train_fusion = load_script("train_fusion").main
+    for stream in ("rgb", "flow"):
+        assert train_fusion(flags(tiny, tmp_path, "--fuse", "none", "--stream", stream,
+                                  "--run-name", stream, "--epochs", "1")) == 0
+    inits = ["--init-rgb", str(tmp_path / "rgb" / "best.pt"),
+             "--init-flow", str(tmp_path / "flow" / "best.pt"), "--freeze", "streams"]
+    assert train_fusion(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at", "layer3", *inits,
+                              "--epochs", "1", "--run-name", "conv")) == 0
+    rgb = load_checkpoint(tmp_path / "rgb" / "best.pt")["model"]
+    fused = load_checkpoint(tmp_path / "conv" / "last.pt")["model"]
+    # frozen streams: the fused model's RGB tower is still the trained RGB stream
+    for key, value in rgb.items():
+        assert torch.equal(fused["rgb." + key[len("stream."):]], value), key
+    assert json.loads((tmp_path / "rgb" / "metrics.json").read_text())["test"].keys() == \
+        {"fused", "rgb"}
+    # A frozen model with nothing left to train is an error, not a silent no-op.
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--at", "layer3", *inits,
+                              "--run-name", "sum")))
+
+
+def final_weights(run):
+    return load_checkpoint(run / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tiny, tmp_path, workers):
+    common = ["--fuse", "conv1x1", "--at", "layer4", "--dropout", "0.5", "--workers",
+              str(workers), "--schedule", "step", "--step-size", "1"]
+    train(config_of(flags(tiny, tmp_path, *common, "--epochs", "3", "--run-name", "straight")))
+    train(config_of(flags(tiny, tmp_path, *common, "--epochs", "2", "--run-name", "stopped")))
+    resumed = config_of(["--resume", str(tmp_path / "stopped"), "--epochs", "3"])
+    train(resumed, overrides={"resume": str(tmp_path / "stopped"), "epochs": 3})
+    straight, stopped = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 3
+    for key, value in straight.items():
+        assert torch.equal(value, stopped[key]), key
+
+
+def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp_path):
+    train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--epochs", "1", "--run-name", "a")))
+    with pytest.raises(ValueError, match="cannot change fuse when resuming"):
+        train(config_of(["--resume", str(tmp_path / "a")]),
+              overrides={"resume": str(tmp_path / "a"), "fuse": "max"})
+    with pytest.raises(FileExistsError, match="already holds a run; resume it with --resume"):
+        train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--run-name", "a")))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch,
+                                                                   capsys):
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        # epoch 1 trains (3 batches) and validates; epoch 2's second batch turns NaN
+        return loss * float("nan") if calls["n"] > 12 else loss
+    monkeypatch.setattr(fusion.engine.F, "cross_entropy", poisoned)
+    code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none",
+                                                   "--run-name", "nan", "--epochs", "3"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "in epoch 2" in err
+    assert f"last good checkpoint is {tmp_path / 'nan' / 'last.pt'}" in err
+    kept = load_checkpoint(tmp_path / "nan" / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "metrics.json").exists()
+    assert not [p for p in (tmp_path / "nan").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_aggregation_modes_on_fabricated_clip_scores():
+    # one video, three clips, three classes
+    logits = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.2, 0.0]]])
+    mean = aggregate(logits, "mean-softmax")
+    torch.testing.assert_close(mean, logits.softmax(-1).mean(1))
+    assert mean.argmax().item() == 0  # one confident clip outweighs two unsure ones
+    assert aggregate(logits, "sum-logits").tolist() == [[4.0, pytest.approx(2.2), 0.0]]
+    assert aggregate(logits, "vote").argmax().item() == 1  # two of three clips say class 1
+    tie = torch.tensor([[[3.0, 0.0], [0.0, 1.0]]])  # one vote each: the mean softmax decides
+    assert aggregate(tie, "vote").argmax().item() == 0
+
+
+def test_summarize_prints_one_row_per_run(tmp_path, capsys):
+    def fabricate(name, fuse, at, accs, params, seconds):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({
+            "run": name, "parameters": params, "train_time_s": seconds,
+            "config": {"fuse": fuse, "at": at, "at_flow": "", "stream": "flow"},
+            "test": {k: {"accuracy": v} for k, v in accs.items()}}))
+    fabricate("b_avg", "average", "scores", {"fused": 0.9, "rgb": 0.7, "flow": 0.8}, 2000, 90)
+    fabricate("a_flow", "none", "layer4", {"fused": 0.61, "flow": 0.61}, 1000, 30)
+    (tmp_path / "not_a_run").mkdir()
+    assert load_script("summarize").main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split("|")[1:-1] == [" run    ", " fusion      ", " tap    ", " RGB % ",
+                                         " flow % ", " fused % ", " parameters ",
+                                         " train time "]
+    assert [c.strip() for c in lines[2].split("|")[1:-1]] == [
+        "a_flow", "none (flow)", "-", "-", "61.0", "61.0", "1,000", "0.5 min"]
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        "b_avg", "average", "scores", "70.0", "80.0", "90.0", "2,000", "1.5 min"]
+    assert load_script("summarize").main([str(tmp_path / "not_a_run")]) == 1
+
+
+def test_ablation_script_runs_a_sweep_and_prints_the_table(tiny, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "FUSIONS": "average conv1x1",
+           "SWEEP": str(tmp_path / "sweep")}
+    extra = flags(tiny, tmp_path / "unused", "--epochs", "1")
+    extra = [a for i, a in enumerate(extra) if a != "--logdir" and extra[i - 1] != "--logdir"]
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
+                             "configs/synthetic_demo.toml", "1", "layer3", *extra],
+                            env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table[1:]] == ["average", "conv1x1"]
+    assert "layer3" in table[2] and "scores" in table[1]
+    # Run again: finished runs are skipped, the table is the same.
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
+                            "configs/synthetic_demo.toml", "1", "layer3", *extra],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0 and again.stdout.count("is finished, skipping") == 2
