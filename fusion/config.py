@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from fusion.data.flow import METHODS
 from fusion.data.sampling import POLICIES
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
@@ -49,6 +50,9 @@ class Config:
     image_size: int = 224  # network input side
     augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
+    flow_method: str = "tvl1"  # how the flow frames were made: tvl1 | dis | farneback
+    flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
+    short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
     workers: int = 2  # DataLoader worker processes
     # --- model ---
     fuse: str = "conv1x1"  # a fusion (average, sum, max, concat, conv1x1, conv3d) or none
@@ -112,6 +116,7 @@ class Config:
         choice("frame_policy", POLICIES)
         choice("augment", AUGMENTS)
         choice("on_bad", ("raise", "skip"))
+        choice("flow_method", METHODS)
         choice("fuse", (*FUSIONS, "none"))
         choice("stream", ("rgb", "flow"))
         choice("rgb", tuple(STREAMS))
@@ -126,6 +131,7 @@ class Config:
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "epochs", "batch_size",
+                 "flow_bound", "short_side",
                  "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"config key val_fraction: must be in [0, 1), got {self.val_fraction}")

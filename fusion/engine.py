@@ -55,12 +55,26 @@ def train_transform(config: Config) -> TrainTransform:
     return TrainTransform(config.image_size)
 
 
+def check_extraction(config: Config, root: Path) -> None:
+    """A dataset written by extract_frames.py records how; the config must agree, since
+    predict.py makes flow for new videos the way the config says."""
+    path = root / "extraction.json"
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    for key in ("flow_method", "flow_bound", "short_side"):
+        if key in recorded and recorded[key] != "none" and recorded[key] != getattr(config, key):
+            raise ValueError(f"config key {key}: {getattr(config, key)!r}, but {path} says the "
+                             f"data was extracted with {recorded[key]!r}")
+
+
 def build_dataset(config: Config, subset: str, mode: str):
     """The dataset of a config for subset train / val / test, read in mode train / val / test."""
     root = Path(config.data_root)
     kind = "ucf101" if config.dataset == "synthetic" else config.dataset
     if config.dataset == "synthetic":
         ensure_synthetic(root)
+    check_extraction(config, root)
     options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
                    seed=config.seed, oversample=config.oversample, modalities=config.modalities,
                    segments=config.segments, flow_stack=config.flow_stack,
@@ -443,6 +457,15 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
     return run_dir
 
 
+def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
+    """The trained model of a checkpoint (its weights, not the initialisation it started from)."""
+    config = from_dict({**checkpoint["config"], "init_rgb": "", "init_flow": "",
+                        "weights": "none"})
+    model = build_model(config, len(checkpoint["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
 def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", workers: int = 0,
                     overrides: dict | None = None, out: str | Path | None = None,
                     train_time_s: float | None = None) -> dict:
@@ -455,10 +478,7 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
     if dataset.classes != checkpoint["classes"]:
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "
                          f"checkpoint's {checkpoint['classes']}")
-    model = build_model(from_dict({**config.to_dict(), "init_rgb": "", "init_flow": "",
-                                   "weights": "none"}), len(dataset.classes))
-    model.load_state_dict(checkpoint["model"])
-    model.to(device)
+    model = model_from_checkpoint(checkpoint).to(device)
     views = dataset.num_clips * dataset.transform.views
     result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
                             batch_size=max(1, config.batch_size // views), workers=workers,

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from fusion.data.index import FrameIndex
-from fusion.data.sampling import (POLICIES, policy_start, segment_starts, snippet_indices,
-                                  protocol_clip_starts)
+from fusion.data.sampling import (POLICIES, policy_start, positions, protocol_clip_starts,
+                                  segment_starts, snippet_frames)
 from fusion.data.transforms import EvalTransform, TrainTransform
 
 MODES = ("train", "val", "test")
@@ -100,6 +100,26 @@ def read_frames(folder: Path, indices: Sequence[int], *, gray: bool, video_id: s
         raise FrameError(f"frames of video {video_id} in {folder} differ in size: {sizes}") from err
 
 
+def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
+                   segments: int, rgb_stack: int, flow_stack: int, single_view: bool):
+    """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
+    T x (L C) x H x W, or V x T x (L C) x H x W with views x clips first in the test protocol."""
+    if rgb is not None and flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
+        flow = TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
+    rgb, flow = transform(rgb, flow)
+
+    def arrange(x, stack):
+        if x is None:
+            return None
+        if x.dim() == 4:  # training: N x C x H x W
+            return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
+        # evaluation: V x N x C x H x W; views and clips both become the leading axis
+        clips = x.shape[1] // (segments * stack)
+        x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
+        return x[0] if single_view else x
+    return arrange(rgb, rgb_stack), arrange(flow, flow_stack)
+
+
 class VideoDataset(Dataset):
     """Clips from a list of videos: segment / stack sampling, then one transform per sample.
 
@@ -148,52 +168,36 @@ class VideoDataset(Dataset):
 
     def clip_starts(self, video: Video) -> list[list[int]]:
         """Snippet starts, clips x segments."""
-        if self.use_flow:
-            positions = video.flow_frames - self.flow_stack + 1
-        else:
-            positions = video.rgb_frames - self.rgb_stack + 1
+        n = positions(flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,
+                      flow_frames=video.flow_frames, rgb_frames=video.rgb_frames,
+                      use_flow=self.use_flow)
         if self.frame_policy != "tsn":
             policy = self.frame_policy
             if policy == "random" and self.mode != "train":
                 policy = "middle"  # evaluation stays deterministic
-            return [[policy_start(positions, policy)]] * self.num_clips
+            return [[policy_start(n, policy)]] * self.num_clips
         if self.mode == "test":
-            return protocol_clip_starts(positions, self.segments, self.num_clips)
-        return [segment_starts(positions, self.segments, train=self.mode == "train")]
+            return protocol_clip_starts(n, self.segments, self.num_clips)
+        return [segment_starts(n, self.segments, train=self.mode == "train")]
 
     def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         starts = [s for clip in self.clip_starts(video) for s in clip]  # clips * T snippets
+        rgb_idx, flow_idx = snippet_frames(
+            starts, flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,
+            flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
+            use_rgb=self.use_rgb)
         rgb = flow = None
-        if self.use_flow:
-            idx = [i for s in starts for i in snippet_indices(s, self.flow_stack,
-                                                              video.flow_frames)]
+        if flow_idx is not None:
             u_dir, v_dir = video.flow_dirs
-            u = read_frames(u_dir, idx, gray=True, video_id=video.video_id,
-                            template=self.frame_template)
-            v = read_frames(v_dir, idx, gray=True, video_id=video.video_id,
-                            template=self.frame_template)
-            flow = torch.cat([u, v], dim=1)  # N x 2 x H x W
-        if self.use_rgb:
-            # RGB frames centred in the flow window (flow frame k is the motion k -> k + 1).
-            offset = max((self.flow_stack - self.rgb_stack) // 2, 0) if self.use_flow else 0
-            idx = [i for s in starts for i in snippet_indices(s + offset, self.rgb_stack,
-                                                              video.rgb_frames)]
-            rgb = read_frames(video.rgb_dir, idx, gray=False, video_id=video.video_id,
+            flow = torch.cat([read_frames(d, flow_idx, gray=True, video_id=video.video_id,
+                                          template=self.frame_template)
+                              for d in (u_dir, v_dir)], dim=1)  # N x 2 x H x W
+        if rgb_idx is not None:
+            rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
                               template=self.frame_template)
-            if flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
-                flow = TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
-        rgb, flow = self.transform(rgb, flow)
-        clips = len(starts) // self.segments
-
-        def arrange(x, stack):
-            if x is None:
-                return None
-            if x.dim() == 4:  # training: N x C x H x W
-                return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
-            # evaluation: V x N x C x H x W; views and clips both become the leading axis
-            x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
-            return x[0] if self.mode == "val" else x
-        return arrange(rgb, self.rgb_stack), arrange(flow, self.flow_stack)
+        return arrange_sample(rgb, flow, self.transform, segments=self.segments,
+                              rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
+                              single_view=self.mode != "test")
 
     def __getitem__(self, i: int):
         video = self.videos[i]

@@ -60,3 +60,24 @@ def protocol_clip_starts(num_positions: int, segments: int, clips: int) -> list[
 def snippet_indices(start: int, length: int, frames: int) -> list[int]:
     """`length` consecutive frame indices from `start`, looping over a video of `frames`."""
     return [(start + i) % frames for i in range(length)]
+
+
+def snippet_frames(starts: list[int], *, flow_stack: int, rgb_stack: int, flow_frames: int,
+                   rgb_frames: int, use_flow: bool, use_rgb: bool):
+    """Frame indices of the snippets at `starts`: (rgb indices, flow indices), None when off.
+
+    RGB frames sit centred in the flow window (flow frame k is the motion k -> k + 1).
+    """
+    flow = rgb = None
+    if use_flow:
+        flow = [i for s in starts for i in snippet_indices(s, flow_stack, flow_frames)]
+    if use_rgb:
+        offset = max((flow_stack - rgb_stack) // 2, 0) if use_flow else 0
+        rgb = [i for s in starts for i in snippet_indices(s + offset, rgb_stack, rgb_frames)]
+    return rgb, flow
+
+
+def positions(*, flow_stack: int, rgb_stack: int, flow_frames: int, rgb_frames: int,
+              use_flow: bool) -> int:
+    """Number of snippet starts that need no looping (may be < 1 for short videos)."""
+    return flow_frames - flow_stack + 1 if use_flow else rgb_frames - rgb_stack + 1

@@ -1,0 +1,61 @@
+"""Decoding videos into frames with OpenCV, resized the way the datasets store them."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+class VideoError(RuntimeError):
+    """A file that cannot be opened or decoded as a video; the message names it."""
+
+
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+    """Resize so that the shorter side is `short_side` (0 keeps the frame as it is)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    if short_side <= 0 or min(h, w) == short_side:
+        return frame
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def open_video(path: str | Path):
+    """An opened cv2.VideoCapture and its frame rate; a VideoError if it is not a video."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video {path} does not exist")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise VideoError(f"{path} is not a readable video")
+    return capture, capture.get(cv2.CAP_PROP_FPS)
+
+
+def iter_frames(path: str | Path, short_side: int = 0) -> Iterator[np.ndarray]:
+    """RGB uint8 frames (H x W x 3) of a video, resized; a VideoError if it has none."""
+    import cv2
+
+    capture, _ = open_video(path)
+    count = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield resize_short_side(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), short_side)
+    finally:
+        capture.release()
+    if count == 0:
+        raise VideoError(f"{path} holds no decodable frames")
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)

@@ -1,0 +1,158 @@
+"""Time-stamped predictions on new videos with a trained checkpoint (seed 004's use case).
+
+The video is decoded as a stream; frames are resized to the training data's short side, flow is
+computed on the fly with the method the model was trained on and quantised the same way, and a
+window slides over the video. Each window is sampled like an evaluation clip (T centred
+segments); only the flow pairs that the snippets use are computed, once each. Memory holds one
+window of frames, so videos of any length work.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusion.config import Config, from_dict
+from fusion.data.datasets import arrange_sample
+from fusion.data.flow import FlowEstimator, quantize
+from fusion.data.sampling import positions, segment_starts, snippet_frames
+from fusion.data.transforms import EvalTransform
+from fusion.data.video import VideoError, iter_frames, open_video, to_gray
+
+DEFAULT_FPS = 25.0
+
+
+@dataclass
+class Window:
+    start: float  # seconds
+    end: float
+    label: str
+    probability: float
+    scores: list[float]
+
+
+def window_starts(frames: int, size: int, stride: int) -> list[int]:
+    """Window starts that cover all `frames`: every `stride`, plus one flush with the end."""
+    if frames <= size:
+        return [0]
+    starts = list(range(0, frames - size + 1, stride))
+    if starts[-1] + size < frames:
+        starts.append(frames - size)
+    return starts
+
+
+class ClipMaker:
+    """Builds one model input (1 x T x C x H x W per modality) from a window of frames."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.use_rgb = "rgb" in config.modalities
+        self.use_flow = "flow" in config.modalities
+        self.estimator = FlowEstimator(config.flow_method) if self.use_flow else None
+        self.transform = EvalTransform(config.image_size, "center")
+        self.flow_cache: dict[int, np.ndarray] = {}
+
+    def flow_at(self, k: int, frames: dict[int, np.ndarray]) -> np.ndarray:
+        """Quantised flow from absolute frame k to k + 1 (2 x H x W uint8), computed once."""
+        if k not in self.flow_cache:
+            flow = self.estimator(to_gray(frames[k]), to_gray(frames[k + 1]))
+            self.flow_cache[k] = quantize(flow, self.config.flow_bound).transpose(2, 0, 1)
+        return self.flow_cache[k]
+
+    def forget_before(self, k: int) -> None:
+        for key in [key for key in self.flow_cache if key < k]:
+            del self.flow_cache[key]
+
+    def __call__(self, frames: dict[int, np.ndarray], first: int, last: int):
+        c = self.config
+        count = last - first  # frames in the window
+        if self.use_flow and count < 2:
+            raise VideoError("a flow model needs at least two frames")
+        n = positions(flow_stack=c.flow_stack, rgb_stack=c.rgb_stack, flow_frames=count - 1,
+                      rgb_frames=count, use_flow=self.use_flow)
+        starts = segment_starts(n, c.segments, train=False)
+        rgb_idx, flow_idx = snippet_frames(starts, flow_stack=c.flow_stack,
+                                           rgb_stack=c.rgb_stack, flow_frames=count - 1,
+                                           rgb_frames=count, use_flow=self.use_flow,
+                                           use_rgb=self.use_rgb)
+        rgb = flow = None
+        if rgb_idx is not None:  # N x 3 x H x W
+            rgb = torch.from_numpy(np.stack([frames[first + i] for i in rgb_idx])).permute(
+                0, 3, 1, 2)
+        if flow_idx is not None:  # N x 2 x H x W
+            flow = torch.from_numpy(np.stack([self.flow_at(first + i, frames) for i in flow_idx]))
+        rgb, flow = arrange_sample(rgb, flow, self.transform, segments=c.segments,
+                                   rgb_stack=c.rgb_stack, flow_stack=c.flow_stack,
+                                   single_view=True)
+        return (None if rgb is None else rgb.unsqueeze(0),
+                None if flow is None else flow.unsqueeze(0))
+
+
+def _windows(frames_iter: Iterator[np.ndarray], size: int, stride: int):
+    """Yield (frames, first, last) per window while decoding, at the starts `window_starts`
+    gives for the final frame count. Frames before the last window are dropped; the last
+    window's are kept until the end, where a tail window may need them."""
+    frames: dict[int, np.ndarray] = {}
+    start, total = 0, 0
+    emitted_end = 0
+    for i, frame in enumerate(frames_iter):
+        frames[i] = frame
+        total = i + 1
+        while start + size <= total:
+            yield frames, start, start + size
+            emitted_end = start + size
+            for k in [k for k in frames if k < start]:
+                del frames[k]
+            start += stride
+    if total == 0:
+        return
+    if emitted_end == 0:  # shorter than one window: the whole video
+        yield frames, 0, total
+    elif emitted_end < total:  # the tail: one window flush with the end
+        yield frames, total - size, total
+
+
+@torch.no_grad()
+def predict_video(model: torch.nn.Module, config: Config, classes: list[str], path: str | Path,
+                  *, window: float = 2.0, stride: float = 1.0,
+                  device: torch.device | str = "cpu") -> dict:
+    """Windows with start / end times, top class and probability, and the video's class."""
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be > 0 seconds, got {window}, {stride}")
+    capture, fps = open_video(path)
+    capture.release()
+    note = None
+    if not fps or math.isnan(fps) or fps <= 0:
+        fps, note = DEFAULT_FPS, f"no frame rate in the file; assumed {DEFAULT_FPS} fps"
+    size = max(2, round(window * fps))
+    step = max(1, min(round(stride * fps), size))
+    maker = ClipMaker(config)
+    model.eval()
+    results, total = [], 0
+    for frames, first, last in _windows(iter_frames(path, config.short_side), size, step):
+        total = max(total, max(frames) + 1)
+        rgb, flow = maker(frames, first, last)
+        move = (lambda x: None if x is None else x.to(device))
+        probabilities = model(move(rgb), move(flow)).float().softmax(-1)[0].cpu()
+        top = int(probabilities.argmax())
+        results.append(Window(first / fps, last / fps, classes[top],
+                              float(probabilities[top]), probabilities.tolist()))
+        maker.forget_before(first)
+    mean = torch.tensor([w.scores for w in results]).mean(0)
+    top = int(mean.argmax())
+    return {"video": str(path), "fps": fps, "frames": total, "duration": total / fps,
+            "note": note, "windows": [asdict(w) for w in results],
+            "prediction": {"label": classes[top], "probability": float(mean[top])}}
+
+
+def load_for_prediction(checkpoint_path: str | Path):
+    """(model, config, classes) of a training checkpoint."""
+    from fusion.engine import load_checkpoint, model_from_checkpoint
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    return (model_from_checkpoint(checkpoint), from_dict(checkpoint["config"]),
+            checkpoint["classes"])

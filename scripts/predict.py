@@ -1,0 +1,57 @@
+"""Label the moments of an action in new videos with a trained checkpoint.
+
+    python scripts/predict.py --checkpoint runs/x/best.pt VIDEO [VIDEO ...]
+        [--window 2.0] [--stride 1.0] [--json predictions.json] [--device auto]
+
+Flow is computed on the fly with the method the model was trained on (its config's
+flow_method); prints one line per window (start, end, top class, probability) and the
+video-level prediction (the mean of the windows' softmax).
+"""
+import argparse
+import json
+import sys
+
+from fusion.data.video import VideoError
+from fusion.engine import select_device
+from fusion.predict import load_for_prediction, predict_video
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("videos", nargs="+")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per window")
+    parser.add_argument("--stride", type=float, default=1.0, help="seconds between windows")
+    parser.add_argument("--json", help="write all predictions to this file")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        model, config, classes = load_for_prediction(args.checkpoint)
+        device = select_device(args.device)
+        model.to(device)
+        reports = []
+        for video in args.videos:
+            report = predict_video(model, config, classes, video, window=args.window,
+                                   stride=args.stride, device=device)
+            reports.append(report)
+            print(f"{video}: {report['frames']} frames at {report['fps']:g} fps "
+                  f"({report['duration']:.1f} s)" + (f"; {report['note']}" if report["note"]
+                                                     else ""))
+            print(f"  {'start':>7} {'end':>7}  {'class':<20} probability")
+            for w in report["windows"]:
+                print(f"  {w['start']:>7.2f} {w['end']:>7.2f}  {w['label']:<20} "
+                      f"{w['probability']:.3f}")
+            p = report["prediction"]
+            print(f"  video: {p['label']} ({p['probability']:.3f})")
+    except (VideoError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(reports, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
