@@ -30,7 +30,7 @@ BEST_RULES = ("both", "loss", "accuracy")
 AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
-RESUMABLE = ("epochs", "device", "workers", "resume", "amp")
+RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile")
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Config:
     keep_temporal_tower: bool = False  # run the flow tower on and average its scores in
     fusion_init: str = "identity"  # identity | random (conv fusions)
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
-    freeze: str = "none"  # none | streams (train only the fusion)
+    freeze: str = "none"  # none | streams (train only the fusion) | bn (all BatchNorm fixed)
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
     # --- optimisation ---
     epochs: int = 10
@@ -90,6 +90,9 @@ class Config:
     warmup_epochs: int = 0  # cosine: linear warm-up
     grad_clip: float = 0.0  # max gradient norm; 0: off
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | none | bf16 | fp16
+    channels_last: bool = True  # on GPUs: NHWC memory format, faster convolutions with AMP
+    compile: bool = False  # torch.compile the training step
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes
     # --- runs ---
     best_rule: str = "both"  # both: val loss and accuracy improve (seed 001) | loss | accuracy
     run_name: str = ""  # runs/<run_name>; empty: from fusion, tap and time

@@ -24,7 +24,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from fusion.config import RESUMABLE, Config, from_dict, to_toml
-from fusion.data.datasets import DATASETS, collate_clips
+from fusion import distributed
+from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.model import SingleStream, build_two_stream, load_stream_checkpoint
@@ -106,7 +107,7 @@ def build_model(config: Config, num_classes: int) -> torch.nn.Module:
         init = config.init_rgb if rgb else config.init_flow
         if init:
             load_stream_checkpoint(stream, init, config.stream)
-        return SingleStream(stream, partial_bn=config.partial_bn)
+        return SingleStream(stream, partial_bn=config.partial_bn, freeze=config.freeze)
     return build_two_stream(
         rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
         at_flow=config.at_flow or None, num_classes=num_classes, flow_stack=config.flow_stack,
@@ -119,12 +120,7 @@ def build_model(config: Config, num_classes: int) -> torch.nn.Module:
 
 
 def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key device: {name!r} asked for, but CUDA is not available")
-    return device
+    return distributed._device(name)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -142,15 +138,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_loader(dataset, config: Config, *, shuffle: bool, epoch: int = 0,
-                batch_size: int | None = None) -> DataLoader:
-    # A fresh generator per epoch fixes the order and the workers' augmentation seeds, so an
-    # epoch replays identically after a resume.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size or config.batch_size, shuffle=shuffle,
+def make_loader(dataset, config: Config, *, shuffle: bool,
+                context: distributed.Context = distributed.Context()) -> DataLoader:
+    """This process's share of `dataset`; call `loader.sampler.set_epoch(epoch)` per epoch.
+    Order and augmentation depend on (seed, epoch) only (`SeededSampler`), so workers can
+    persist across epochs and a resumed run replays its epochs exactly."""
+    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=config.seed, rank=context.rank,
+                            world=context.world)
+    # Its own generator: creating an iterator must not draw from the global RNG, which the
+    # model's dropout uses and a checkpoint restores.
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       num_workers=config.workers, collate_fn=collate_clips,
-                      generator=generator, pin_memory=torch.cuda.is_available(),
-                      drop_last=False)
+                      persistent_workers=config.workers > 0,
+                      generator=torch.Generator().manual_seed(config.seed),
+                      pin_memory=torch.cuda.is_available(), drop_last=False)
 
 
 def to_device(batch, device):
@@ -161,14 +162,17 @@ def to_device(batch, device):
 # ---------------------------------------------------------------------------- one epoch
 
 def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
-              grad_clip: float = 0.0, desc: str = "", on_step=None) -> dict:
-    """Train (with an optimizer) or evaluate one pass; returns loss and accuracy per output."""
+              grad_clip: float = 0.0, desc: str = "", on_step=None,
+              context: distributed.Context = distributed.Context()) -> dict:
+    """Train (with an optimizer) or evaluate one pass; returns loss and accuracy per output,
+    summed over all processes."""
     training = optimizer is not None
     model.train(training)
     sums: dict[str, list[float]] = {}
     seen = skipped = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=None if context.main else True)
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(bar):
             skipped += len(batch.skipped)
@@ -178,7 +182,11 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
             with autocast(device, dtype):
                 parts = model(rgb, flow, return_parts=True)
                 loss = F.cross_entropy(parts["fused"].float(), labels)
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if training and context.enabled:  # every rank stops together, none hangs
+                finite = distributed.sum_across([float(finite)], context, device)[0] == \
+                    context.world
+            if not finite:
                 raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} "
                                        f"at step {step}")
             if training:
@@ -202,6 +210,11 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
             bar.set_postfix(loss=f"{sums['fused'][0] / seen:.3f}",
                             clips_s=f"{seen / (time.perf_counter() - start):.1f}")
     elapsed = time.perf_counter() - start
+    names = sorted(sums)
+    totals = distributed.sum_across([seen, skipped, *(v for n in names for v in sums[n])],
+                                    context, device)
+    seen, skipped = int(totals[0]), int(totals[1])
+    sums = {n: totals[2 + 2 * i:4 + 2 * i] for i, n in enumerate(names)}
     metrics = {"clips_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
                "clips": seen}
     for name, (loss_sum, correct) in sums.items():
@@ -349,6 +362,12 @@ def run_name(config: Config) -> str:
 
 def train(config: Config, *, overrides: dict | None = None) -> Path:
     """Train per `config` (or continue `config.resume`), then test the best checkpoint."""
+    return fit(config, overrides=overrides)[0]
+
+
+def fit(config: Config, *, overrides: dict | None = None):
+    """`train`, returning (run folder, trained model). Under torchrun every process trains its
+    share of each batch (DistributedDataParallel); only rank 0 writes."""
     checkpoint = None
     if config.resume:
         checkpoint = load_checkpoint(config.resume)
@@ -356,23 +375,40 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
+    context, device = distributed.setup(config.device)
+    try:
+        return _fit(config, checkpoint, run_dir, context, device)
+    finally:
+        distributed.cleanup(context)
+
+
+def _fit(config, checkpoint, run_dir, context, device):
+    main = context.main
+    if checkpoint is None and main:
         if (run_dir / "last.pt").exists():
             raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
                                   f"{run_dir} or choose another --run-name")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(to_toml(config))
-    device = select_device(config.device)
     dtype = amp_dtype(config.amp, device)
     torch.manual_seed(config.seed)
 
     train_set = build_dataset(config, "train", "train")
     val_set = build_dataset(config, validation_subset(config), "val")
-    if config.val_fraction == 0:
+    if config.val_fraction == 0 and main:
         print("note: val_fraction = 0, so the best checkpoint is chosen on the test split")
     classes = train_set.classes
-    model = build_model(config, len(classes)).to(device)
-    if device.type == "cuda":
+    model = build_model(config, len(classes)).to(device)  # the plain model: saved, evaluated
+    if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    runner = model  # what the training step calls: maybe synchronised, wrapped, compiled
+    if context.enabled:
+        if config.sync_bn:
+            runner = torch.nn.SyncBatchNorm.convert_sync_batchnorm(runner)
+        runner = torch.nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        runner = torch.compile(runner)
     optimizer = build_optimizer(model.parameters(), config)
     scheduler = build_scheduler(optimizer, config)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -386,11 +422,17 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
         set_rng_state(checkpoint["rng"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
         history, train_time = checkpoint["history"], checkpoint["train_time"]
-        print(f"resuming {run_dir} after epoch {start_epoch}")
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch * steps_per_epoch)
-    print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} training "
-          f"and {len(val_set)} validation videos, {len(classes)} classes, device {device}")
+        if main:
+            print(f"resuming {run_dir} after epoch {start_epoch}")
+    train_loader = make_loader(train_set, config, shuffle=True, context=context)
+    val_loader = make_loader(val_set, config, shuffle=False, context=context)
+    steps_per_epoch = math.ceil(len(train_loader.sampler) / config.batch_size)
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch * steps_per_epoch) \
+        if main else None
+    if main:
+        print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} "
+              f"training and {len(val_set)} validation videos, {len(classes)} classes, "
+              f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
 
     def log_step(epoch):
         def on_step(step, batch):
@@ -401,24 +443,26 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
                     writer.add_images("inputs/rgb", batch.rgb[:4, 0, :3], 0)
                 if batch.flow is not None:  # u of the first flow frame, grey = no motion
                     writer.add_images("inputs/flow_u", batch.flow[:4, 0, :1], 0)
-        return on_step
+        return on_step if main else None
 
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
-        loader = make_loader(train_set, config, shuffle=True, epoch=epoch)
+        train_loader.sampler.set_epoch(epoch)
         try:
-            train_metrics = run_epoch(model, loader, device, optimizer=optimizer, scaler=scaler,
-                                      dtype=dtype, grad_clip=config.grad_clip,
+            train_metrics = run_epoch(runner, train_loader, device, optimizer=optimizer,
+                                      scaler=scaler, dtype=dtype, grad_clip=config.grad_clip,
                                       desc=f"epoch {epoch + 1}/{config.epochs}",
-                                      on_step=log_step(epoch))
+                                      on_step=log_step(epoch), context=context)
         except TrainingDiverged as err:
-            writer.close()
+            if writer is not None:
+                writer.close()
             kept = run_dir / "last.pt"
             raise TrainingDiverged(f"{err} in epoch {epoch + 1}; stopped. The last good "
                                    f"checkpoint is {kept if kept.exists() else 'none yet'}; "
                                    f"try a lower --lr or --grad-clip") from None
-        val_metrics = run_epoch(model, make_loader(val_set, config, shuffle=False), device,
-                                dtype=dtype, desc="validate")
+        # Evaluation runs the plain model: each process its shard, no gradient sync.
+        val_metrics = run_epoch(model, val_loader, device, dtype=dtype, desc="validate",
+                                context=context)
         step_scheduler(scheduler, val_metrics["loss/fused"])
         train_time += time.perf_counter() - began
         improved = is_better(val_metrics, best, config.best_rule)
@@ -426,6 +470,8 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
             best = {**val_metrics, "epoch": epoch + 1}
         history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
                         "lr": optimizer.param_groups[0]["lr"]})
+        if not main:
+            continue
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "epoch": epoch + 1, "best": best, "history": history,
@@ -446,15 +492,19 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
         if skipped:
             print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
-    metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers,
-                              train_time_s=train_time)
-    writer.add_image("test/confusion", confusion_image(metrics["test"]["fused"]["confusion"]), 0)
-    hparams = {k: v for k, v in config.to_dict().items()
-               if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
-    writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
-                                 for k, m in metrics["test"].items()}, run_name=".")
-    writer.close()
-    return run_dir
+    distributed.barrier(context)
+    if main:
+        metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers,
+                                  train_time_s=train_time)
+        writer.add_image("test/confusion",
+                         confusion_image(metrics["test"]["fused"]["confusion"]), 0)
+        hparams = {k: v for k, v in config.to_dict().items()
+                   if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
+        writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
+                                     for k, m in metrics["test"].items()}, run_name=".")
+        writer.close()
+    distributed.barrier(context)
+    return run_dir, model
 
 
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:

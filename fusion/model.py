@@ -20,7 +20,7 @@ from torch import nn
 from fusion.fusers import FUSIONS
 from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
 
-FREEZE_MODES = ("none", "streams")
+FREEZE_MODES = ("none", "streams", "bn")
 
 
 def consensus(scores: torch.Tensor, batch: int) -> torch.Tensor:
@@ -59,10 +59,15 @@ def batchnorms(module: nn.Module) -> list[nn.Module]:
 class SingleStream(FrozenBatchNormMixin, nn.Module):
     """One stream with segment consensus, for training a stream on its own (first stage)."""
 
-    def __init__(self, stream: Stream, partial_bn: bool = False):
+    def __init__(self, stream: Stream, partial_bn: bool = False, freeze: str = "none"):
         super().__init__()
         self.stream = stream
-        if partial_bn:
+        resolve_name(freeze, FREEZE_MODES, "freeze mode")
+        if freeze == "streams":
+            raise ValueError("freeze = 'streams' would leave a single stream nothing to train")
+        if freeze == "bn":
+            self.hold_batchnorm(batchnorms(stream))
+        elif partial_bn:
             # TSN's partial BN: every BatchNorm but the first keeps its ImageNet statistics.
             self.hold_batchnorm(batchnorms(stream)[1:])
 
@@ -224,8 +229,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     fusion_weights: (w_rgb, w_flow) of `average` (default 1 : 1) or of the identity init
         (default 0.5 : 0.5).
     freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
-        statistics are frozen as well); partial_bn: TSN's, every BatchNorm but each stream's first
-        keeps its statistics and affine parameters.
+        statistics are frozen as well); "bn" keeps every BatchNorm's statistics and affine
+        parameters fixed (small batches); partial_bn: TSN's, every BatchNorm but each stream's
+        first keeps its statistics and affine parameters.
     init_rgb, init_flow: checkpoints of separately trained streams.
     """
     fusion_cls = FUSIONS[resolve_name(fuse, tuple(FUSIONS), "fusion")]
@@ -273,6 +279,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         for p in (*rgb_stream.parameters(), *flow_stream.parameters()):
             p.requires_grad_(False)
         held = batchnorms(rgb_stream) + batchnorms(flow_stream)
+    elif freeze == "bn":
+        held = batchnorms(model)
     elif partial_bn:
         held = batchnorms(rgb_stream)[1:] + batchnorms(flow_stream)[1:]
     model.hold_batchnorm(held)

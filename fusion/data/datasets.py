@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torchvision.transforms.v2.functional as TF
 from einops import rearrange
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from fusion.data.index import FrameIndex
@@ -199,16 +199,56 @@ class VideoDataset(Dataset):
                               rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
                               single_view=self.mode != "test")
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """`dataset[i]`, or `dataset[(seed, i)]` from `SeededSampler`: the sample's random
+        crops and flips then come from that seed alone, whichever worker or rank loads it."""
+        seed, i = key if isinstance(key, tuple) else (None, key)
         video = self.videos[i]
         try:
-            rgb, flow = self.load(video)
+            if seed is None:
+                rgb, flow = self.load(video)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    rgb, flow = self.load(video)
         except FrameError as err:
             if self.on_bad == "raise":
                 raise
             self.skipped += 1
             return Skipped(video.video_id, str(err))
         return rgb, flow, video.label, video.video_id
+
+
+class SeededSampler(Sampler):
+    """Sample order and per-sample augmentation seeds fixed by (seed, epoch), sharded over
+    ranks like DistributedSampler (rank r takes positions r, r + world, ...; shards may differ
+    by one, never padded with duplicates). Yields (sample seed, index) for `VideoDataset`.
+
+    Nothing depends on the worker processes or their state, so persistent workers, any number
+    of workers, and a resumed run all see the same samples with the same augmentation.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch) * 1_000_033
+        if self.shuffle:
+            g = torch.Generator().manual_seed(base)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        for i in order[self.rank::self.world]:
+            yield (base + i) % 2**63, i
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world))
 
 
 def _check_choice(value, valid, what):
