@@ -154,9 +154,13 @@ def make_loader(dataset, config: Config, *, shuffle: bool,
                       pin_memory=torch.cuda.is_available(), drop_last=False)
 
 
+def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
+    """`x.to(device)`, letting a switched-off modality (None) through."""
+    return None if x is None else x.to(device, non_blocking=True)
+
+
 def to_device(batch, device):
-    move = (lambda x: None if x is None else x.to(device, non_blocking=True))
-    return move(batch.rgb), move(batch.flow), batch.label.to(device)
+    return move(batch.rgb, device), move(batch.flow, device), batch.label.to(device)
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -314,9 +318,9 @@ def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, w
             continue
         rgb, flow, _ = to_device(batch, device)
         b, v = batch.label.shape[0], (rgb if rgb is not None else flow).shape[1]
-        fold = (lambda x: None if x is None else x.flatten(0, 1))  # B x V x T ... -> (B V) x T
-        with autocast(device, dtype):
-            parts = model(fold(rgb), fold(flow), return_parts=True)
+        with autocast(device, dtype):  # B x V x T x ... -> (B V) x T x ...
+            parts = model(*(None if x is None else x.flatten(0, 1) for x in (rgb, flow)),
+                          return_parts=True)
         for name, logits in parts.items():
             scores.setdefault(name, []).append(aggregate(logits.view(b, v, -1).cpu(), mode))
         labels.append(batch.label)

@@ -22,6 +22,7 @@ from fusion.data.flow import FlowEstimator, quantize
 from fusion.data.sampling import positions, segment_starts, snippet_frames
 from fusion.data.transforms import EvalTransform
 from fusion.data.video import VideoError, iter_frames, open_video, to_gray
+from fusion.engine import load_checkpoint, model_from_checkpoint, move
 
 DEFAULT_FPS = 25.0
 
@@ -136,8 +137,7 @@ def predict_video(model: torch.nn.Module, config: Config, classes: list[str], pa
     for frames, first, last in _windows(iter_frames(path, config.short_side), size, step):
         total = max(total, max(frames) + 1)
         rgb, flow = maker(frames, first, last)
-        move = (lambda x: None if x is None else x.to(device))
-        probabilities = model(move(rgb), move(flow)).float().softmax(-1)[0].cpu()
+        probabilities = model(move(rgb, device), move(flow, device)).float().softmax(-1)[0].cpu()
         top = int(probabilities.argmax())
         results.append(Window(first / fps, last / fps, classes[top],
                               float(probabilities[top]), probabilities.tolist()))
@@ -151,8 +151,6 @@ def predict_video(model: torch.nn.Module, config: Config, classes: list[str], pa
 
 def load_for_prediction(checkpoint_path: str | Path):
     """(model, config, classes) of a training checkpoint."""
-    from fusion.engine import load_checkpoint, model_from_checkpoint
-
     checkpoint = load_checkpoint(checkpoint_path)
     return (model_from_checkpoint(checkpoint), from_dict(checkpoint["config"]),
             checkpoint["classes"])

@@ -24,7 +24,7 @@ def print_details(metrics: dict) -> None:
         cells = [metrics["test"][o]["per_class"][c] for o in outputs]
         print(f"{c:<{width}} " + " ".join("      -" if a is None else f"{100 * a:>6.1f}%"
                                           for a in cells))
-    print(f"\nconfusion matrix (fused; rows: true class, columns: predicted)")
+    print("\nconfusion matrix (fused; rows: true class, columns: predicted)")
     for c, row in zip(classes, metrics["test"]["fused"]["confusion"]):
         print(f"{c:<{width}} " + " ".join(f"{n:>4}" for n in row))
 

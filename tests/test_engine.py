@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import fusion.engine
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
-from fusion.engine import TrainingDiverged, aggregate, load_checkpoint, train
+from fusion.engine import aggregate, load_checkpoint, train
 from tests.test_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]

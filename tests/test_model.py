@@ -161,7 +161,8 @@ def test_names_and_conflicts_are_checked():
         build_two_stream(fuse="conv1x1", at="layer2", keep_spatial_head=True, **common)
     with pytest.raises(ValueError, match="needs a tap"):
         build_two_stream(fuse="sum", **common)
-    with pytest.raises(ValueError, match=r"no resnet18 tap has the reduction of vgg19 conv1 \(/1\)"):
+    with pytest.raises(ValueError,
+                       match=r"no resnet18 tap has the reduction of vgg19 conv1 \(/1\)"):
         build_two_stream(rgb="vgg19", flow="resnet18", fuse="sum", at="conv1", num_classes=3,
                          flow_stack=1)
     with pytest.raises(ValueError, match="unknown freeze mode 'all'"):

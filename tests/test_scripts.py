@@ -1,5 +1,6 @@
 """The command-line scripts, run in-process through their main()."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,21 @@ def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys):
 def test_make_synthetic_rejects_odd_class_counts(tmp_path):
     with pytest.raises(ValueError, match="synthetic classes must be even"):
         load_script("make_synthetic").main(["--out", str(tmp_path / "s"), "--classes", "5"])
+
+
+def test_bench_runs_and_reports_every_section(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = load_script("bench").main([
+        "--image-size", "32", "--data-image-size", "32", "--batch-size", "2", "--steps", "1",
+        "--backbones", "resnet18", "--workers", "0", "--tvl1-frames", "2", "--fast-frames", "3",
+        "--data-groups", "3", "--data-clips", "1",
+        "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for heading in ("## data loading", "## training and evaluation steps", "## flow extraction"):
+        assert heading in printed
+    report = json.loads(out.read_text())
+    assert report["data"]["fusion_clips_per_s"] > 0 and report["data"]["pil_clips_per_s"] > 0
+    (row,) = report["models"]
+    assert row["backbone"] == "resnet18" and row["fusion_overhead"] > 0
+    assert [r["method"] for r in report["flow"]] == ["tvl1", "dis", "farneback"]

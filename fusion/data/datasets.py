@@ -14,7 +14,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,22 +82,38 @@ def collate_clips(samples: list) -> Batch:
     return Batch(stack(0), stack(1), labels, [s[3] for s in good], skipped)
 
 
-def read_frames(folder: Path, indices: Sequence[int], *, gray: bool, video_id: str,
-                template: str = FRAME_TEMPLATE) -> torch.Tensor:
-    """Decode the frames at 0-based `indices` (repeats decoded once) -> N x C x H x W uint8."""
+def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
+                video_id: str, template: str = FRAME_TEMPLATE) -> torch.Tensor:
+    """Decode the frames at 0-based `indices` -> N x C x H x W uint8.
+
+    One folder of RGB frames gives C = 3; several folders of grayscale frames (flow u and v)
+    give one channel each, interleaved per frame (u1, v1, u2, v2, ...). Each file is decoded
+    once, even where a looping snippet repeats it, straight into the output tensor.
+    """
+    folders = [folders] if isinstance(folders, Path) else list(folders)
     mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
-    decoded: dict[int, torch.Tensor] = {}
-    for i in dict.fromkeys(indices):
-        path = folder / template.format(i + 1)
-        try:
-            decoded[i] = decode_jpeg(read_file(str(path)), mode=mode)
-        except RuntimeError as err:
-            raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
-    try:
-        return torch.stack([decoded[i] for i in indices])
-    except RuntimeError as err:
-        sizes = sorted({tuple(t.shape) for t in decoded.values()})
-        raise FrameError(f"frames of video {video_id} in {folder} differ in size: {sizes}") from err
+    out = None
+    first_at: dict[int, int] = {}
+    for n, i in enumerate(indices):
+        if i in first_at:
+            out[n] = out[first_at[i]]
+            continue
+        first_at[i] = n
+        for c, folder in enumerate(folders):
+            path = folder / template.format(i + 1)
+            try:
+                image = decode_jpeg(read_file(str(path)), mode=mode)
+            except RuntimeError as err:
+                raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
+            if out is None:
+                channels = image.shape[0] * len(folders)
+                out = torch.empty((len(indices), channels, *image.shape[1:]), dtype=torch.uint8)
+            if image.shape[1:] != out.shape[2:]:
+                raise FrameError(f"frame {path} of video {video_id} is "
+                                 f"{tuple(image.shape[1:])}, the video's first frame "
+                                 f"{tuple(out.shape[2:])}")
+            out[n, c * image.shape[0]:(c + 1) * image.shape[0]] = image
+    return out
 
 
 def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
@@ -187,11 +203,9 @@ class VideoDataset(Dataset):
             flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
             use_rgb=self.use_rgb)
         rgb = flow = None
-        if flow_idx is not None:
-            u_dir, v_dir = video.flow_dirs
-            flow = torch.cat([read_frames(d, flow_idx, gray=True, video_id=video.video_id,
-                                          template=self.frame_template)
-                              for d in (u_dir, v_dir)], dim=1)  # N x 2 x H x W
+        if flow_idx is not None:  # N x 2 x H x W
+            flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
+                               template=self.frame_template)
         if rgb_idx is not None:
             rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
                               template=self.frame_template)
@@ -209,7 +223,9 @@ class VideoDataset(Dataset):
                 rgb, flow = self.load(video)
             else:
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
+                    # the CPU generator only: torch.manual_seed would also queue seeds for every
+                    # accelerator backend, which costs about a millisecond per call
+                    torch.default_generator.manual_seed(seed)
                     rgb, flow = self.load(video)
         except FrameError as err:
             if self.on_bad == "raise":

