@@ -31,9 +31,9 @@ def setup(device_name: str) -> tuple[Context, torch.device]:
     """Join the process group when started by torchrun; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Context(), _device(device_name)
+        return Context(), device_for(device_name)
     context = Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = _device(device_name)
+    device = device_for(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
@@ -42,7 +42,8 @@ def setup(device_name: str) -> tuple[Context, torch.device]:
     return context, device
 
 
-def _device(name: str) -> torch.device:
+def device_for(name: str) -> torch.device:
+    """auto: the GPU when there is one; a CUDA device without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

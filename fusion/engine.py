@@ -119,10 +119,6 @@ def build_model(config: Config, num_classes: int) -> torch.nn.Module:
         init_flow=config.init_flow or None)
 
 
-def select_device(name: str) -> torch.device:
-    return distributed._device(name)
-
-
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype: bf16/fp16 on GPUs that support it, none on the CPU unless asked."""
     if mode == "none" or (mode == "auto" and device.type != "cuda"):
@@ -527,7 +523,7 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
     `train_time_s`: the whole run's training time (default: the time up to this checkpoint)."""
     checkpoint = load_checkpoint(path)
     config = from_dict({**checkpoint["config"], **(overrides or {})})
-    device = select_device(device) if isinstance(device, str) else device
+    device = distributed.device_for(device) if isinstance(device, str) else device
     dataset = build_dataset(config, "test", "test")
     if dataset.classes != checkpoint["classes"]:
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "

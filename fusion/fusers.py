@@ -51,26 +51,29 @@ def _project(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
 
 
-@register_fusion("sum")
-class SumFusion(PerSegmentFusion):
+class ElementwiseFusion(PerSegmentFusion):
+    """`op(rgb, flow)` element by element, the flow map projected onto the RGB channels where
+    the counts differ."""
+
+    op = None  # set by each subclass
+
     def __init__(self, rgb_channels: int, flow_channels: int):
         super().__init__()
         self.out_channels = rgb_channels
         self.project = _project(flow_channels, rgb_channels)
 
     def fuse(self, rgb, flow):
-        return rgb + self.project(flow)
+        return self.op(rgb, self.project(flow))
+
+
+@register_fusion("sum")
+class SumFusion(ElementwiseFusion):
+    op = staticmethod(torch.add)
 
 
 @register_fusion("max")
-class MaxFusion(PerSegmentFusion):
-    def __init__(self, rgb_channels: int, flow_channels: int):
-        super().__init__()
-        self.out_channels = rgb_channels
-        self.project = _project(flow_channels, rgb_channels)
-
-    def fuse(self, rgb, flow):
-        return torch.maximum(rgb, self.project(flow))
+class MaxFusion(ElementwiseFusion):
+    op = staticmethod(torch.maximum)
 
 
 @register_fusion("concat")

@@ -48,6 +48,7 @@ class BackboneSpec:
     rgb_std: tuple[float, float, float] = IMAGENET_STD
     builder_kwargs: tuple[tuple[str, object], ...] = ()
     ignored_weight_prefixes: tuple[str, ...] = ()
+    trace_size: int = 64  # input side used to read channels and reductions off the stages
 
 
 STREAMS: dict[str, BackboneSpec] = {}
@@ -114,6 +115,17 @@ def _googlenet_stages(m: nn.Module, dropout: float) -> list[tuple[str, nn.Module
     ]
 
 
+def _inception_v3_stages(m: nn.Module, dropout: float) -> list[tuple[str, nn.Module]]:
+    stages = [("conv4a", nn.Sequential(m.Conv2d_1a_3x3, m.Conv2d_2a_3x3, m.Conv2d_2b_3x3,
+                                       m.maxpool1, m.Conv2d_3b_1x1, m.Conv2d_4a_3x3,
+                                       m.maxpool2))]
+    stages += [(f"mixed{name[6:].lower()}", getattr(m, name)) for name in (
+        "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+        "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")]
+    stages.append(("scores", nn.Sequential(m.avgpool, m.dropout, nn.Flatten(1), m.fc)))
+    return stages
+
+
 _tvm = torchvision.models
 for _name, _builder, _weights in [
     ("resnet18", _tvm.resnet18, _tvm.ResNet18_Weights.DEFAULT),
@@ -142,6 +154,18 @@ register_stream("googlenet", BackboneSpec(
     builder_kwargs=(("dropout", None), ("aux_logits", False), ("transform_input", False),
                     ("init_weights", True)),
     ignored_weight_prefixes=("aux1.", "aux2.")))
+register_stream("inception_v3", BackboneSpec(
+    builder=_tvm.inception_v3, imagenet_weights=_tvm.Inception_V3_Weights.DEFAULT,
+    stages=_inception_v3_stages, first_conv="Conv2d_1a_3x3.conv", last_linear="fc",
+    default_dropout=0.5, init_first_conv=_googlenet_trunc_normal,
+    # Like GoogLeNet: the ImageNet weights expect (x - 0.5) / 0.5 (torchvision's
+    # transform_input), given here as the RGB statistics; no auxiliary head. Unpadded
+    # convolutions make the reductions approximate (35 x 35 at 299 px is about 1/8.5), and the
+    # input must be at least 75 px.
+    rgb_mean=(0.5, 0.5, 0.5), rgb_std=(0.5, 0.5, 0.5),
+    builder_kwargs=(("dropout", None), ("aux_logits", False), ("transform_input", False),
+                    ("init_weights", True)),
+    ignored_weight_prefixes=("AuxLogits.",), trace_size=299))
 
 
 def resolve_name(name: str, valid: tuple[str, ...] | list[str], what: str) -> str:
@@ -321,12 +345,13 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     stages = spec.stages(model, dropout)
     return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
                   modality=modality, mean=mean, std=std, dropout=dropout,
-                  feature_info=_trace_feature_info(stages, in_channels))
+                  feature_info=_trace_feature_info(stages, in_channels, spec.trace_size))
 
 
-def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int) -> list[dict]:
-    """Channels and reduction of every feature-map tap, read off a real forward pass."""
-    size = 64  # small but a multiple of every reduction (32), so the ratios are exact
+def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int,
+                        size: int) -> list[dict]:
+    """Channels and reduction of every feature-map tap, read off a real forward pass (at 64 px,
+    a multiple of every reduction up to 32, the ratios are exact)."""
     x = torch.zeros(1, in_channels, size, size)
     info = []
     with torch.no_grad():

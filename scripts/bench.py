@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from fusion.data.datasets import SeededSampler, collate_clips, ucf101
+from fusion.data.sampling import snippet_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.model import SingleStream, build_two_stream
@@ -63,7 +64,6 @@ class PILBaseline(Dataset):
         torch.manual_seed(seed)
         d = self.dataset
         video = d.videos[i]
-        from fusion.data.sampling import snippet_frames
         starts = d.clip_starts(video)[0]
         rgb_idx, flow_idx = snippet_frames(starts, flow_stack=d.flow_stack,
                                            rgb_stack=d.rgb_stack, flow_frames=video.flow_frames,

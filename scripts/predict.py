@@ -12,7 +12,7 @@ import json
 import sys
 
 from fusion.data.video import VideoError
-from fusion.engine import select_device
+from fusion.distributed import device_for
 from fusion.predict import load_for_prediction, predict_video
 
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model, config, classes = load_for_prediction(args.checkpoint)
-        device = select_device(args.device)
+        device = device_for(args.device)
         model.to(device)
         reports = []
         for video in args.videos:

@@ -23,15 +23,18 @@ NODES = {
                   "inception4c": "inception4c", "inception4d": "inception4d",
                   "inception4e": "inception4e", "inception5a": "inception5a",
                   "inception5b": "inception5b", "scores": "fc"},
+    "inception_v3": {"conv4a": "maxpool2", "mixed5b": "Mixed_5b", "mixed6a": "Mixed_6a",
+                     "mixed6e": "Mixed_6e", "mixed7c": "Mixed_7c", "scores": "fc"},
 }
+SIZE = {"inception_v3": 80}  # unpadded convolutions: at least 75 px
 MAIN = ["resnet18", "vgg19", "googlenet"]
 
 
 def torchvision_model(name):
     torch.manual_seed(0)
-    if name == "googlenet":
-        return torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False,
-                                            init_weights=True)
+    if name in ("googlenet", "inception_v3"):
+        return getattr(torchvision.models, name)(weights=None, aux_logits=False,
+                                                 transform_input=False, init_weights=True)
     return getattr(torchvision.models, name)(weights=None)
 
 
@@ -54,7 +57,7 @@ def weights_file(tmp_path_factory):
 def test_stream_equals_torchvision_model_and_nodes(name, weights_file):
     reference, path = weights_file(name)
     stream = build_stream(name, weights=path).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, SIZE.get(name, 64), SIZE.get(name, 64))
     extractor = create_feature_extractor(reference, return_nodes=list(NODES[name].values()))
     with torch.no_grad():
         nodes = extractor(x)
@@ -157,7 +160,8 @@ def test_unknown_names_list_the_valid_ones():
         build_stream("resnet18", modality="depth")
     with pytest.raises(ValueError, match="in_channels=5 is not a multiple of 2"):
         build_stream("resnet18", in_channels=5, modality="flow")
-    assert set(STREAMS) >= {"resnet18", "resnet50", "resnet101", "vgg16", "vgg19", "googlenet"}
+    assert set(STREAMS) >= {"resnet18", "resnet50", "resnet101", "vgg16", "vgg19", "googlenet",
+                            "inception_v3"}
 
 
 def test_bad_weights_files_name_the_key(tmp_path, weights_file):
@@ -218,3 +222,19 @@ def test_imagenet_weights_load_through_torchvision(monkeypatch, weights_file):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(stream(x), reference(x))
+
+
+def test_inception_v3_weights_with_aux_head_load_and_taps_report_their_reductions(tmp_path):
+    torch.manual_seed(0)
+    with_aux = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
+    torch.save(with_aux.state_dict(), tmp_path / "i.pth")
+    stream = build_stream("inception_v3", weights=tmp_path / "i.pth", in_channels=20,
+                          num_classes=12)
+    assert stream.normalize(torch.full((20, 1, 1), 255)).flatten().tolist() == [1.0] * 20
+    info = {i["name"]: i for i in stream.feature_info}
+    assert (info["conv4a"]["channels"], info["mixed7c"]["channels"]) == (192, 2048)
+    with torch.no_grad():  # 299 px: 35, 17 and 8 px maps, the reductions are rounded ratios
+        x = torch.zeros(1, 20, 299, 299)
+        for tap, side in [("mixed5d", 35), ("mixed6e", 17), ("mixed7c", 8)]:
+            assert stream.eval().forward_to(x, tap).shape[-1] == side
+            assert info[tap]["reduction"] == round(299 / side)
