@@ -71,6 +71,9 @@ class Config:
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
     freeze: str = "none"  # none | streams (train only the fusion) | bn (all BatchNorm fixed)
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
+    freeze_until: str = ""  # staged fine-tuning: stream stages up to this tap start frozen
+    # staged fine-tuning: later freeze points, "EPOCH:TAP" or "EPOCH:none" (1-based epochs)
+    unfreeze: list[str] = field(default_factory=list)
     # --- optimisation ---
     epochs: int = 10
     batch_size: int = 8
@@ -144,10 +147,35 @@ class Config:
             raise ValueError(f"config key dropout: must be in [0, 1) or -1, got {self.dropout}")
         if self.classes and self.max_classes:
             raise ValueError("config keys classes and max_classes: give one of them")
+        self.unfreeze_steps()
+        if (self.freeze_until or self.unfreeze) and (self.freeze != "none" or self.partial_bn):
+            raise ValueError("config keys freeze_until / unfreeze: staged unfreezing does not "
+                             "combine with freeze or partial_bn")
         if self.fuse == "average" and self.at not in ("scores", ""):
             raise ValueError(f"config key at: average fusion combines scores, set at = "
                              f"'scores' (got {self.at!r})")
         return self
+
+    def unfreeze_steps(self) -> list[tuple[int, str | None]]:
+        """`unfreeze` parsed: (1-based epoch, tap or None), epochs increasing."""
+        steps = []
+        for entry in self.unfreeze:
+            epoch, _, tap = entry.partition(":")
+            if not epoch.isdigit() or not tap or int(epoch) < 1:
+                raise ValueError(f"config key unfreeze: {entry!r} is not 'EPOCH:TAP' or "
+                                 f"'EPOCH:none' with EPOCH >= 1")
+            if steps and int(epoch) <= steps[-1][0]:
+                raise ValueError(f"config key unfreeze: epochs must increase, got {entry!r}")
+            steps.append((int(epoch), None if tap == "none" else tap))
+        return steps
+
+    def frozen_until(self, epoch: int) -> str | None:
+        """The freeze point in force during 0-based `epoch`."""
+        tap = self.freeze_until or None
+        for start, step_tap in self.unfreeze_steps():
+            if epoch + 1 >= start:
+                tap = step_tap
+        return tap
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from fusion import distributed
 from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
-from fusion.model import SingleStream, build_two_stream, load_stream_checkpoint
+from fusion.model import SingleStream, build_two_stream, freeze_until, load_stream_checkpoint
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import build_stream, count_parameters
 
@@ -402,11 +402,13 @@ def _fit(config, checkpoint, run_dir, context, device):
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     runner = model  # what the training step calls: maybe synchronised, wrapped, compiled
+    staged = bool(config.freeze_until or config.unfreeze)
     if context.enabled:
         if config.sync_bn:
             runner = torch.nn.SyncBatchNorm.convert_sync_batchnorm(runner)
         runner = torch.nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None)
+            runner, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=staged)  # frozen stages produce no gradients
     if config.compile:
         runner = torch.compile(runner)
     optimizer = build_optimizer(model.parameters(), config)
@@ -448,6 +450,11 @@ def _fit(config, checkpoint, run_dir, context, device):
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
+        if staged:
+            tap = config.frozen_until(epoch)
+            freeze_until(model, tap)
+            if main and (epoch == start_epoch or tap != config.frozen_until(epoch - 1)):
+                print(f"epoch {epoch + 1}: stream stages frozen up to {tap or 'nothing'}")
         try:
             train_metrics = run_epoch(runner, train_loader, device, optimizer=optimizer,
                                       scaler=scaler, dtype=dtype, grad_clip=config.grad_clip,

@@ -163,6 +163,30 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         return groups
 
 
+def streams_of(model: nn.Module) -> list[Stream]:
+    return [model.stream] if isinstance(model, SingleStream) else [model.rgb, model.flow]
+
+
+def freeze_until(model: SingleStream | TwoStream, tap: str | None) -> None:
+    """Staged fine-tuning (seed 002): freeze every stream's stages up to and including `tap`
+    (their BatchNorm statistics too) and unfreeze the rest; None unfreezes all. The fusion
+    module and the fused head always train. A stream without that tap stays trainable."""
+    streams = streams_of(model)
+    if tap is not None and not any(tap in s.taps for s in streams):
+        raise ValueError(f"freeze_until {tap!r} is not a tap of "
+                         f"{' or '.join(s.name for s in streams)}; valid: "
+                         f"{', '.join(dict.fromkeys(t for s in streams for t in s.taps))}")
+    held = []
+    for stream in streams:
+        cut = stream.taps.index(tap) + 1 if tap in stream.taps else 0
+        for i, name in enumerate(stream.taps):
+            for p in stream.stages[name].parameters():
+                p.requires_grad_(i >= cut)
+            if i < cut:
+                held += batchnorms(stream.stages[name])
+    model.hold_batchnorm(held)
+
+
 def match_flow_tap(rgb: Stream, flow: Stream, at: str) -> str:
     """The deepest flow tap with the same reduction as the RGB tap `at`."""
     reduction = rgb.tap_info(at)["reduction"]

@@ -198,3 +198,53 @@ def test_ablation_script_runs_a_sweep_and_prints_the_table(tiny, tmp_path):
                             "configs/synthetic_demo.toml", "1", "layer3", *extra],
                            env=env, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("is finished, skipping") == 2
+
+
+def test_staged_unfreezing_keeps_frozen_stages_still_and_unfreezes_on_schedule(tiny, tmp_path):
+    stages = ["--fuse", "none", "--stream", "rgb", "--freeze-until", "layer3",
+              "--unfreeze", "2:layer1", "--schedule", "constant", "--run-name", "staged"]
+    train(config_of(flags(tiny, tmp_path, *stages, "--epochs", "1")))
+    first = load_checkpoint(tmp_path / "staged" / "last.pt")["model"]
+    torch.manual_seed(0)  # the initial weights, built the way fit() builds them
+    initial = fusion.engine.build_model(config_of(flags(tiny, tmp_path, *stages)), 4).state_dict()
+    train(config_of(["--resume", str(tmp_path / "staged"), "--epochs", "2"]),
+          overrides={"resume": str(tmp_path / "staged"), "epochs": 2})
+    second = load_checkpoint(tmp_path / "staged" / "last.pt")["model"]
+
+    def same(a, b, stage):
+        return all(torch.equal(a[k], b[k]) for k in a if k.startswith(f"stream.stages.{stage}."))
+    # epoch 1: conv1 .. layer3 frozen (weights and BatchNorm statistics), layer4 and head train
+    for stage in ("conv1", "layer1", "layer2", "layer3"):
+        assert same(initial, first, stage), stage
+    assert not same(initial, first, "layer4") and not same(initial, first, "scores")
+    # epoch 2: frozen only up to layer1
+    for stage in ("conv1", "layer1"):
+        assert same(first, second, stage), stage
+    for stage in ("layer2", "layer3", "layer4"):
+        assert not same(first, second, stage), stage
+
+
+def test_staged_unfreezing_config_errors():
+    with pytest.raises(ValueError, match="unfreeze: 'layer2' is not 'EPOCH:TAP'"):
+        config_of(["--unfreeze", "layer2"])
+    with pytest.raises(ValueError, match="epochs must increase"):
+        config_of(["--unfreeze", "5:layer2", "3:none"])
+    with pytest.raises(ValueError, match="does not combine with freeze or partial_bn"):
+        config_of(["--freeze-until", "layer2", "--partial-bn"])
+    config = config_of(["--freeze-until", "layer4", "--unfreeze", "3:layer2", "5:none"])
+    assert [config.frozen_until(e) for e in range(6)] == ["layer4", "layer4", "layer2", "layer2",
+                                                          None, None]
+    from fusion.model import SingleStream, freeze_until
+    from fusion.streams import build_stream
+    model = SingleStream(build_stream("resnet18", num_classes=3))
+    with pytest.raises(ValueError, match="freeze_until 'mixed7a' is not a tap of resnet18"):
+        freeze_until(model, "mixed7a")
+    freeze_until(model, "layer2")
+    model.train()
+    assert not model.stream.stages["layer2"][0].bn1.training
+    assert model.stream.stages["layer3"][0].bn1.training
+    assert not any(p.requires_grad for p in model.stream.stages["conv1"].parameters())
+    freeze_until(model, None)
+    model.train()
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.stream.stages["layer2"][0].bn1.training
