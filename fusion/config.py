@@ -21,7 +21,7 @@ from fusion.fusers import FUSIONS
 from fusion.model import FREEZE_MODES
 from fusion.streams import STREAMS
 
-DATASETS = ("synthetic", "ucf101", "hmdb51", "folder")
+DATASETS = ("synthetic", "ucf101", "hmdb51", "folder", "images")
 SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -36,7 +36,7 @@ RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile")
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "synthetic"  # synthetic | ucf101 | hmdb51 | folder
+    dataset: str = "synthetic"  # synthetic | ucf101 | hmdb51 | folder | images (still images)
     data_root: str = "data/synthetic"  # dataset root; synthetic data is generated there if absent
     split: int = 1  # official split 1-3 (ucf101, hmdb51, synthetic)
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
@@ -64,6 +64,8 @@ class Config:
     weights: str = "none"  # none | imagenet | path of a torchvision state-dict file
     init_rgb: str = ""  # checkpoint of a trained RGB stream
     init_flow: str = ""  # checkpoint of a trained flow stream
+    # init_rgb from other classes: "SOURCE:TARGET" per class, e.g. ["applauding:clap"]
+    class_map: list[str] = field(default_factory=list)
     dropout: float = -1.0  # before the classifiers; -1: the backbone's default
     keep_spatial_head: bool = False  # at the last tap: average in the RGB head (seed 001)
     keep_temporal_tower: bool = False  # run the flow tower on and average its scores in
@@ -148,6 +150,12 @@ class Config:
         if self.classes and self.max_classes:
             raise ValueError("config keys classes and max_classes: give one of them")
         self.unfreeze_steps()
+        self.class_mapping()
+        if self.class_map and not self.init_rgb:
+            raise ValueError("config key class_map: maps the classes of init_rgb; set init_rgb")
+        if self.dataset == "images" and (self.fuse, self.stream) != ("none", "rgb"):
+            raise ValueError("config key dataset: still images train an RGB stream alone "
+                             "(fuse = 'none', stream = 'rgb')")
         if (self.freeze_until or self.unfreeze) and (self.freeze != "none" or self.partial_bn):
             raise ValueError("config keys freeze_until / unfreeze: staged unfreezing does not "
                              "combine with freeze or partial_bn")
@@ -155,6 +163,16 @@ class Config:
             raise ValueError(f"config key at: average fusion combines scores, set at = "
                              f"'scores' (got {self.at!r})")
         return self
+
+    def class_mapping(self) -> dict[str, str]:
+        """`class_map` parsed: source class -> target class."""
+        mapping = {}
+        for entry in self.class_map:
+            source, _, target = entry.partition(":")
+            if not source or not target:
+                raise ValueError(f"config key class_map: {entry!r} is not 'SOURCE:TARGET'")
+            mapping[source] = target
+        return mapping
 
     def unfreeze_steps(self) -> list[tuple[int, str | None]]:
         """`unfreeze` parsed: (1-based epoch, tap or None), epochs increasing."""

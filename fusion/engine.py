@@ -26,6 +26,7 @@ from tqdm import tqdm
 from fusion.config import RESUMABLE, Config, from_dict, to_toml
 from fusion import distributed
 from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
+from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.model import SingleStream, build_two_stream, freeze_until, load_stream_checkpoint
@@ -76,6 +77,13 @@ def build_dataset(config: Config, subset: str, mode: str):
     if config.dataset == "synthetic":
         ensure_synthetic(root)
     check_extraction(config, root)
+    if kind == "images":
+        return images(root, subset=subset, mode=mode,
+                      classes=config.classes or config.max_classes or None,
+                      val_fraction=config.val_fraction if config.val_fraction > 0 else 0.1,
+                      seed=config.seed, oversample=config.oversample,
+                      image_size=config.image_size, on_bad=config.on_bad,
+                      transform=train_transform(config) if mode == "train" else None)
     options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
                    seed=config.seed, oversample=config.oversample, modalities=config.modalities,
                    segments=config.segments, flow_stack=config.flow_stack,
@@ -96,9 +104,14 @@ def validation_subset(config: Config) -> str:
     return "val" if config.val_fraction > 0 else "test"
 
 
-def build_model(config: Config, num_classes: int) -> torch.nn.Module:
+def build_model(config: Config, num_classes: int,
+                classes: list[str] | None = None) -> torch.nn.Module:
+    """The model of a config; `classes` (the dataset's) are needed for `class_map`."""
     weights = None if config.weights == "none" else config.weights
     dropout = None if config.dropout == -1 else config.dropout
+    class_map = config.class_mapping() or None
+    if class_map and classes is None:
+        raise ValueError("config key class_map needs the dataset's class names")
     if config.fuse == "none":
         rgb = config.stream == "rgb"
         stream = build_stream(config.rgb if rgb else config.flow, num_classes=num_classes,
@@ -106,7 +119,8 @@ def build_model(config: Config, num_classes: int) -> torch.nn.Module:
                               weights=weights, dropout=dropout, modality=config.stream)
         init = config.init_rgb if rgb else config.init_flow
         if init:
-            load_stream_checkpoint(stream, init, config.stream)
+            load_stream_checkpoint(stream, init, config.stream,
+                                   class_map=class_map if rgb else None, classes=classes)
         return SingleStream(stream, partial_bn=config.partial_bn, freeze=config.freeze)
     return build_two_stream(
         rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
@@ -116,7 +130,7 @@ def build_model(config: Config, num_classes: int) -> torch.nn.Module:
         keep_temporal_tower=config.keep_temporal_tower, fusion_init=config.fusion_init,
         fusion_weights=config.fusion_weights or None, freeze=config.freeze,
         partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
-        init_flow=config.init_flow or None)
+        init_flow=config.init_flow or None, class_map=class_map, classes=classes)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -398,7 +412,7 @@ def _fit(config, checkpoint, run_dir, context, device):
     if config.val_fraction == 0 and main:
         print("note: val_fraction = 0, so the best checkpoint is chosen on the test split")
     classes = train_set.classes
-    model = build_model(config, len(classes)).to(device)  # the plain model: saved, evaluated
+    model = build_model(config, len(classes), classes).to(device)  # plain: saved, evaluated
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     runner = model  # what the training step calls: maybe synchronised, wrapped, compiled
@@ -517,7 +531,7 @@ def _fit(config, checkpoint, run_dir, context, device):
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint (its weights, not the initialisation it started from)."""
     config = from_dict({**checkpoint["config"], "init_rgb": "", "init_flow": "",
-                        "weights": "none"})
+                        "weights": "none", "class_map": []})
     model = build_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])
     return model.eval()
@@ -536,9 +550,9 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "
                          f"checkpoint's {checkpoint['classes']}")
     model = model_from_checkpoint(checkpoint).to(device)
-    views = dataset.num_clips * dataset.transform.views
     result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
-                            batch_size=max(1, config.batch_size // views), workers=workers,
+                            batch_size=max(1, config.batch_size // dataset.views_per_video),
+                            workers=workers,
                             mode=config.aggregate)
     best = checkpoint["best"] or {}
     metrics = {

@@ -211,11 +211,17 @@ def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_stream_checkpoint(stream: Stream, path: str | Path, role: str) -> None:
+def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
+                           class_map: Mapping[str, str] | None = None,
+                           classes: Sequence[str] | None = None) -> None:
     """Initialise `stream` from a separately trained checkpoint.
 
     The file may hold a single-stream model (keys `stream.*`), a two-stream model (keys
     `rgb.*` / `flow.*`, `role` picks the side) or a bare stream state dict (keys `stages.*`).
+    With `class_map` (source class -> target class, seed 001: Stanford 40 -> HMDB51) the
+    checkpoint may have other classes: everything but the classifier loads as is, and each
+    target class's classifier row is its source class's; unmapped classes keep a fresh row.
+    `classes` are the target (this model's) class names.
     """
     state = read_model_state(path)
     for prefix in ("stream.", f"{role}.", ""):
@@ -225,9 +231,36 @@ def load_stream_checkpoint(stream: Stream, path: str | Path, role: str) -> None:
     else:
         raise ValueError(f"checkpoint {path} holds no {role} stream weights (keys start with "
                          f"{sorted({k.split('.')[0] for k in state})})")
-    check_state_dict(stream.state_dict(), sub,
-                     f"cannot initialise the {role} stream ({stream.name}) from {path}")
+    where = f"cannot initialise the {role} stream ({stream.name}) from {path}"
+    if not class_map:
+        check_state_dict(stream.state_dict(), sub, where)
+        stream.load_state_dict(sub)
+        return
+    source_classes = read_checkpoint_classes(path)
+    head = next(name for name, m in stream.named_modules() if m is stream.classifier)
+    keys = (f"{head}.weight", f"{head}.bias")
+    own = stream.state_dict()
+    check_state_dict({k: v for k, v in own.items() if k not in keys},
+                     {k: v for k, v in sub.items() if k not in keys}, where)
+    for source, target in class_map.items():
+        for name, valid, what in ((source, source_classes, f"the classes of {path}"),
+                                  (target, classes, "this model's classes")):
+            if name not in valid:
+                raise ValueError(f"class_map: {name!r} is not one of {what}: "
+                                 f"{', '.join(valid)}")
+    for key in keys:
+        merged = own[key].clone()
+        for source, target in class_map.items():
+            merged[list(classes).index(target)] = sub[key][source_classes.index(source)]
+        sub[key] = merged
     stream.load_state_dict(sub)
+
+
+def read_checkpoint_classes(path: str | Path) -> list[str]:
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, Mapping) or "classes" not in checkpoint:
+        raise ValueError(f"checkpoint {path} records no class names, which class_map needs")
+    return list(checkpoint["classes"])
 
 
 def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
@@ -237,7 +270,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      keep_temporal_tower: bool = False, fusion_init: str = "identity",
                      fusion_weights: Sequence[float] | None = None, freeze: str = "none",
                      partial_bn: bool = False, init_rgb: str | Path | None = None,
-                     init_flow: str | Path | None = None) -> TwoStream:
+                     init_flow: str | Path | None = None,
+                     class_map: Mapping[str, str] | None = None,
+                     classes: Sequence[str] | None = None) -> TwoStream:
     """Build a two-stream model.
 
     rgb, flow: backbone names (`fusion.streams.STREAMS`).
@@ -256,7 +291,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         statistics are frozen as well); "bn" keeps every BatchNorm's statistics and affine
         parameters fixed (small batches); partial_bn: TSN's, every BatchNorm but each stream's
         first keeps its statistics and affine parameters.
-    init_rgb, init_flow: checkpoints of separately trained streams.
+    init_rgb, init_flow: checkpoints of separately trained streams; class_map and classes
+        map init_rgb's classes onto this model's (`load_stream_checkpoint`).
     """
     fusion_cls = FUSIONS[resolve_name(fuse, tuple(FUSIONS), "fusion")]
     resolve_name(freeze, FREEZE_MODES, "freeze mode")
@@ -268,7 +304,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     flow_stream = build_stream(flow, in_channels=2 * flow_stack, num_classes=num_classes,
                                weights=per_stream.get("flow"), dropout=dropout, modality="flow")
     if init_rgb is not None:
-        load_stream_checkpoint(rgb_stream, init_rgb, "rgb")
+        load_stream_checkpoint(rgb_stream, init_rgb, "rgb", class_map=class_map,
+                               classes=classes)
     if init_flow is not None:
         load_stream_checkpoint(flow_stream, init_flow, "flow")
 

@@ -69,7 +69,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_shipped_config_loads_and_builds_its_model(path):
-    config = parse("--config", str(path), "--weights", "none")
+    # no downloads and no earlier runs here: random weights, no initialising checkpoints
+    config = parse("--config", str(path), "--weights", "none", "--init-rgb", "",
+                   "--init-flow", "", "--class-map")
     num_classes = len(config.classes) or config.max_classes or 5
     model = build_model(config, num_classes)
     assert sum(p.numel() for p in model.parameters()) > 0

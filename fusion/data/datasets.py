@@ -182,6 +182,11 @@ class VideoDataset(Dataset):
     def labels(self) -> list[int]:
         return [v.label for v in self.videos]
 
+    @property
+    def views_per_video(self) -> int:
+        """Model inputs per video: clips x crops in the test protocol, else 1."""
+        return self.num_clips * self.transform.views if self.mode == "test" else 1
+
     def clip_starts(self, video: Video) -> list[list[int]]:
         """Snippet starts, clips x segments."""
         n = positions(flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,

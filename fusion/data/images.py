@@ -1,0 +1,111 @@
+"""Still images for pre-training the spatial stream (seed 001: Stanford 40 Actions, then HMDB51).
+
+`<root>/<class>/*.jpg` (or .jpeg, .png), split per class into train / val / test
+(`stratified_split`), small classes oversampled in training if asked. Each image is zero-padded
+to a square and resized to `image_size` (as in the report), then augmented like a video frame in
+training. Samples look like one-frame clips, `(rgb 1 x 3 x S x S, None, label, path)`, so a
+single RGB stream trains on them with the video engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from fusion.data.datasets import (FrameError, Skipped, _check_choice, _require_dir,
+                                  oversample as oversample_items, select_classes,
+                                  stratified_split)
+from fusion.data.transforms import TrainTransform
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def pad_square(image: torch.Tensor) -> torch.Tensor:
+    """C x H x W -> C x S x S with S = max(H, W), the image centred on zeros."""
+    h, w = image.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return F.pad(image, (left, side - w - left, top, side - h - top))
+
+
+class ImageFolderDataset(Dataset):
+    def __init__(self, items: list[tuple[Path, int]], classes: list[str], *, root: Path,
+                 mode: str = "train", image_size: int = 224, transform=None,
+                 on_bad: str = "raise"):
+        _check_choice(mode, ("train", "val", "test"), "mode")
+        _check_choice(on_bad, ("raise", "skip"), "on_bad")
+        if not items:
+            raise ValueError(f"the {mode} split of {root} holds no images")
+        self.items, self.classes, self.root = items, classes, root
+        self.mode, self.image_size, self.on_bad = mode, image_size, on_bad
+        self.transform = transform if transform is not None else (
+            TrainTransform(image_size) if mode == "train" else None)
+        self.views_per_video, self.skipped = 1, 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+    def load(self, path: Path) -> torch.Tensor:
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except RuntimeError as err:
+            raise FrameError(f"cannot read image {path}: {err}") from err
+        image = TF.resize(pad_square(image), [self.image_size, self.image_size], antialias=True)
+        if self.mode == "train":
+            image, _ = self.transform(image.unsqueeze(0), None)  # 1 x 3 x S x S
+            return image
+        image = image.unsqueeze(0)  # T = 1
+        return image.unsqueeze(0) if self.mode == "test" else image  # one view in the test
+
+    def __getitem__(self, key):
+        seed, i = key if isinstance(key, tuple) else (None, key)
+        path, label = self.items[i]
+        try:
+            if seed is None:
+                rgb = self.load(path)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.default_generator.manual_seed(seed)
+                    rgb = self.load(path)
+        except FrameError as err:
+            if self.on_bad == "raise":
+                raise
+            self.skipped += 1
+            return Skipped(str(path.relative_to(self.root)), str(err))
+        return rgb, None, label, str(path.relative_to(self.root))
+
+
+def images(root: str | Path, *, subset: str = "train",
+           classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
+           test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
+           mode: str | None = None, image_size: int = 224, transform=None,
+           on_bad: str = "raise") -> ImageFolderDataset:
+    """The image-folder dataset; the split is stratified per class (seed 001: 10 % test, then
+    10 % of the rest for validation), oversampling applies to the training part only."""
+    root = Path(root)
+    _require_dir(root, "image folder root")
+    _check_choice(subset, ("train", "val", "test"), "subset")
+    all_classes = sorted(d.name for d in root.iterdir() if d.is_dir()
+                         and not d.name.startswith("."))
+    if not all_classes:
+        raise FileNotFoundError(f"expected one folder of images per class in {root}")
+    chosen = select_classes(all_classes, classes)
+    every = [(path, chosen.index(c)) for c in chosen for path in sorted((root / c).iterdir())
+             if path.suffix.lower() in IMAGE_EXTENSIONS]
+    parts = stratified_split([label for _, label in every], val_fraction=val_fraction,
+                             test_fraction=test_fraction, seed=seed)
+    items = [every[i] for i in parts[("train", "val", "test").index(subset)]]
+    if subset == "train" and oversample:
+        items = oversample_items(items, [label for _, label in items], seed=seed)
+    return ImageFolderDataset(items, chosen, root=root,
+                              mode=mode or ("train" if subset == "train" else "val"),
+                              image_size=image_size, transform=transform, on_bad=on_bad)
