@@ -56,7 +56,7 @@ class Config:
     workers: int = 2  # DataLoader worker processes
     # --- model ---
     fuse: str = "conv1x1"  # a fusion (average, sum, max, concat, conv1x1, conv3d) or none
-    stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow)
+    stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow | rgbdiff)
     rgb: str = "resnet18"  # RGB backbone
     flow: str = "resnet18"  # flow backbone
     at: str = "layer4"  # RGB tap to fuse at (scores for average)
@@ -64,6 +64,10 @@ class Config:
     weights: str = "none"  # none | imagenet | path of a torchvision state-dict file
     init_rgb: str = ""  # checkpoint of a trained RGB stream
     init_flow: str = ""  # checkpoint of a trained flow stream
+    diff: str = ""  # backbone of an RGB-difference stream late-fused on top (TSN); empty: none
+    diff_stack: int = 5  # L: RGB differences per snippet (made from L + 1 frames)
+    diff_weight: float = 1.0  # its weight against the fused softmax (mid-level fusion)
+    init_diff: str = ""  # checkpoint of a trained RGB-difference stream
     # init_rgb from other classes: "SOURCE:TARGET" per class, e.g. ["applauding:clap"]
     class_map: list[str] = field(default_factory=list)
     dropout: float = -1.0  # before the classifiers; -1: the backbone's default
@@ -77,7 +81,7 @@ class Config:
     # staged fine-tuning: later freeze points, "EPOCH:TAP" or "EPOCH:none" (1-based epochs)
     unfreeze: list[str] = field(default_factory=list)
     # --- optimisation ---
-    epochs: int = 10
+    epochs: int = 10  # 0: assemble the model (e.g. trained streams, late fusion) and test it
     batch_size: int = 8
     optimizer: str = "sgd"  # sgd | adam | adamw
     lr: float = 1e-3
@@ -126,7 +130,9 @@ class Config:
         choice("on_bad", ("raise", "skip"))
         choice("flow_method", METHODS)
         choice("fuse", (*FUSIONS, "none"))
-        choice("stream", ("rgb", "flow"))
+        choice("stream", ("rgb", "flow", "rgbdiff"))
+        if self.diff:
+            choice("diff", tuple(STREAMS))
         choice("rgb", tuple(STREAMS))
         choice("flow", tuple(STREAMS))
         choice("fusion_init", ("identity", "random"))
@@ -138,13 +144,13 @@ class Config:
         choice("best_rule", BEST_RULES)
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
-        positive("segments", "flow_stack", "rgb_stack", "image_size", "epochs", "batch_size",
-                 "flow_bound", "short_side",
+        positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
+                 "flow_bound", "short_side", "diff_stack", "diff_weight",
                  "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"config key val_fraction: must be in [0, 1), got {self.val_fraction}")
-        if self.workers < 0 or self.max_classes < 0 or self.grad_clip < 0:
-            raise ValueError("config keys workers, max_classes, grad_clip must be >= 0")
+        if self.workers < 0 or self.max_classes < 0 or self.grad_clip < 0 or self.epochs < 0:
+            raise ValueError("config keys workers, max_classes, grad_clip, epochs must be >= 0")
         if self.dropout != -1 and not 0 <= self.dropout < 1:
             raise ValueError(f"config key dropout: must be in [0, 1) or -1, got {self.dropout}")
         if self.classes and self.max_classes:
@@ -159,6 +165,11 @@ class Config:
         if (self.freeze_until or self.unfreeze) and (self.freeze != "none" or self.partial_bn):
             raise ValueError("config keys freeze_until / unfreeze: staged unfreezing does not "
                              "combine with freeze or partial_bn")
+        if self.fuse == "average" and self.fusion_weights and \
+                len(self.fusion_weights) != (3 if self.diff else 2):
+            raise ValueError(f"config key fusion_weights: average fusion of "
+                             f"{3 if self.diff else 2} streams needs as many weights, got "
+                             f"{self.fusion_weights}")
         if self.fuse == "average" and self.at not in ("scores", ""):
             raise ValueError(f"config key at: average fusion combines scores, set at = "
                              f"'scores' (got {self.at!r})")
@@ -197,7 +208,18 @@ class Config:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        return (self.stream,) if self.fuse == "none" else ("rgb", "flow")
+        """What the data must load (an RGB-difference stream reads RGB frames)."""
+        if self.fuse == "none":
+            return ("flow",) if self.stream == "flow" else ("rgb",)
+        return ("rgb", "flow")
+
+    @property
+    def rgb_frames(self) -> int:
+        """RGB frames per snippet in the input: the RGB stack, or L + 1 for the differences,
+        whichever is more (each stream takes the frames centred in the snippet)."""
+        uses_diff = self.diff or (self.fuse == "none" and self.stream == "rgbdiff")
+        uses_rgb = not (self.fuse == "none" and self.stream == "rgbdiff")
+        return max(self.rgb_stack if uses_rgb else 0, self.diff_stack + 1 if uses_diff else 0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

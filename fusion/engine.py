@@ -87,7 +87,7 @@ def build_dataset(config: Config, subset: str, mode: str):
     options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
                    seed=config.seed, oversample=config.oversample, modalities=config.modalities,
                    segments=config.segments, flow_stack=config.flow_stack,
-                   rgb_stack=config.rgb_stack, frame_policy=config.frame_policy,
+                   rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
                    image_size=config.image_size, on_bad=config.on_bad)
     if kind == "folder":
         options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
@@ -113,14 +113,17 @@ def build_model(config: Config, num_classes: int,
     if class_map and classes is None:
         raise ValueError("config key class_map needs the dataset's class names")
     if config.fuse == "none":
-        rgb = config.stream == "rgb"
-        stream = build_stream(config.rgb if rgb else config.flow, num_classes=num_classes,
-                              in_channels=3 * config.rgb_stack if rgb else 2 * config.flow_stack,
+        backbone, channels, init = {
+            "rgb": (config.rgb, 3 * config.rgb_stack, config.init_rgb),
+            "flow": (config.flow, 2 * config.flow_stack, config.init_flow),
+            "rgbdiff": (config.diff or config.rgb, 3 * config.diff_stack, config.init_diff),
+        }[config.stream]
+        stream = build_stream(backbone, num_classes=num_classes, in_channels=channels,
                               weights=weights, dropout=dropout, modality=config.stream)
-        init = config.init_rgb if rgb else config.init_flow
         if init:
             load_stream_checkpoint(stream, init, config.stream,
-                                   class_map=class_map if rgb else None, classes=classes)
+                                   class_map=class_map if config.stream == "rgb" else None,
+                                   classes=classes)
         return SingleStream(stream, partial_bn=config.partial_bn, freeze=config.freeze)
     return build_two_stream(
         rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
@@ -130,7 +133,9 @@ def build_model(config: Config, num_classes: int,
         keep_temporal_tower=config.keep_temporal_tower, fusion_init=config.fusion_init,
         fusion_weights=config.fusion_weights or None, freeze=config.freeze,
         partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
-        init_flow=config.init_flow or None, class_map=class_map, classes=classes)
+        init_flow=config.init_flow or None, class_map=class_map, classes=classes,
+        diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
+        init_diff=config.init_diff or None)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -425,15 +430,17 @@ def _fit(config, checkpoint, run_dir, context, device):
             find_unused_parameters=staged)  # frozen stages produce no gradients
     if config.compile:
         runner = torch.compile(runner)
-    optimizer = build_optimizer(model.parameters(), config)
-    scheduler = build_scheduler(optimizer, config)
+    # epochs = 0 assembles and tests a model (say, late fusion of trained streams): no optimizer
+    optimizer = build_optimizer(model.parameters(), config) if config.epochs else None
+    scheduler = build_scheduler(optimizer, config) if optimizer is not None else None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start_epoch, best, history, train_time = 0, None, [], 0.0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint["optimizer"] is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
@@ -513,6 +520,13 @@ def _fit(config, checkpoint, run_dir, context, device):
         if skipped:
             print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
+    if config.epochs == 0 and main:
+        state = {"model": model.state_dict(), "optimizer": None, "scheduler": None,
+                 "scaler": scaler.state_dict(), "epoch": 0, "best": None, "history": [],
+                 "train_time": 0.0, "config": config.to_dict(), "rng": rng_state(),
+                 "classes": classes}
+        save_atomic(state, run_dir / "last.pt")
+        save_atomic(state, run_dir / "best.pt")
     distributed.barrier(context)
     if main:
         metrics = test_checkpoint(run_dir / "best.pt", device=device, workers=config.workers,
@@ -530,7 +544,7 @@ def _fit(config, checkpoint, run_dir, context, device):
 
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint (its weights, not the initialisation it started from)."""
-    config = from_dict({**checkpoint["config"], "init_rgb": "", "init_flow": "",
+    config = from_dict({**checkpoint["config"], "init_rgb": "", "init_flow": "", "init_diff": "",
                         "weights": "none", "class_map": []})
     model = build_model(config, len(checkpoint["classes"]))
     model.load_state_dict(checkpoint["model"])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from fusion.fusers import FUSIONS
+from fusion.fusers import FUSIONS, AverageFusion
 from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
 
 FREEZE_MODES = ("none", "streams", "bn")
@@ -33,6 +33,17 @@ def fold_segments(x: torch.Tensor, name: str, channels: int) -> torch.Tensor:
         raise ValueError(f"{name} input must be B x T x {channels} x H x W, "
                          f"got shape {tuple(x.shape)}")
     return rearrange(x, "b t c h w -> (b t) c h w")
+
+
+def centre_frames(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The middle `channels` of B x T x C x H x W RGB input: when the clip carries more frames
+    than a stream takes (an RGB-difference stream needs L + 1 of them), each stream gets the
+    frames centred in the snippet."""
+    extra = x.shape[2] - channels
+    if extra <= 0:
+        return x
+    start = extra // 3 // 2 * 3  # whole frames of 3 channels
+    return x[:, :, start:start + channels]
 
 
 class FrozenBatchNormMixin:
@@ -73,24 +84,35 @@ class SingleStream(FrozenBatchNormMixin, nn.Module):
 
     def forward(self, rgb: torch.Tensor | None, flow: torch.Tensor | None,
                 return_parts: bool = False):
-        """Takes the same inputs as `TwoStream` and uses the one of its modality."""
-        x = rgb if self.stream.modality == "rgb" else flow
+        """Takes the same inputs as `TwoStream` and uses the one of its modality (an RGB
+        difference stream reads the RGB frames)."""
+        modality = self.stream.modality
+        x = flow if modality == "flow" else rgb
         if x is None:
-            raise ValueError(f"a {self.stream.modality} stream needs {self.stream.modality} input")
+            raise ValueError(f"a {modality} stream needs {'flow' if modality == 'flow' else 'rgb'}"
+                             f" input")
+        if modality != "flow":
+            x = centre_frames(x, self.stream.input_channels)
         b = x.shape[0]
-        x = self.stream.normalize(fold_segments(x, self.stream.modality, self.stream.in_channels))
+        x = self.stream.normalize(fold_segments(x, modality, self.stream.input_channels))
         scores = consensus(self.stream(x), b)
         return {"fused": scores, self.stream.modality: scores} if return_parts else scores
 
 
 class TwoStream(FrozenBatchNormMixin, nn.Module):
-    """RGB and flow streams joined by a fusion module; see `build_two_stream`."""
+    """RGB and flow streams joined by a fusion module, optionally with an RGB-difference stream
+    late-fused on top; see `build_two_stream`."""
 
     def __init__(self, rgb: Stream, flow: Stream, fusion: nn.Module, *, at: str, at_flow: str,
                  num_classes: int, dropout: float, keep_spatial_head: bool,
-                 keep_temporal_tower: bool):
+                 keep_temporal_tower: bool, diff: Stream | None = None,
+                 diff_weight: float = 1.0):
         super().__init__()
         self.rgb, self.flow, self.fusion = rgb, flow, fusion
+        self.diff = diff
+        # late fusion (`average`) takes the difference stream among its own inputs
+        self.diff_fusion = (AverageFusion((1.0, diff_weight))
+                            if diff is not None and not fusion.late else None)
         self.at, self.at_flow = at, at_flow
         self.keep_spatial_head = keep_spatial_head
         self.keep_temporal_tower = keep_temporal_tower
@@ -122,13 +144,19 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         if flow.shape[:2] != rgb.shape[:2]:
             raise ValueError(f"rgb and flow must have the same batch and segments (B x T), got "
                              f"{tuple(rgb.shape[:2])} and {tuple(flow.shape[:2])}")
+        parts: dict[str, torch.Tensor] = {}
+        if self.diff is not None:
+            x_diff = centre_frames(rgb, self.diff.input_channels)
+            x_diff = self.diff.normalize(fold_segments(x_diff, "rgb", self.diff.input_channels))
+            parts["rgbdiff"] = consensus(self.diff(x_diff), b)
+        rgb = centre_frames(rgb, self.rgb.input_channels)
         x_rgb = self.rgb.normalize(fold_segments(rgb, "rgb", self.rgb.in_channels))
         x_flow = self.flow.normalize(fold_segments(flow, "flow", self.flow.in_channels))
-        parts: dict[str, torch.Tensor] = {}
         if self.fusion.late:
             parts["rgb"] = consensus(self.rgb(x_rgb), b)
             parts["flow"] = consensus(self.flow(x_flow), b)
-            parts["fused"] = self.fusion([parts["rgb"], parts["flow"]])
+            late = [parts["rgb"], parts["flow"]] + ([parts["rgbdiff"]] if self.diff else [])
+            parts["fused"] = self.fusion(late)
             return parts if return_parts else parts["fused"]
 
         h_rgb = self.rgb.forward_to(x_rgb, self.at)        # (B T) x C_rgb x H x W
@@ -150,12 +178,17 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         scores = consensus(scores, b)
         kept = [parts[k] for k in ("rgb", "flow") if k in parts]
         # Kept heads are averaged with the fused scores (seed 001 found averaging beat max).
-        parts["fused"] = torch.stack([scores, *kept]).mean(dim=0) if kept else scores
+        fused = torch.stack([scores, *kept]).mean(dim=0) if kept else scores
+        if self.diff_fusion is not None:
+            fused = self.diff_fusion([fused, parts["rgbdiff"]])
+        parts["fused"] = fused
         return parts if return_parts else parts["fused"]
 
     def parts(self) -> dict[str, nn.Module]:
         """The model's parameter groups, for describing and for per-part learning rates."""
         groups = {"rgb": self.rgb, "flow": self.flow, "fusion": self.fusion}
+        if self.diff is not None:
+            groups["rgbdiff"] = self.diff
         if self.to_spatial is not None:
             groups["to_spatial"] = self.to_spatial
         if self.head is not None:
@@ -164,7 +197,9 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
 
 
 def streams_of(model: nn.Module) -> list[Stream]:
-    return [model.stream] if isinstance(model, SingleStream) else [model.rgb, model.flow]
+    if isinstance(model, SingleStream):
+        return [model.stream]
+    return [model.rgb, model.flow] + ([model.diff] if model.diff is not None else [])
 
 
 def freeze_until(model: SingleStream | TwoStream, tap: str | None) -> None:
@@ -272,7 +307,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      partial_bn: bool = False, init_rgb: str | Path | None = None,
                      init_flow: str | Path | None = None,
                      class_map: Mapping[str, str] | None = None,
-                     classes: Sequence[str] | None = None) -> TwoStream:
+                     classes: Sequence[str] | None = None, diff: str | None = None,
+                     diff_stack: int = 5, diff_weight: float = 1.0,
+                     init_diff: str | Path | None = None) -> TwoStream:
     """Build a two-stream model.
 
     rgb, flow: backbone names (`fusion.streams.STREAMS`).
@@ -293,6 +330,11 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         first keeps its statistics and affine parameters.
     init_rgb, init_flow: checkpoints of separately trained streams; class_map and classes
         map init_rgb's classes onto this model's (`load_stream_checkpoint`).
+    diff: the backbone of a third, RGB-difference stream on diff_stack differences (TSN, seed
+        004; it reads the RGB input, which then carries diff_stack + 1 frames per snippet). With
+        `average` it is a third late input (fusion_weights gets three weights, e.g. 1, 1.5, 1);
+        with a mid-level fusion, its softmax is averaged with the fused one at 1 : diff_weight.
+        init_diff: its trained checkpoint.
     """
     fusion_cls = FUSIONS[resolve_name(fuse, tuple(FUSIONS), "fusion")]
     resolve_name(freeze, FREEZE_MODES, "freeze mode")
@@ -308,13 +350,21 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                                classes=classes)
     if init_flow is not None:
         load_stream_checkpoint(flow_stream, init_flow, "flow")
+    diff_stream = None
+    if diff is not None:
+        diff_stream = build_stream(diff, in_channels=3 * diff_stack, num_classes=num_classes,
+                                   weights=per_stream.get("rgbdiff", per_stream.get("rgb")),
+                                   dropout=dropout, modality="rgbdiff")
+        if init_diff is not None:
+            load_stream_checkpoint(diff_stream, init_diff, "rgbdiff")
 
     if fusion_cls.late:
         if at not in (None, "scores") or at_flow not in (None, "scores"):
             raise ValueError(f"fusion {fuse!r} combines class scores: use at='scores', "
                              f"got at={at!r}, at_flow={at_flow!r}")
         at = at_flow = "scores"
-        fusion = fusion_cls(**({"weights": fusion_weights} if fusion_weights else {}))
+        late_inputs = 3 if diff is not None else 2
+        fusion = fusion_cls(weights=fusion_weights or (1.0,) * late_inputs)
     else:
         if at is None:
             raise ValueError(f"fusion {fuse!r} needs a tap: at is one of "
@@ -334,15 +384,18 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     head_dropout = rgb_stream.dropout if dropout is None else dropout
     model = TwoStream(rgb_stream, flow_stream, fusion, at=at, at_flow=at_flow,
                       num_classes=num_classes, dropout=head_dropout,
-                      keep_spatial_head=keep_spatial_head, keep_temporal_tower=keep_temporal_tower)
+                      keep_spatial_head=keep_spatial_head, keep_temporal_tower=keep_temporal_tower,
+                      diff=diff_stream, diff_weight=diff_weight)
+    streams = streams_of(model)
     held: list[nn.Module] = []
     if freeze == "streams":
-        for p in (*rgb_stream.parameters(), *flow_stream.parameters()):
-            p.requires_grad_(False)
-        held = batchnorms(rgb_stream) + batchnorms(flow_stream)
+        for stream in streams:
+            for p in stream.parameters():
+                p.requires_grad_(False)
+            held += batchnorms(stream)
     elif freeze == "bn":
         held = batchnorms(model)
     elif partial_bn:
-        held = batchnorms(rgb_stream)[1:] + batchnorms(flow_stream)[1:]
+        held = [bn for stream in streams for bn in batchnorms(stream)[1:]]
     model.hold_batchnorm(held)
     return model

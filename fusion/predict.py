@@ -73,11 +73,11 @@ class ClipMaker:
         count = last - first  # frames in the window
         if self.use_flow and count < 2:
             raise VideoError("a flow model needs at least two frames")
-        n = positions(flow_stack=c.flow_stack, rgb_stack=c.rgb_stack, flow_frames=count - 1,
+        n = positions(flow_stack=c.flow_stack, rgb_stack=c.rgb_frames, flow_frames=count - 1,
                       rgb_frames=count, use_flow=self.use_flow)
         starts = segment_starts(n, c.segments, train=False)
         rgb_idx, flow_idx = snippet_frames(starts, flow_stack=c.flow_stack,
-                                           rgb_stack=c.rgb_stack, flow_frames=count - 1,
+                                           rgb_stack=c.rgb_frames, flow_frames=count - 1,
                                            rgb_frames=count, use_flow=self.use_flow,
                                            use_rgb=self.use_rgb)
         rgb = flow = None
@@ -87,7 +87,7 @@ class ClipMaker:
         if flow_idx is not None:  # N x 2 x H x W
             flow = torch.from_numpy(np.stack([self.flow_at(first + i, frames) for i in flow_idx]))
         rgb, flow = arrange_sample(rgb, flow, self.transform, segments=c.segments,
-                                   rgb_stack=c.rgb_stack, flow_stack=c.flow_stack,
+                                   rgb_stack=c.rgb_frames, flow_stack=c.flow_stack,
                                    single_view=True)
         return (None if rgb is None else rgb.unsqueeze(0),
                 None if flow is None else flow.unsqueeze(0))

@@ -29,7 +29,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # std 0.5 map a stored component back to flow / bound in [-1, 1].
 FLOW_MEAN = (0.5, 0.5)
 FLOW_STD = (0.5, 0.5)
-MODALITIES = ("rgb", "flow")
+# RGB difference (TSN): differences of consecutive frames in [0, 1] units, scaled by twice the
+# mean ImageNet std as TSN does; a stack of L differences is made from L + 1 frames.
+DIFF_MEAN = (0.0, 0.0, 0.0)
+DIFF_STD = (2 * sum(IMAGENET_STD) / 3,) * 3
+MODALITIES = ("rgb", "flow", "rgbdiff")
 
 
 @dataclass(frozen=True)
@@ -229,12 +233,21 @@ class Stream(nn.Module):
             x = stage(x)
         return x
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the uint8 input: an RGB-difference stream takes one frame more than it
+        has differences."""
+        return self.in_channels + 3 if self.modality == "rgbdiff" else self.in_channels
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float in [0, 255]) `... x C x H x W` -> the float input this stream expects."""
-        if x.shape[-3] != self.in_channels:
-            raise ValueError(f"{self.name} ({self.modality}) expects {self.in_channels} channels, "
-                             f"got input of shape {tuple(x.shape)}")
-        return (x.float() / 255.0 - self.mean) / self.std
+        if x.shape[-3] != self.input_channels:
+            raise ValueError(f"{self.name} ({self.modality}) expects {self.input_channels} "
+                             f"channels, got input of shape {tuple(x.shape)}")
+        x = x.float() / 255.0
+        if self.modality == "rgbdiff":  # frames f0, f1, ... -> f1 - f0, f2 - f1, ...
+            x = x[..., 3:, :, :] - x[..., :-3, :, :]
+        return (x - self.mean) / self.std
 
     @property
     def classifier(self) -> nn.Linear:
@@ -297,15 +310,17 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
         of a local state-dict file with torchvision's keys for the 1000-class, 3-channel model.
     dropout: before the last Linear; None keeps torchvision's default (VGG 0.5, GoogLeNet 0.2,
         ResNet none).
-    modality: "rgb" or "flow", which sets the input normalisation; None means "rgb" for 3 input
-        channels and "flow" otherwise.
+    modality: "rgb", "flow" or "rgbdiff", which sets the input normalisation; None means "rgb"
+        for 3 input channels and "flow" otherwise. An "rgbdiff" stream has 3 L input channels
+        (L differences) and `normalize` makes them from 3 (L + 1) channels of frames.
     With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
     RGB and replicated over the new channels (cross-modality initialisation, TSN).
     """
     spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
     modality = modality or ("rgb" if in_channels == 3 else "flow")
     resolve_name(modality, MODALITIES, "modality")
-    mean, std = (spec.rgb_mean, spec.rgb_std) if modality == "rgb" else (FLOW_MEAN, FLOW_STD)
+    mean, std = {"rgb": (spec.rgb_mean, spec.rgb_std), "flow": (FLOW_MEAN, FLOW_STD),
+                 "rgbdiff": (DIFF_MEAN, DIFF_STD)}[modality]
     if in_channels < 1 or in_channels % len(mean):
         raise ValueError(f"in_channels={in_channels} is not a multiple of {len(mean)}, "
                          f"the channels of one {modality} frame")
