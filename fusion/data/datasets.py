@@ -116,6 +116,18 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     return out
 
 
+def seeded(seed: int | None, load, *args):
+    """`load(*args)` with torch's CPU generator seeded by `seed` and restored afterwards, so a
+    sample's random augmentation depends on its seed alone (None: the generator as it is)."""
+    if seed is None:
+        return load(*args)
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed would also queue seeds for every
+        # accelerator backend, which costs about a millisecond per call
+        torch.default_generator.manual_seed(seed)
+        return load(*args)
+
+
 def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
                    segments: int, rgb_stack: int, flow_stack: int, single_view: bool):
     """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
@@ -224,14 +236,7 @@ class VideoDataset(Dataset):
         seed, i = key if isinstance(key, tuple) else (None, key)
         video = self.videos[i]
         try:
-            if seed is None:
-                rgb, flow = self.load(video)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    # the CPU generator only: torch.manual_seed would also queue seeds for every
-                    # accelerator backend, which costs about a millisecond per call
-                    torch.default_generator.manual_seed(seed)
-                    rgb, flow = self.load(video)
+            rgb, flow = seeded(seed, self.load, video)
         except FrameError as err:
             if self.on_bad == "raise":
                 raise

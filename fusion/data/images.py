@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from fusion.data.datasets import (FrameError, Skipped, _check_choice, _require_dir,
-                                  oversample as oversample_items, select_classes,
+                                  oversample as oversample_items, seeded, select_classes,
                                   stratified_split)
 from fusion.data.transforms import TrainTransform
 
@@ -70,12 +70,7 @@ class ImageFolderDataset(Dataset):
         seed, i = key if isinstance(key, tuple) else (None, key)
         path, label = self.items[i]
         try:
-            if seed is None:
-                rgb = self.load(path)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.default_generator.manual_seed(seed)
-                    rgb = self.load(path)
+            rgb = seeded(seed, self.load, path)
         except FrameError as err:
             if self.on_bad == "raise":
                 raise
