@@ -157,6 +157,9 @@ class Config:
             raise ValueError("config keys classes and max_classes: give one of them")
         self.unfreeze_steps()
         self.class_mapping()
+        if self.sync_bn and (self.freeze != "none" or self.partial_bn or self.freeze_until):
+            raise ValueError("config key sync_bn: synchronising BatchNorm statistics and holding "
+                             "them fixed (freeze, partial_bn, freeze_until) exclude each other")
         if self.class_map and not self.init_rgb:
             raise ValueError("config key class_map: maps the classes of init_rgb; set init_rgb")
         if self.dataset == "images" and (self.fuse, self.stream) != ("none", "rgb"):

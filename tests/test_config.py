@@ -53,6 +53,7 @@ def test_unknown_and_ill_typed_keys_name_the_key(tmp_path):
     (["--fuse", "average", "--at", "layer4"], "config key at: average fusion combines scores"),
     (["--rgb", "alexnet"], "config key rgb: 'alexnet' is not one of"),
     (["--split", "4"], "config key split"),
+    (["--sync-bn", "--partial-bn"], "config key sync_bn"),
 ])
 def test_bad_values_name_the_key(argv, message):
     with pytest.raises(ValueError, match=message):
