@@ -61,7 +61,7 @@ class PILBaseline(Dataset):
 
     def __getitem__(self, key):
         seed, i = key
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # as cheap as the project loader's seeding
         d = self.dataset
         video = d.videos[i]
         starts = d.clip_starts(video)[0]
