@@ -367,3 +367,14 @@ def test_dataloader_with_two_workers_over_synthetic(synthetic):
     assert first.flow.shape == (4, 2, 10, 64, 64)
     assert first.label.dtype == torch.long and first.label.max() < 4
     assert first.skipped == []
+
+
+def test_class_folder_datasets_need_class_folders(tmp_path):
+    from fusion.data.images import images
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="one folder of videos per class in .*empty"):
+        folder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="one folder of images per class in .*empty"):
+        images(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="image folder root: expected the folder"):
+        images(tmp_path / "missing")

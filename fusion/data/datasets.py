@@ -303,6 +303,15 @@ class _FolderLookup:
         return self.root / actual if actual else None
 
 
+def class_folders(root: Path, what: str, items: str) -> list[str]:
+    """The sorted class folders of a `<root>/<class>/...` dataset (hidden ones skipped)."""
+    _require_dir(root, what)
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise FileNotFoundError(f"expected one folder of {items} per class in {root}")
+    return names
+
+
 def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) -> list[str]:
     """A class subset by count (the first N) or by names; labels follow the returned order."""
     if classes is None:
@@ -528,12 +537,8 @@ def folder(root: str | Path, *, subset: str = "train",
     `u/` and `v/` subfolders. `<root>/<subset>.txt` (lines `<class>/<video>`) fixes a split;
     without it the videos are split by `stratified_split` (val and test fractions, seed)."""
     root = Path(root)
-    _require_dir(root, "folder dataset root")
     _check_choice(subset, ("train", "val", "test"), "subset")
-    all_classes = sorted(d.name for d in root.iterdir() if d.is_dir()
-                         and not d.name.startswith("."))
-    if not all_classes:
-        raise FileNotFoundError(f"expected one folder per class in {root}")
+    all_classes = class_folders(root, "folder dataset root", "videos")
     chosen = select_classes(all_classes, classes)
     list_file = root / f"{subset}.txt"
     if list_file.is_file():

@@ -17,7 +17,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from fusion.data.datasets import (FrameError, Skipped, _check_choice, _require_dir,
+from fusion.data.datasets import (FrameError, Skipped, _check_choice, class_folders,
                                   oversample as oversample_items, seeded, select_classes,
                                   stratified_split)
 from fusion.data.transforms import TrainTransform
@@ -87,13 +87,8 @@ def images(root: str | Path, *, subset: str = "train",
     """The image-folder dataset; the split is stratified per class (seed 001: 10 % test, then
     10 % of the rest for validation), oversampling applies to the training part only."""
     root = Path(root)
-    _require_dir(root, "image folder root")
     _check_choice(subset, ("train", "val", "test"), "subset")
-    all_classes = sorted(d.name for d in root.iterdir() if d.is_dir()
-                         and not d.name.startswith("."))
-    if not all_classes:
-        raise FileNotFoundError(f"expected one folder of images per class in {root}")
-    chosen = select_classes(all_classes, classes)
+    chosen = select_classes(class_folders(root, "image folder root", "images"), classes)
     every = [(path, chosen.index(c)) for c in chosen for path in sorted((root / c).iterdir())
              if path.suffix.lower() in IMAGE_EXTENSIONS]
     parts = stratified_split([label for _, label in every], val_fraction=val_fraction,
