@@ -2,18 +2,17 @@
 
     run_dir = train(config)              # runs/<name>/: config.toml, events, last.pt, best.pt,
                                          # metrics.json
-    metrics = evaluate_checkpoint("runs/x/best.pt")
+    metrics = test_checkpoint("runs/x/best.pt")
 
 All randomness in training draws from torch's generators: the model's from the global one (saved
-in every checkpoint), the data's from a per-epoch generator seeded by (seed, epoch). A run resumed
-from `last.pt` therefore ends with the same weights as one that was never stopped.
+in every checkpoint), the data's from seeds fixed by (seed, epoch, sample) (`SeededSampler`). A
+run resumed from `last.pt` therefore ends with the same weights as one that was never stopped.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from fusion.config import RESUMABLE, Config, from_dict, to_toml
 from fusion import distributed
+from fusion.files import write_atomic, write_json_atomic
 from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
@@ -254,14 +254,8 @@ def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
 # ---------------------------------------------------------------------------- checkpoints
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a
-    half-written checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A crash never leaves a half-written checkpoint (`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -457,6 +451,15 @@ def _fit(config, checkpoint, run_dir, context, device):
               f"training and {len(val_set)} validation videos, {len(classes)} classes, "
               f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
 
+    def checkpoint_state(epoch: int) -> dict:
+        """Everything a resume needs after `epoch` epochs (no optimizer when epochs = 0)."""
+        return {"model": model.state_dict(),
+                "optimizer": None if optimizer is None else optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
+                "history": history, "train_time": train_time, "config": config.to_dict(),
+                "rng": rng_state(), "classes": classes}
+
     def log_step(epoch):
         def on_step(step, batch):
             global_step = epoch * steps_per_epoch + step
@@ -500,11 +503,7 @@ def _fit(config, checkpoint, run_dir, context, device):
                         "lr": optimizer.param_groups[0]["lr"]})
         if not main:
             continue
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "epoch": epoch + 1, "best": best, "history": history,
-                 "train_time": train_time, "config": config.to_dict(), "rng": rng_state(),
-                 "classes": classes}
+        state = checkpoint_state(epoch + 1)
         save_atomic(state, run_dir / "last.pt")
         if improved:
             save_atomic(state, run_dir / "best.pt")
@@ -520,11 +519,8 @@ def _fit(config, checkpoint, run_dir, context, device):
         if skipped:
             print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
-    if config.epochs == 0 and main:
-        state = {"model": model.state_dict(), "optimizer": None, "scheduler": None,
-                 "scaler": scaler.state_dict(), "epoch": 0, "best": None, "history": [],
-                 "train_time": 0.0, "config": config.to_dict(), "rng": rng_state(),
-                 "classes": classes}
+    if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
+        state = checkpoint_state(0)
         save_atomic(state, run_dir / "last.pt")
         save_atomic(state, run_dir / "best.pt")
     distributed.barrier(context)
@@ -582,8 +578,6 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
                  for name, s in result["scores"].items()},
         "config": config.to_dict(),
     }
-    out = Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json"
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json",
+                      metrics)
     return metrics

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,6 +23,7 @@ import numpy as np
 
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.video import VideoError, iter_frames, to_gray
+from fusion.files import write_json_atomic
 
 LAYOUTS = ("ucf101", "folder")
 PARTIAL = ".partial"
@@ -196,6 +196,4 @@ def _record_settings(out: Path, method: str | None, bound: float, short_side: in
             raise ValueError(f"{out} was extracted with {old}; this run asks for {settings}. "
                              f"Use another --out or the same settings.")
         return
-    tmp = out / ".extraction.json.tmp"
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, settings)

@@ -10,6 +10,8 @@ import os
 import warnings
 from pathlib import Path
 
+from fusion.files import write_json_atomic
+
 INDEX_NAME = ".fusion_frame_index.json"
 
 
@@ -50,12 +52,9 @@ class FrameIndex:
     def save(self) -> None:
         if not self.changed:
             return
-        data = {"template": self.key, "folders": self.entries}
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)  # atomic: readers see the old or the new index
+            write_json_atomic(self.path, {"template": self.key, "folders": self.entries},
+                              indent=None)
             self.changed = False
         except OSError as err:  # a read-only dataset still works, it is counted each time
             warnings.warn(f"could not write the frame index {self.path}: {err}")
-            tmp.unlink(missing_ok=True)
