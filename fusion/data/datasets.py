@@ -28,6 +28,7 @@ from fusion.data.index import FrameIndex
 from fusion.data.sampling import (POLICIES, policy_start, positions, protocol_clip_starts,
                                   segment_starts, snippet_frames)
 from fusion.data.transforms import EvalTransform, TrainTransform
+from fusion.streams import resolve_name
 
 MODES = ("train", "val", "test")
 ON_BAD = ("raise", "skip")
@@ -164,11 +165,11 @@ class VideoDataset(Dataset):
                  rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
                  transform=None, num_clips: int = 25, crops: str = "center",
                  on_bad: str = "raise", frame_template: str = FRAME_TEMPLATE):
-        _check_choice(mode, MODES, "mode")
-        _check_choice(on_bad, ON_BAD, "on_bad")
-        _check_choice(frame_policy, POLICIES, "frame_policy")
+        resolve_name(mode, MODES, "mode")
+        resolve_name(on_bad, ON_BAD, "on_bad")
+        resolve_name(frame_policy, POLICIES, "frame_policy")
         for m in modalities:
-            _check_choice(m, MODALITIES, "modality")
+            resolve_name(m, MODALITIES, "modality")
         if not modalities:
             raise ValueError("at least one modality (rgb, flow) must be on")
         if frame_policy != "tsn" and segments != 1:
@@ -275,11 +276,6 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world))
-
-
-def _check_choice(value, valid, what):
-    if value not in valid:
-        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -396,7 +392,7 @@ def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
 
 def _official_subset(subset: str, val_fraction: float) -> str:
     """Which official list a subset reads: val is a part of the training list."""
-    _check_choice(subset, ("train", "val", "test"), "subset")
+    resolve_name(subset, ("train", "val", "test"), "subset")
     if subset == "val" and val_fraction <= 0:
         raise ValueError("subset='val' needs val_fraction > 0 (a part of the training list)")
     return "test" if subset == "test" else "train"
@@ -537,7 +533,7 @@ def folder(root: str | Path, *, subset: str = "train",
     `u/` and `v/` subfolders. `<root>/<subset>.txt` (lines `<class>/<video>`) fixes a split;
     without it the videos are split by `stratified_split` (val and test fractions, seed)."""
     root = Path(root)
-    _check_choice(subset, ("train", "val", "test"), "subset")
+    resolve_name(subset, ("train", "val", "test"), "subset")
     all_classes = class_folders(root, "folder dataset root", "videos")
     chosen = select_classes(all_classes, classes)
     list_file = root / f"{subset}.txt"

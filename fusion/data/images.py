@@ -17,10 +17,11 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from fusion.data.datasets import (FrameError, Skipped, _check_choice, class_folders,
+from fusion.data.datasets import (FrameError, Skipped, class_folders,
                                   oversample as oversample_items, seeded, select_classes,
                                   stratified_split)
 from fusion.data.transforms import TrainTransform
+from fusion.streams import resolve_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -37,8 +38,8 @@ class ImageFolderDataset(Dataset):
     def __init__(self, items: list[tuple[Path, int]], classes: list[str], *, root: Path,
                  mode: str = "train", image_size: int = 224, transform=None,
                  on_bad: str = "raise"):
-        _check_choice(mode, ("train", "val", "test"), "mode")
-        _check_choice(on_bad, ("raise", "skip"), "on_bad")
+        resolve_name(mode, ("train", "val", "test"), "mode")
+        resolve_name(on_bad, ("raise", "skip"), "on_bad")
         if not items:
             raise ValueError(f"the {mode} split of {root} holds no images")
         self.items, self.classes, self.root = items, classes, root
@@ -87,7 +88,7 @@ def images(root: str | Path, *, subset: str = "train",
     """The image-folder dataset; the split is stratified per class (seed 001: 10 % test, then
     10 % of the rest for validation), oversampling applies to the training part only."""
     root = Path(root)
-    _check_choice(subset, ("train", "val", "test"), "subset")
+    resolve_name(subset, ("train", "val", "test"), "subset")
     chosen = select_classes(class_folders(root, "image folder root", "images"), classes)
     every = [(path, chosen.index(c)) for c in chosen for path in sorted((root / c).iterdir())
              if path.suffix.lower() in IMAGE_EXTENSIONS]

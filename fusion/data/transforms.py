@@ -12,6 +12,8 @@ import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
 
+from fusion.streams import resolve_name
+
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN: crops of {256, 224, 192, 168} from 256-px frames
 CROP_MODES = ("center", "three", "ten")
 
@@ -131,8 +133,7 @@ class EvalTransform:
     crops: str = "center"
 
     def __post_init__(self):
-        if self.crops not in CROP_MODES:
-            raise ValueError(f"unknown crops {self.crops!r}; valid: {', '.join(CROP_MODES)}")
+        resolve_name(self.crops, CROP_MODES, "crops")
 
     @property
     def views(self) -> int:
