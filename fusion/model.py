@@ -233,17 +233,20 @@ def match_flow_tap(rgb: Stream, flow: Stream, at: str) -> str:
     return same[-1]
 
 
-def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The model state dict in a checkpoint written by training, or a plain state dict file."""
+def read_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The model state dict in a checkpoint written by training, or a plain state dict file,
+    and the class names the checkpoint records (None for a plain file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    classes = None
     if isinstance(state, Mapping) and "model" in state:
+        classes = state.get("classes")
         state = state["model"]
     if not isinstance(state, Mapping):
         raise ValueError(f"checkpoint {path} holds no model state dict")
-    return dict(state)
+    return dict(state), None if classes is None else list(classes)
 
 
 def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
@@ -258,7 +261,7 @@ def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
     target class's classifier row is its source class's; unmapped classes keep a fresh row.
     `classes` are the target (this model's) class names.
     """
-    state = read_model_state(path)
+    state, source_classes = read_model_state(path)
     for prefix in ("stream.", f"{role}.", ""):
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if sub and all(k.startswith("stages.") for k in sub):
@@ -271,7 +274,8 @@ def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
         check_state_dict(stream.state_dict(), sub, where)
         stream.load_state_dict(sub)
         return
-    source_classes = read_checkpoint_classes(path)
+    if source_classes is None:
+        raise ValueError(f"checkpoint {path} records no class names, which class_map needs")
     head = next(name for name, m in stream.named_modules() if m is stream.classifier)
     keys = (f"{head}.weight", f"{head}.bias")
     own = stream.state_dict()
@@ -289,13 +293,6 @@ def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
             merged[list(classes).index(target)] = sub[key][source_classes.index(source)]
         sub[key] = merged
     stream.load_state_dict(sub)
-
-
-def read_checkpoint_classes(path: str | Path) -> list[str]:
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping) or "classes" not in checkpoint:
-        raise ValueError(f"checkpoint {path} records no class names, which class_map needs")
-    return list(checkpoint["classes"])
 
 
 def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,

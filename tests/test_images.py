@@ -97,6 +97,12 @@ def test_still_image_stream_initialises_a_video_model_through_a_class_map(stills
         build_model(resolve(build_parser().parse_args([
             "--data-root", str(video_data), "--init-rgb", str(tmp_path / "stills" / "best.pt"),
             "--class-map", *bad])), 4, classes)
+    bare = tmp_path / "bare.pt"  # a plain state dict knows no class names
+    torch.save({k[len("stream."):]: v for k, v in weights.items()}, bare)
+    with pytest.raises(ValueError, match="bare.pt records no class names, which class_map"):
+        build_model(resolve(build_parser().parse_args([
+            "--data-root", str(video_data), "--init-rgb", str(bare), "--class-map", *mapping])),
+            4, classes)
     with pytest.raises(ValueError, match="class_map: maps the classes of init_rgb"):
         resolve(build_parser().parse_args(["--class-map", "a:b"]))
     with pytest.raises(ValueError, match="still images train an RGB stream alone"):
