@@ -5,16 +5,18 @@ u = 100 + k and v = 200 - k, so a test can read back exactly which frames a samp
 """
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import encode_jpeg
+from PIL import Image
 
 H, W = 24, 32
 
 
 def write_frame(path: Path, value: int, channels: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = torch.full((channels, H, W), value, dtype=torch.uint8)
-    path.write_bytes(encode_jpeg(image, quality=100).numpy().tobytes())
+    # PIL writes, OpenCV reads: the test data does not come from the codec under test
+    image = np.full((H, W, channels) if channels == 3 else (H, W), value, dtype=np.uint8)
+    Image.fromarray(image).save(path, quality=100)
 
 
 def write_video(rgb_dir: Path, flow_u: Path, flow_v: Path, rgb_frames: int,

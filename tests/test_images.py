@@ -3,7 +3,7 @@ model through a class mapping."""
 import numpy as np
 import pytest
 import torch
-from torchvision.io import encode_jpeg, encode_png
+from PIL import Image
 
 from fusion.config import build_parser, resolve
 from fusion.data.images import images, pad_square
@@ -26,9 +26,8 @@ def stills(tmp_path_factory):
             image = torch.randint(0, 60, (3, h, w), dtype=torch.uint8, generator=g)
             image[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = torch.tensor(
                 COLOURS[name], dtype=torch.uint8).view(3, 1, 1)
-            data = encode_png(image) if i == 0 else encode_jpeg(image, quality=95)
-            (root / name / f"{i:03d}.{'png' if i == 0 else 'jpg'}").write_bytes(
-                data.numpy().tobytes())
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(
+                root / name / f"{i:03d}.{'png' if i == 0 else 'jpg'}", quality=95)
     (root / "climbing" / "notes.txt").write_text("not an image")
     return root
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from einops import rearrange
 from torch.utils.data import Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
+from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.index import FrameIndex
 from fusion.data.sampling import (POLICIES, policy_start, positions, protocol_clip_starts,
                                   segment_starts, snippet_frames)
@@ -87,12 +88,15 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
                 video_id: str, template: str = FRAME_TEMPLATE) -> torch.Tensor:
     """Decode the frames at 0-based `indices` -> N x C x H x W uint8.
 
-    One folder of RGB frames gives C = 3; several folders of grayscale frames (flow u and v)
-    give one channel each, interleaved per frame (u1, v1, u2, v2, ...). Each file is decoded
-    once, even where a looping snippet repeats it, straight into the output tensor.
+    RGB (one folder, C = 3) comes back channels-last in memory, as decoded: torch's uint8
+    resize is fastest on that layout. Grayscale frames from several folders (flow u and v)
+    come back as planes, one channel per folder, interleaved per frame (u1, v1, u2, v2, ...),
+    which the transform resizes four at a time. Each file is decoded once, even where a looping
+    snippet repeats it, straight into the output.
     """
-    folders = [folders] if isinstance(folders, Path) else list(folders)
-    mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+    folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
+    if not gray and len(folders) != 1:
+        raise ValueError("RGB frames come from one folder")
     out = None
     first_at: dict[int, int] = {}
     for n, i in enumerate(indices):
@@ -101,20 +105,24 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
             continue
         first_at[i] = n
         for c, folder in enumerate(folders):
-            path = folder / template.format(i + 1)
+            path = os.path.join(folder, template.format(i + 1))
             try:
-                image = decode_jpeg(read_file(str(path)), mode=mode)
-            except RuntimeError as err:
+                image = read_image(path, gray=gray)
+            except DecodeError as err:
                 raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
             if out is None:
-                channels = image.shape[0] * len(folders)
-                out = torch.empty((len(indices), channels, *image.shape[1:]), dtype=torch.uint8)
-            if image.shape[1:] != out.shape[2:]:
-                raise FrameError(f"frame {path} of video {video_id} is "
-                                 f"{tuple(image.shape[1:])}, the video's first frame "
-                                 f"{tuple(out.shape[2:])}")
-            out[n, c * image.shape[0]:(c + 1) * image.shape[0]] = image
-    return out
+                size = image.shape[:2]
+                shape = (len(folders), *size) if gray else image.shape
+                out = np.empty((len(indices), *shape), dtype=np.uint8)
+            if image.shape[:2] != size:
+                raise FrameError(f"frame {path} of video {video_id} is {image.shape[:2]}, "
+                                 f"the video's first frame {size}")
+            if gray:
+                out[n, c] = image
+            else:
+                out[n] = image
+    frames = torch.from_numpy(out)
+    return frames if gray else frames.permute(0, 3, 1, 2)
 
 
 def seeded(seed: int | None, load, *args):

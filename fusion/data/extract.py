@@ -19,9 +19,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
+from fusion.data.imagefiles import write_jpeg
 from fusion.data.video import VideoError, iter_frames, to_gray
 from fusion.files import write_json_atomic
 
@@ -77,15 +77,6 @@ def final_dirs(out: Path, job: Job, layout: str, with_flow: bool) -> dict[str, P
     return dirs
 
 
-def _write_jpeg(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-        raise OSError(f"could not write {path}")
-
-
 def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | None = "tvl1",
                   bound: float = DEFAULT_BOUND, short_side: int = 256) -> tuple[str, int]:
     """Extract one video (done / skipped); raises VideoError for an unreadable file."""
@@ -108,13 +99,13 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
     previous = None
     count = 0
     for count, frame in enumerate(iter_frames(job.video, short_side), 1):
-        _write_jpeg(rgb_dir / f"frame{count:06d}.jpg", frame)
+        write_jpeg(rgb_dir / f"frame{count:06d}.jpg", frame)
         if estimator is not None:
             gray = to_gray(frame)
             if previous is not None:  # flow frame k: from frame k to frame k + 1
                 q = quantize(estimator(previous, gray), bound)
-                _write_jpeg(u_dir / f"frame{count - 1:06d}.jpg", q[..., 0])
-                _write_jpeg(v_dir / f"frame{count - 1:06d}.jpg", q[..., 1])
+                write_jpeg(u_dir / f"frame{count - 1:06d}.jpg", q[..., 0])
+                write_jpeg(v_dir / f"frame{count - 1:06d}.jpg", q[..., 1])
             previous = gray
     if layout == "folder":
         target = dirs["video"]

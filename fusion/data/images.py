@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from fusion.data.datasets import (FrameError, Skipped, class_folders,
                                   oversample as oversample_items, seeded, select_classes,
                                   stratified_split)
+from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.transforms import TrainTransform
 from fusion.streams import resolve_name
 
@@ -57,8 +57,8 @@ class ImageFolderDataset(Dataset):
 
     def load(self, path: Path) -> torch.Tensor:
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except RuntimeError as err:
+            image = torch.from_numpy(read_image(str(path), gray=False)).permute(2, 0, 1)
+        except DecodeError as err:
             raise FrameError(f"cannot read image {path}: {err}") from err
         image = TF.resize(pad_square(image), [self.image_size, self.image_size], antialias=True)
         if self.mode == "train":

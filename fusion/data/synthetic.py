@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import encode_jpeg
 
 from fusion.data.flow import DEFAULT_BOUND, quantize
+from fusion.data.imagefiles import write_jpeg
 
 COLOURS = {"Red": (210, 40, 40), "Blue": (40, 70, 220)}
 DIRECTIONS = {"Up": (0, -1), "Down": (0, 1), "Still": (0, 0)}
@@ -78,12 +77,6 @@ def render_video(colour: str, direction: str, *, frames: int, height: int, width
     return np.clip(rgb, 0, 255).astype(np.uint8), flow
 
 
-def _write_jpeg(array: np.ndarray, path: Path) -> None:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    tensor = tensor.permute(2, 0, 1) if tensor.dim() == 3 else tensor.unsqueeze(0)
-    path.write_bytes(encode_jpeg(tensor, quality=95).numpy().tobytes())
-
-
 def make_synthetic(out: str | Path, *, num_classes: int = 4, groups: int = 9,
                    clips_per_group: int = 3, height: int = 72, width: int = 96,
                    min_frames: int = 8, max_frames: int = 28, bound: float = DEFAULT_BOUND,
@@ -115,11 +108,11 @@ def make_synthetic(out: str | Path, *, num_classes: int = 4, groups: int = 9,
                 for folder in folders:
                     folder.mkdir(parents=True, exist_ok=True)
                 for k in range(frames):
-                    _write_jpeg(rgb[k], folders[0] / f"frame{k + 1:06d}.jpg")
+                    write_jpeg(folders[0] / f"frame{k + 1:06d}.jpg", rgb[k])
                 q = quantize(flow, bound)
                 for k in range(frames - 1):
-                    _write_jpeg(q[k, :, :, 0], folders[1] / f"frame{k + 1:06d}.jpg")
-                    _write_jpeg(q[k, :, :, 1], folders[2] / f"frame{k + 1:06d}.jpg")
+                    write_jpeg(folders[1] / f"frame{k + 1:06d}.jpg", q[k, :, :, 0])
+                    write_jpeg(folders[2] / f"frame{k + 1:06d}.jpg", q[k, :, :, 1])
                 for split in (1, 2, 3):
                     entry = f"{name}/{video}.avi"
                     if (g - 1) % 3 == split - 1:
