@@ -26,11 +26,12 @@ SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
 AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
-RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile")
+RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode")
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Config:
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | none | bf16 | fp16
     channels_last: bool = True  # on GPUs: NHWC memory format, faster convolutions with AMP
     compile: bool = False  # torch.compile the training step
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs:
+    # small models on fast GPUs wait on kernel launches, not the GPU) | max-autotune
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes
     # --- runs ---
     best_rule: str = "both"  # both: val loss and accuracy improve (seed 001) | loss | accuracy
@@ -141,6 +144,7 @@ class Config:
         choice("schedule", SCHEDULES)
         choice("cyclic_mode", CYCLIC_MODES)
         choice("amp", AMP_MODES)
+        choice("compile_mode", COMPILE_MODES)
         choice("best_rule", BEST_RULES)
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)

@@ -180,58 +180,84 @@ def to_device(batch, device):
 
 # ---------------------------------------------------------------------------- one epoch
 
+SYNC_EVERY = 20  # steps between reads of the running sums: each read waits for the GPU
+
+
 def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
               grad_clip: float = 0.0, desc: str = "", on_step=None,
               context: distributed.Context = distributed.Context()) -> dict:
     """Train (with an optimizer) or evaluate one pass; returns loss and accuracy per output,
-    summed over all processes."""
+    summed over all processes.
+
+    Losses and correct counts add up on the device and are read every SYNC_EVERY steps, so the
+    host queues the next step's kernels while the GPU runs this one. A non-finite loss stops
+    the pass at that read, naming the first step it appeared in; every rank reads at the same
+    steps and they stop together.
+    """
     training = optimizer is not None
     model.train(training)
-    sums: dict[str, list[float]] = {}
+    sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
+    unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
     seen = skipped = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if context.main else True)
+
+    def read():
+        """Wait for the device: stop on a non-finite loss, show the running figures."""
+        if unchecked:
+            finite = torch.isfinite(torch.stack([loss for _, loss in unchecked]))
+            bad = int((~finite).sum())
+            if training and context.enabled:
+                bad = int(distributed.sum_across([float(bad)], context, device)[0])
+            if bad:
+                flags = finite.tolist()
+                if all(flags):
+                    raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite "
+                                           f"on another process")
+                step, loss = unchecked[flags.index(False)]
+                raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} "
+                                       f"at step {step}")
+            unchecked.clear()
+        if seen:
+            bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
+                            clips_s=f"{seen / (time.perf_counter() - start):.1f}")
+
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(bar):
             skipped += len(batch.skipped)
-            if len(batch.label) == 0:
-                continue
-            rgb, flow, labels = to_device(batch, device)
-            with autocast(device, dtype):
-                parts = model(rgb, flow, return_parts=True)
-                loss = F.cross_entropy(parts["fused"].float(), labels)
-            finite = bool(torch.isfinite(loss))
-            if training and context.enabled:  # every rank stops together, none hangs
-                finite = distributed.sum_across([float(finite)], context, device)[0] == \
-                    context.world
-            if not finite:
-                raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} "
-                                       f"at step {step}")
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if on_step is not None:
-                    on_step(step, batch)
-            n = len(labels)
-            seen += n
-            for name, logits in parts.items():
-                part_loss = loss if name == "fused" else F.cross_entropy(logits.float(), labels)
-                correct = (logits.argmax(-1) == labels).sum().item()
-                acc = sums.setdefault(name, [0.0, 0.0])
-                acc[0] += part_loss.item() * n
-                acc[1] += correct
-            bar.set_postfix(loss=f"{sums['fused'][0] / seen:.3f}",
-                            clips_s=f"{seen / (time.perf_counter() - start):.1f}")
+            if len(batch.label):
+                rgb, flow, labels = to_device(batch, device)
+                with autocast(device, dtype):
+                    parts = model(rgb, flow, return_parts=True)
+                    loss = F.cross_entropy(parts["fused"].float(), labels)
+                if training:
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if grad_clip > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if on_step is not None:
+                        on_step(step, batch)
+                n = len(labels)
+                seen += n
+                unchecked.append((step, loss.detach()))
+                for name, logits in parts.items():
+                    part_loss = loss if name == "fused" else F.cross_entropy(logits.float(),
+                                                                             labels)
+                    correct = (logits.argmax(-1) == labels).sum()
+                    acc = sums.setdefault(name, torch.zeros(2, dtype=torch.float64,
+                                                            device=device))
+                    acc += torch.stack([part_loss.detach().double() * n, correct.double()])
+            if (step + 1) % SYNC_EVERY == 0:
+                read()
+        read()
     elapsed = time.perf_counter() - start
     names = sorted(sums)
-    totals = distributed.sum_across([seen, skipped, *(v for n in names for v in sums[n])],
-                                    context, device)
+    values = torch.cat([sums[n] for n in names]).tolist() if names else []
+    totals = distributed.sum_across([seen, skipped, *values], context, device)
     seen, skipped = int(totals[0]), int(totals[1])
     sums = {n: totals[2 + 2 * i:4 + 2 * i] for i, n in enumerate(names)}
     metrics = {"clips_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
@@ -423,7 +449,7 @@ def _fit(config, checkpoint, run_dir, context, device):
             runner, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=staged)  # frozen stages produce no gradients
     if config.compile:
-        runner = torch.compile(runner)
+        runner = torch.compile(runner, mode=config.compile_mode)
     # epochs = 0 assembles and tests a model (say, late fusion of trained streams): no optimizer
     optimizer = build_optimizer(model.parameters(), config) if config.epochs else None
     scheduler = build_scheduler(optimizer, config) if optimizer is not None else None
