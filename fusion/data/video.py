@@ -30,7 +30,9 @@ def open_video(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"video {path} does not exist")
-    capture = cv2.VideoCapture(str(path))
+    # one decoding thread: parallelism comes from processes (extract_frames.py --workers), and
+    # FFmpeg's default of a thread per core would oversubscribe the cores they run on
+    capture = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
     if not capture.isOpened():
         raise VideoError(f"{path} is not a readable video")
     return capture, capture.get(cv2.CAP_PROP_FPS)
