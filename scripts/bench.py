@@ -10,6 +10,8 @@ Ratios are measured within the run, so they hold even on a noisy machine:
     frame), same clips, same workers;
   - training: clips/s of the RGB stream alone, the flow stream alone and the two-stream model
     (conv1x1 at the last tap) per backbone, and the fusion overhead t(two) / (t(rgb) + t(flow));
+    the two-stream model also through the project's training loop (engine.run_epoch), and,
+    with --amp / --channels-last / --compile, in plain fp32 for the speed-up within the run;
   - evaluation clips/s of the two-stream model; peak memory;
   - flow extraction frame pairs/s for TV-L1, DIS and Farneback, one worker vs all cores.
 """
@@ -33,10 +35,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from fusion.data.datasets import SeededSampler, collate_clips, ucf101
+from fusion.data.datasets import Batch, SeededSampler, collate_clips, ucf101
 from fusion.data.sampling import snippet_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
+from fusion.config import COMPILE_MODES
+from fusion.engine import run_epoch
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
@@ -127,15 +131,15 @@ def clip(batch, segments, channels, size, device):
                          device=device)
 
 
-def time_steps(model, rgb, flow, args, device, train: bool) -> tuple[float, float]:
-    """(seconds per step, peak memory in MB or nan) over args.steps after 2 warm-up steps."""
+def make_step(model, rgb, flow, args, device, train: bool):
+    """One training (forward, backward, SGD update) or evaluation step of `model`."""
     labels = torch.zeros(rgb.shape[0] if rgb is not None else flow.shape[0], dtype=torch.long,
                          device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    model.train(train)
 
     def step():
+        model.train(train)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             with torch.set_grad_enabled(train):
                 out = model(rgb, flow)
@@ -144,26 +148,59 @@ def time_steps(model, rgb, flow, args, device, train: bool) -> tuple[float, floa
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / args.steps
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return seconds, peak
+    return step
+
+
+def time_steps(steps: dict, args, device) -> tuple[dict, dict, list[dict]]:
+    """Seconds per step of each named step function: 2 warm-up steps each, then args.repeats
+    rounds that time args.steps steps of every function in turn, so that a slow spell of a
+    shared machine hits all of them alike. Returns the median per name, the peak GPU memory
+    per name (MB; None on the CPU) and the rounds themselves, for ratios within a round."""
+    cuda = device.type == "cuda"
+    for step in steps.values():
+        for _ in range(2):
+            step()
+    rounds, peaks = [], {name: None for name in steps}
+    for _ in range(args.repeats):
+        timing = {}
+        for name, step in steps.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated() / 2**20)
+            timing[name] = (time.perf_counter() - start) / args.steps
+        rounds.append(timing)
+    medians = {name: float(np.median([r[name] for r in rounds])) for name in steps}
+    return medians, peaks, rounds
+
+
+def loop_clips_per_s(model, rgb, flow, args, device) -> float:
+    """Training clips/s through the project's own loop (engine.run_epoch: host-to-device copies
+    of uint8 batches, autocast, the loss per output, running sums), batches already loaded."""
+    pin = device.type == "cuda"
+    batch = Batch(None if rgb is None else rgb.cpu().pin_memory() if pin else rgb.cpu(),
+                  None if flow is None else flow.cpu().pin_memory() if pin else flow.cpu(),
+                  torch.zeros(len(rgb if rgb is not None else flow), dtype=torch.long),
+                  [""] * len(rgb if rgb is not None else flow), [])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    run_epoch(model, [batch] * 3, device, optimizer=optimizer, scaler=scaler, dtype=dtype)
+    metrics = run_epoch(model, [batch] * args.steps, device, optimizer=optimizer,
+                        scaler=scaler, dtype=dtype)
+    return metrics["clips_per_s"]
 
 
 def prepare(model, args, device):
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if args.compile else model
+    return torch.compile(model, mode=args.compile_mode) if args.compile else model
 
 
 def bench_models(args, device) -> list[dict]:
@@ -179,16 +216,38 @@ def bench_models(args, device) -> list[dict]:
         two = prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1", at=LAST_TAP[name],
                                        num_classes=101, flow_stack=args.flow_stack),
                       args, device)
-        t_rgb, m_rgb = time_steps(rgb_model, rgb, None, args, device, train=True)
-        t_flow, m_flow = time_steps(flow_model, None, flow, args, device, train=True)
-        t_two, m_two = time_steps(two, rgb, flow, args, device, train=True)
-        t_eval, _ = time_steps(two, rgb, flow, args, device, train=False)
-        rows.append({"backbone": name, "rgb_clips_per_s": b / t_rgb,
-                     "flow_clips_per_s": b / t_flow, "two_stream_clips_per_s": b / t_two,
-                     "fusion_overhead": t_two / (t_rgb + t_flow),
-                     "eval_clips_per_s": b / t_eval, "peak_mb_rgb": m_rgb,
-                     "peak_mb_flow": m_flow, "peak_mb_two_stream": m_two})
-        del rgb_model, flow_model, two
+        t, peak, rounds = time_steps({
+            "rgb": make_step(rgb_model, rgb, None, args, device, train=True),
+            "flow": make_step(flow_model, None, flow, args, device, train=True),
+            "two": make_step(two, rgb, flow, args, device, train=True),
+            "eval": make_step(two, rgb, flow, args, device, train=False)}, args, device)
+        overhead = float(np.median([r["two"] / (r["rgb"] + r["flow"]) for r in rounds]))
+        loop = loop_clips_per_s(two, rgb, flow, args, device)
+        row = {"backbone": name, "rgb_clips_per_s": b / t["rgb"],
+               "flow_clips_per_s": b / t["flow"], "two_stream_clips_per_s": b / t["two"],
+               "fusion_overhead": overhead, "engine_loop_clips_per_s": loop,
+               "eval_clips_per_s": b / t["eval"], "peak_mb_rgb": peak["rgb"],
+               "peak_mb_flow": peak["flow"], "peak_mb_two_stream": peak["two"],
+               "fp32_clips_per_s": None, "speedup_over_fp32": None}
+        del rgb_model, flow_model
+        if args.amp != "none" or args.channels_last or args.compile:
+            # the same two-stream model in plain fp32, NCHW, eager, timed in rounds with the
+            # fast one: the speed-up within this run
+            plain = argparse.Namespace(**{**vars(args), "amp": "none", "channels_last": False,
+                                          "compile": False})
+            torch.manual_seed(0)
+            fp32 = prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1",
+                                            at=LAST_TAP[name], num_classes=101,
+                                            flow_stack=args.flow_stack), plain, device)
+            _, _, rounds = time_steps({"two": make_step(two, rgb, flow, args, device, True),
+                                       "fp32": make_step(fp32, rgb, flow, plain, device, True)},
+                                      args, device)
+            t_fp32 = float(np.median([r["fp32"] for r in rounds]))
+            speedup = float(np.median([r["fp32"] / r["two"] for r in rounds]))
+            row.update(fp32_clips_per_s=b / t_fp32, speedup_over_fp32=speedup)
+            del fp32
+        del two
+        rows.append(row)
     return rows
 
 
@@ -261,20 +320,23 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     parser.add_argument("--image-size", type=int, default=112, help="model input side")
     parser.add_argument("--data-image-size", type=int, default=224,
                         help="loader output side (the usual network input)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--segments", type=int, default=1)
     parser.add_argument("--flow-stack", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of timed steps; figures are medians over rounds")
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "googlenet", "vgg19"])
     parser.add_argument("--data-groups", type=int, default=6, help="synthetic groups per class")
     parser.add_argument("--data-clips", type=int, default=3, help="synthetic clips per group")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="DataLoader workers for both loaders")
     parser.add_argument("--tvl1-frames", type=int, default=11, help="frames per TV-L1 video")
-    parser.add_argument("--fast-frames", type=int, default=150, help="frames per DIS/FB video")
+    parser.add_argument("--fast-frames", type=int, default=300, help="frames per DIS/FB video")
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"])
     parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")
     parser.add_argument("--json", default="bench.json")
@@ -304,7 +366,8 @@ def main(argv=None) -> int:
             rows = bench_models(args, device)
             report["models"] = rows
             print(f"\n## training and evaluation steps ({args.device}, amp {args.amp}, "
-                  f"channels_last {args.channels_last}, compile {args.compile}, batch "
+                  f"channels_last {args.channels_last}, compile "
+                  f"{args.compile_mode if args.compile else False}, batch "
                   f"{args.batch_size} x {args.segments} segments, {args.image_size} px, "
                   f"flow stack {args.flow_stack})\n")
             print(markdown(rows, [("backbone", "backbone", ""),
@@ -312,8 +375,12 @@ def main(argv=None) -> int:
                                   ("flow train clips/s", "flow_clips_per_s", ".1f"),
                                   ("two-stream train clips/s", "two_stream_clips_per_s", ".1f"),
                                   ("fusion overhead", "fusion_overhead", ".3f"),
+                                  ("two-stream in run_epoch clips/s", "engine_loop_clips_per_s",
+                                   ".1f"),
                                   ("eval clips/s", "eval_clips_per_s", ".1f"),
-                                  ("peak GPU MB (two-stream)", "peak_mb_two_stream", ".0f")]))
+                                  ("peak GPU MB (two-stream)", "peak_mb_two_stream", ".0f"),
+                                  ("two-stream fp32 clips/s", "fp32_clips_per_s", ".1f"),
+                                  ("speed-up over fp32", "speedup_over_fp32", ".2f")]))
         if "flow" not in args.skip:
             rows = bench_flow(args, root)
             report["flow"] = rows
