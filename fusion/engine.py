@@ -205,20 +205,19 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
 
     def read():
         """Wait for the device: stop on a non-finite loss, show the running figures."""
-        if unchecked:
-            finite = torch.isfinite(torch.stack([loss for _, loss in unchecked]))
-            bad = int((~finite).sum())
-            if training and context.enabled:
-                bad = int(distributed.sum_across([float(bad)], context, device)[0])
-            if bad:
-                flags = finite.tolist()
-                if all(flags):
-                    raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite "
-                                           f"on another process")
-                step, loss = unchecked[flags.index(False)]
-                raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} "
-                                       f"at step {step}")
-            unchecked.clear()
+        flags = torch.isfinite(torch.stack([loss for _, loss in unchecked])).tolist() \
+            if unchecked else []
+        bad = flags.count(False)
+        if context.enabled:  # every rank, every read, even with nothing to read: none hangs
+            bad = int(distributed.sum_across([float(bad)], context, device)[0])
+        if bad:
+            if all(flags):
+                raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite on "
+                                       f"another process")
+            step, loss = unchecked[flags.index(False)]
+            raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} at "
+                                   f"step {step}")
+        unchecked.clear()
         if seen:
             bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
                             clips_s=f"{seen / (time.perf_counter() - start):.1f}")

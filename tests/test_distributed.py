@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo) against a single process with the same global batch."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,17 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
     assert [h["val"]["clips"] for h in ddp_history] == [h["val"]["clips"] for h in one_history]
     assert ddp_history[-1]["val"]["acc/fused"] == pytest.approx(
         one_history[-1]["val"]["acc/fused"])
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's validation loss turns NaN: rank 0 learns it at the same read and stops with its
+    own error instead of waiting forever in the end-of-pass all-reduce."""
+    data = make_synthetic(tmp_path / "data", groups=3, clips_per_group=2, height=40, width=48,
+                          min_frames=6, max_frames=10, seed=4)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(WORKER), str(tmp_path), *flags(data, tmp_path, 2)], capture_output=True, text=True,
+        cwd=tmp_path, timeout=300, env={**os.environ, "NAN_IN_VALIDATION_ON_RANK": "1"})
+    assert result.returncode != 0
+    assert "validate loss became nan at step 0" in result.stderr  # rank 1, its own
+    assert "validate loss became non-finite on another process" in result.stderr  # rank 0

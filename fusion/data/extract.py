@@ -19,7 +19,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.imagefiles import write_jpeg
 from fusion.data.video import VideoError, iter_frames, to_gray
