@@ -56,7 +56,7 @@ class Config:
     short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
     workers: int = 2  # DataLoader worker processes
     # --- model ---
-    fuse: str = "conv1x1"  # a fusion (average, sum, max, concat, conv1x1, conv3d) or none
+    fuse: str = "conv1x1"  # average, sum, max, concat, conv1x1, conv3d, bilinear, or none
     stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow | rgbdiff)
     rgb: str = "resnet18"  # RGB backbone
     flow: str = "resnet18"  # flow backbone

@@ -132,6 +132,30 @@ def _init_fusion_conv(conv: nn.Module, rgb_channels: int, init: str,
         raise ValueError(f"unknown fusion init {init!r}; valid: identity, random")
 
 
+@register_fusion("bilinear")
+class BilinearFusion(PerSegmentFusion):
+    """Feichtenhofer's bilinear fusion: at every location the outer product of the RGB and
+    flow feature vectors, summed over locations, then signed square root and L2 normalisation
+    (as in bilinear CNNs, Lin et al.). One C_rgb * C_flow vector per segment, returned as a
+    1 x 1 map, so it fuses at the last tap only; the fused head's linear layer then has
+    C_rgb * C_flow inputs (262,144 for two 512-channel maps)."""
+
+    pooled = True  # a vector per segment, not a map the tower could continue on
+
+    def __init__(self, rgb_channels: int, flow_channels: int):
+        super().__init__()
+        self.out_channels = rgb_channels * flow_channels
+
+    def fuse(self, rgb, flow):
+        # float32: the sums of products and their square roots are too fine for bf16 / fp16
+        with torch.autocast(rgb.device.type, enabled=False):
+            outer = torch.bmm(rgb.float().flatten(2), flow.float().flatten(2).transpose(1, 2))
+            # the 1e-12 keeps the square root's gradient finite at 0
+            rooted = torch.sign(outer) * torch.sqrt(outer.abs() + 1e-12)
+            vector = nn.functional.normalize(rooted.flatten(1), dim=1)
+        return vector[:, :, None, None]
+
+
 @register_fusion("conv3d")
 class Conv3dFusion(nn.Module):
     """Feichtenhofer's 3D conv fusion: concat, 3x3x3 conv over segments x H x W, BN, ReLU, then

@@ -130,6 +130,10 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         else:
             # Fused at an inner tap: the fused map continues through the spatial tower
             # (Feichtenhofer), so it must have the spatial stream's channels.
+            if getattr(fusion, "pooled", False):
+                raise ValueError(f"fusion {fusion.name!r} pools the maps into one vector per "
+                                 f"segment: fuse it at the last tap "
+                                 f"({rgb.feature_info[-1]['name']}), not at {at!r}")
             if keep_spatial_head:
                 raise ValueError(f"keep_spatial_head applies when fusing at the last tap "
                                  f"({rgb.feature_info[-1]['name']}); at {at!r} the fused map "

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every fusion function at one tap, then one table.
 #   bash scripts/ablate_fusion_type.sh [CONFIG] [EPOCHS] [TAP] [extra train_fusion.py flags...]
-# Env: FUSIONS (default: all), SWEEP (default: runs/ablate_fusion_type), PYTHON.
+# Env: FUSIONS (default: all; bilinear fuses at the last tap only, so leave it out of FUSIONS for
+# an inner TAP), SWEEP (default: runs/ablate_fusion_type), PYTHON.
 # Finished runs are kept, so an interrupted sweep picks up where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-5}; TAP=${3:-layer4}; shift $(( $# < 3 ? $# : 3 ))
 PYTHON=${PYTHON:-python}
 SWEEP=${SWEEP:-runs/ablate_fusion_type}
-for fuse in ${FUSIONS:-average sum max concat conv1x1 conv3d}; do
+for fuse in ${FUSIONS:-average sum max concat conv1x1 conv3d bilinear}; do
   at=$TAP; [ "$fuse" = average ] && at=scores
   bash scripts/sweep_run.sh "$SWEEP" "$fuse" --config "$CONFIG" --epochs "$EPOCHS" \
     --fuse "$fuse" --at "$at" "$@"

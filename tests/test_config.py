@@ -45,7 +45,7 @@ def test_unknown_and_ill_typed_keys_name_the_key(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--fuse", "mean"],
-     "config key fuse: 'mean' is not one of sum, max, concat, conv1x1, conv3d, average, none"),
+     "config key fuse: 'mean' is not one of sum, max, concat, conv1x1, bilinear, conv3d, average, none"),
     (["--schedule", "linear"], "config key schedule: 'linear' is not one of step"),
     (["--flow-stack", "0"], "config key flow_stack: must be > 0"),
     (["--val-fraction", "1.5"], "config key val_fraction: must be in"),

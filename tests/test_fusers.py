@@ -8,7 +8,7 @@ BN_SCALE = 1 / (1 + 1e-5) ** 0.5  # a fresh BatchNorm in eval mode divides by sq
 
 
 def test_registry_has_every_design_fusion_and_rejects_duplicates():
-    assert set(FUSIONS) == {"average", "sum", "max", "concat", "conv1x1", "conv3d"}
+    assert set(FUSIONS) == {"average", "sum", "max", "concat", "conv1x1", "conv3d", "bilinear"}
     with pytest.raises(ValueError, match="'sum' is already registered"):
         register_fusion("sum")(type("Other", (), {}))
 
@@ -54,6 +54,30 @@ def test_conv1x1_random_init_is_not_identity():
     assert (fuse.conv.weight != 0).float().mean() > 0.9
     with pytest.raises(ValueError, match="unknown fusion init 'zeros'; valid: identity, random"):
         Conv1x1Fusion(4, 4, init="zeros")
+
+
+def test_bilinear_is_the_normalised_sum_of_outer_products_per_segment():
+    """Against a loop over locations in numpy: sum of outer products, signed square root, L2."""
+    import numpy as np
+
+    rgb, flow = torch.randn(2, 3, 4, 3, 5), torch.randn(2, 3, 6, 3, 5)  # unequal channels
+    fuse = FUSIONS["bilinear"](4, 6)
+    assert fuse.out_channels == 24
+    fused = fuse(rgb, flow)
+    assert fused.shape == (2, 3, 24, 1, 1)
+    for b in range(2):
+        for t in range(3):
+            x, y = rgb[b, t].numpy(), flow[b, t].numpy()
+            pooled = sum(np.outer(x[:, i, j], y[:, i, j]) for i in range(3) for j in range(5))
+            rooted = np.sign(pooled) * np.sqrt(np.abs(pooled))
+            expected = (rooted / np.linalg.norm(rooted)).reshape(-1)  # row-major: rgb channel first
+            np.testing.assert_allclose(fused[b, t, :, 0, 0].numpy(), expected, atol=1e-5)
+    # finite gradients, also where a product is exactly zero
+    rgb = torch.zeros(1, 1, 4, 2, 2, requires_grad=True)
+    rgb.data[0, 0, 0] = 1.0
+    flow = torch.rand(1, 1, 6, 2, 2, requires_grad=True)
+    fuse(rgb, flow).sum().backward()
+    assert torch.isfinite(rgb.grad).all() and torch.isfinite(flow.grad).all()
 
 
 def test_conv3d_fuses_across_segments_then_pools_time():

@@ -37,8 +37,14 @@ def first_conv_grad(stream):
     return conv.weight.grad
 
 
+def places(fuse):
+    if fuse == "average":
+        return ["scores"]
+    return ["last"] if getattr(FUSIONS[fuse], "pooled", False) else ["last", "inner"]
+
+
 CASES = [(rgb, flow, fuse, where) for rgb in BACKBONES for flow in BACKBONES
-         for fuse in FUSIONS for where in (["scores"] if fuse == "average" else ["last", "inner"])]
+         for fuse in FUSIONS for where in places(fuse)]
 
 
 @pytest.mark.parametrize("rgb, flow, fuse, where", CASES)
@@ -161,6 +167,10 @@ def test_names_and_conflicts_are_checked():
         build_two_stream(fuse="conv1x1", at="layer2", keep_spatial_head=True, **common)
     with pytest.raises(ValueError, match="needs a tap"):
         build_two_stream(fuse="sum", **common)
+    with pytest.raises(ValueError, match="'bilinear' pools the maps into one vector per "
+                                         "segment: fuse it at the last tap \\(layer4\\), not at "
+                                         "'layer3'"):
+        build_two_stream(fuse="bilinear", at="layer3", **common)
     with pytest.raises(ValueError,
                        match=r"no resnet18 tap has the reduction of vgg19 conv1 \(/1\)"):
         build_two_stream(rgb="vgg19", flow="resnet18", fuse="sum", at="conv1", num_classes=3,
@@ -242,7 +252,7 @@ def test_streams_load_from_separately_trained_checkpoints(tmp_path):
 
 @pytest.mark.parametrize("fuse, at", [("average", None), ("sum", "layer4"), ("max", "layer3"),
                                       ("concat", "layer3"), ("conv1x1", "layer4"),
-                                      ("conv3d", "layer3")])
+                                      ("conv3d", "layer3"), ("bilinear", "layer4")])
 def test_every_fusion_trains_a_few_steps(fuse, at):
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse=fuse, at=at, num_classes=3,
