@@ -40,7 +40,7 @@ from fusion.data.sampling import snippet_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
-from fusion.engine import run_epoch
+from fusion.engine import amp_dtype, autocast, run_epoch
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
@@ -135,12 +135,12 @@ def make_step(model, rgb, flow, args, device, train: bool):
     """One training (forward, backward, SGD update) or evaluation step of `model`."""
     labels = torch.zeros(rgb.shape[0] if rgb is not None else flow.shape[0], dtype=torch.long,
                          device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    dtype = amp_dtype(args.amp, device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
         model.train(train)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(device, dtype):
             with torch.set_grad_enabled(train):
                 out = model(rgb, flow)
                 loss = torch.nn.functional.cross_entropy(out.float(), labels)
@@ -180,14 +180,14 @@ def time_steps(steps: dict, args, device) -> tuple[dict, dict, list[dict]]:
 
 
 def loop_clips_per_s(model, rgb, flow, args, device) -> float:
-    """Training clips/s through the project's own loop (engine.run_epoch: host-to-device copies
-    of uint8 batches, autocast, the loss per output, running sums), batches already loaded."""
-    pin = device.type == "cuda"
-    batch = Batch(None if rgb is None else rgb.cpu().pin_memory() if pin else rgb.cpu(),
-                  None if flow is None else flow.cpu().pin_memory() if pin else flow.cpu(),
-                  torch.zeros(len(rgb if rgb is not None else flow), dtype=torch.long),
-                  [""] * len(rgb if rgb is not None else flow), [])
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    """Training clips/s of a two-stream model through the project's own loop (engine.run_epoch:
+    host-to-device copies of uint8 batches, autocast, the loss per output, running sums),
+    batches already loaded."""
+    rgb, flow = rgb.cpu(), flow.cpu()
+    if device.type == "cuda":  # as the DataLoader hands them over on a GPU
+        rgb, flow = rgb.pin_memory(), flow.pin_memory()
+    batch = Batch(rgb, flow, torch.zeros(len(rgb), dtype=torch.long), [""] * len(rgb), [])
+    dtype = amp_dtype(args.amp, device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     run_epoch(model, [batch] * 3, device, optimizer=optimizer, scaler=scaler, dtype=dtype)
@@ -208,14 +208,17 @@ def bench_models(args, device) -> list[dict]:
     b, t, size = args.batch_size, args.segments, args.image_size
     rgb = clip(b, t, 3, size, device)
     flow = clip(b, t, 2 * args.flow_stack, size, device)
+    def two_stream(name, settings):
+        return prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1", at=LAST_TAP[name],
+                                        num_classes=101, flow_stack=args.flow_stack),
+                       settings, device)
+
     for name in args.backbones:
         torch.manual_seed(0)
         rgb_model = prepare(SingleStream(build_stream(name, num_classes=101)), args, device)
         flow_model = prepare(SingleStream(build_stream(name, in_channels=2 * args.flow_stack,
                                                        num_classes=101)), args, device)
-        two = prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1", at=LAST_TAP[name],
-                                       num_classes=101, flow_stack=args.flow_stack),
-                      args, device)
+        two = two_stream(name, args)
         t, peak, rounds = time_steps({
             "rgb": make_step(rgb_model, rgb, None, args, device, train=True),
             "flow": make_step(flow_model, None, flow, args, device, train=True),
@@ -236,9 +239,7 @@ def bench_models(args, device) -> list[dict]:
             plain = argparse.Namespace(**{**vars(args), "amp": "none", "channels_last": False,
                                           "compile": False})
             torch.manual_seed(0)
-            fp32 = prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1",
-                                            at=LAST_TAP[name], num_classes=101,
-                                            flow_stack=args.flow_stack), plain, device)
+            fp32 = two_stream(name, plain)
             _, _, rounds = time_steps({"two": make_step(two, rgb, flow, args, device, True),
                                        "fp32": make_step(fp32, rgb, flow, plain, device, True)},
                                       args, device)
