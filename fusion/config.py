@@ -223,10 +223,18 @@ class Config:
     @property
     def rgb_frames(self) -> int:
         """RGB frames per snippet in the input: the RGB stack, or L + 1 for the differences,
-        whichever is more (each stream takes the frames centred in the snippet)."""
+        whichever is more (each stream takes the frames centred in the snippet).
+
+        With both an RGB and a difference stream the count keeps the RGB stack's parity (one
+        frame more where needed), so that the RGB stream's frames, centred within the carried
+        ones, are exactly the frames centred in the flow window; the differences are then
+        centred to within one frame."""
         uses_diff = self.diff or (self.fuse == "none" and self.stream == "rgbdiff")
         uses_rgb = not (self.fuse == "none" and self.stream == "rgbdiff")
-        return max(self.rgb_stack if uses_rgb else 0, self.diff_stack + 1 if uses_diff else 0)
+        carried = max(self.rgb_stack if uses_rgb else 0, self.diff_stack + 1 if uses_diff else 0)
+        if uses_rgb and (carried - self.rgb_stack) % 2:
+            carried += 1
+        return carried
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fusion.data.sampling import centred_start
 from fusion.fusers import FUSIONS, AverageFusion
 from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
 
@@ -38,11 +39,10 @@ def fold_segments(x: torch.Tensor, name: str, channels: int) -> torch.Tensor:
 def centre_frames(x: torch.Tensor, channels: int) -> torch.Tensor:
     """The middle `channels` of B x T x C x H x W RGB input: when the clip carries more frames
     than a stream takes (an RGB-difference stream needs L + 1 of them), each stream gets the
-    frames centred in the snippet."""
-    extra = x.shape[2] - channels
-    if extra <= 0:
+    frames centred in the snippet (`centred_start`, the rule the sampling uses)."""
+    if x.shape[2] <= channels:
         return x
-    start = extra // 3 // 2 * 3  # whole frames of 3 channels
+    start = 3 * centred_start(x.shape[2] // 3, channels // 3)  # whole frames of 3 channels
     return x[:, :, start:start + channels]
 
 

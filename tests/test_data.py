@@ -11,7 +11,8 @@ from fusion.data.datasets import (FrameError, collate_clips, folder, hmdb51, ove
                                   read_frames, stratified_split, ucf101)
 from fusion.data.flow import dequantize, quantize
 from fusion.data.index import INDEX_NAME
-from fusion.data.sampling import segment_starts, snippet_indices, protocol_clip_starts
+from fusion.data.sampling import (protocol_clip_starts, segment_starts, snippet_frames,
+                                  snippet_indices)
 from fusion.data.synthetic import COLOURS, DIRECTIONS, make_synthetic, split_class
 from fusion.data.transforms import EvalTransform, TrainTransform, flip_flow
 from tests.fakes import flow_index, rgb_index, write_frame, write_ucf101, write_video
@@ -179,7 +180,8 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
         [0, 1, 2, 3, 4, 0, 1, 2]
     assert [200 - round(flow[0, 2 * i + 1].float().mean().item()) - 1 for i in range(8)] == \
         [0, 1, 2, 3, 4, 0, 1, 2]  # v components in the same order, interleaved u1 v1 u2 v2
-    assert rgb_index(rgb[0]) == 3  # centred in the flow window: 0 + (8 - 1) // 2
+    # flow frames 0..7 span RGB frames 0..8, whose centre is frame 4
+    assert rgb_index(rgb[0]) == 4
     # A long video: 3 segments at evaluation take the centres, RGB stacks of 2 centred in L=4.
     data = ucf101(ucf, subset="test", classes=["YoYo"], segments=3, flow_stack=4, rgb_stack=2,
                   image_size=16)
@@ -187,6 +189,43 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
     assert [flow_index(flow[t, 0]) for t in range(3)] == [3, 9, 15]
     assert [[rgb_index(rgb[t, 3 * i:3 * i + 3]) for i in range(2)] for t in range(3)] == \
         [[4, 5], [10, 11], [16, 17]]
+
+
+def test_rgb_frames_sit_at_the_centre_of_the_flow_span():
+    """Flow frames s..s+L-1 are the motion across RGB frames s..s+L, whose centre is s + L/2
+    (DESIGN §4): the RGB stack's centre is there, within half a frame when parities differ."""
+    for flow_stack in range(1, 12):
+        for rgb_stack in range(1, 4):
+            rgb, flow = snippet_frames([7], flow_stack=flow_stack, rgb_stack=rgb_stack,
+                                       flow_frames=100, rgb_frames=101, use_flow=True,
+                                       use_rgb=True)
+            assert flow == list(range(7, 7 + flow_stack))
+            assert rgb == list(range(rgb[0], rgb[0] + rgb_stack))
+            assert abs(sum(rgb) / rgb_stack - (7 + flow_stack / 2)) <= 0.5
+    # the hand-worked case of the issue: L = 10 puts the single RGB frame at s + 5
+    assert snippet_frames([0], flow_stack=10, rgb_stack=1, flow_frames=50, rgb_frames=51,
+                          use_flow=True, use_rgb=True)[0] == [5]
+
+
+def test_rgb_stream_beside_a_difference_stream_sees_the_same_centred_frames():
+    """The clip carries extra RGB frames for the difference stream; the RGB stream's share of
+    them (the model's `centre_frames`) is exactly what it would read alone."""
+    from fusion.config import Config
+    from fusion.model import centre_frames
+    for flow_stack in range(1, 11):
+        for rgb_stack in (1, 2, 3):
+            for diff_stack in range(1, 7):
+                config = Config(flow_stack=flow_stack, rgb_stack=rgb_stack, diff="resnet18",
+                                diff_stack=diff_stack)
+                carried = config.rgb_frames
+                assert carried >= max(rgb_stack, diff_stack + 1)
+                options = dict(flow_stack=flow_stack, flow_frames=100, rgb_frames=101,
+                               use_flow=True, use_rgb=True)
+                wide = snippet_frames([3], rgb_stack=carried, **options)[0]
+                alone = snippet_frames([3], rgb_stack=rgb_stack, **options)[0]
+                x = torch.tensor(wide).repeat_interleave(3).view(1, 1, -1, 1, 1)
+                taken = centre_frames(x, 3 * rgb_stack)[0, 0, ::3, 0, 0].tolist()
+                assert taken == alone, (flow_stack, rgb_stack, diff_stack)
 
 
 @pytest.mark.parametrize("policy, expected", [("first", 0), ("first-middle", 5), ("middle", 10),

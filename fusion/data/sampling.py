@@ -1,7 +1,10 @@
 """Which frames a clip takes from a video (TSN segments, flow and RGB stacks, test clips).
 
-A snippet starts at position s: it takes the flow frames s .. s+L-1 and the RGB frames centred in
-that window, s + (L - L_rgb) // 2 .. + L_rgb - 1. Positions run over 0 .. num_positions - 1,
+A snippet starts at position s: it takes the flow frames s .. s+L-1, which span the RGB frames
+s .. s+L (flow frame k is the motion k -> k + 1), and the L_rgb RGB frames centred in that span,
+s + (L + 1 - L_rgb) // 2 onwards (s + 5 for L = 10, L_rgb = 1: frame 5 of 0 .. 10). `centred_start`
+is the one rule for centring, used here and by the model when a stream takes the middle frames
+of a longer RGB input. Positions run over 0 .. num_positions - 1,
 where num_positions = frames - span + 1; shorter videos loop (seed 002), so every index returned
 by `snippet_indices` is already wrapped into the video.
 """
@@ -57,6 +60,12 @@ def protocol_clip_starts(num_positions: int, segments: int, clips: int) -> list[
              for t in range(segments)] for i in range(clips)]
 
 
+def centred_start(span: int, length: int) -> int:
+    """Offset of `length` frames centred in `span` frames (the earlier of the two middles when
+    the parities differ; negative when `length` is the longer)."""
+    return (span - length) // 2
+
+
 def snippet_indices(start: int, length: int, frames: int) -> list[int]:
     """`length` consecutive frame indices from `start`, looping over a video of `frames`."""
     return [(start + i) % frames for i in range(length)]
@@ -66,14 +75,17 @@ def snippet_frames(starts: list[int], *, flow_stack: int, rgb_stack: int, flow_f
                    rgb_frames: int, use_flow: bool, use_rgb: bool):
     """Frame indices of the snippets at `starts`: (rgb indices, flow indices), None when off.
 
-    RGB frames sit centred in the flow window (flow frame k is the motion k -> k + 1).
+    RGB frames sit centred in the span of the flow window: flow frames s .. s+L-1 are the
+    motion across RGB frames s .. s+L, so the RGB frames start at s + centred_start(L + 1, L_rgb).
     """
     flow = rgb = None
     if use_flow:
         flow = [i for s in starts for i in snippet_indices(s, flow_stack, flow_frames)]
     if use_rgb:
-        offset = max((flow_stack - rgb_stack) // 2, 0) if use_flow else 0
-        rgb = [i for s in starts for i in snippet_indices(s + offset, rgb_stack, rgb_frames)]
+        offset = centred_start(flow_stack + 1, rgb_stack) if use_flow else 0
+        # a window wider than the flow span starts before it, but never before the video
+        rgb = [i for s in starts
+               for i in snippet_indices(max(s + offset, 0), rgb_stack, rgb_frames)]
     return rgb, flow
 
 
