@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fusion.config import RESUMABLE, Config, from_dict, to_toml
 from fusion import distributed
-from fusion.files import write_atomic, write_json_atomic
+from fusion.files import load_tensors, write_atomic, write_json_atomic
 from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
@@ -287,9 +287,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "checkpoint")
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a training checkpoint of this project")
     state["path"] = str(path)

@@ -22,6 +22,8 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from fusion.files import load_tensors
+
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -275,12 +277,7 @@ def _download_imagenet(name: str, weights: WeightsEnum) -> dict[str, torch.Tenso
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"weights file {path} is not a readable torch state dict: {err}") from err
+    state = load_tensors(path, "weights file")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"weights file {path} must hold a plain state dict (name -> tensor) with "
                          f"torchvision's keys, got {type(state).__name__}")

@@ -183,7 +183,7 @@ def test_bad_weights_files_name_the_key(tmp_path, weights_file):
         build_stream("resnet18", weights=tmp_path / "extra.pth")
 
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pth is not a readable torch state dict"):
+    with pytest.raises(ValueError, match="junk.pth is not a PyTorch state dict"):
         build_stream("resnet18", weights=tmp_path / "junk.pth")
 
     with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
