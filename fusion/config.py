@@ -76,7 +76,7 @@ class Config:
     keep_temporal_tower: bool = False  # run the flow tower on and average its scores in
     fusion_init: str = "identity"  # identity | random (conv fusions)
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
-    freeze: str = "none"  # none | streams (train only the fusion) | bn (all BatchNorm fixed)
+    freeze: str = "none"  # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
     freeze_until: str = ""  # staged fine-tuning: stream stages up to this tap start frozen
     # staged fine-tuning: later freeze points, "EPOCH:TAP" or "EPOCH:none" (1-based epochs)

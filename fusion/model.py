@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from fusion.data.sampling import centred_start
+from fusion.files import load_tensors
 from fusion.fusers import FUSIONS, AverageFusion
 from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
 
@@ -240,10 +241,7 @@ def match_flow_tap(rgb: Stream, flow: Stream, at: str) -> str:
 def read_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """The model state dict in a checkpoint written by training, or a plain state dict file,
     and the class names the checkpoint records (None for a plain file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_tensors(path, "checkpoint")
     classes = None
     if isinstance(state, Mapping) and "model" in state:
         classes = state.get("classes")
@@ -326,8 +324,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     fusion_weights: (w_rgb, w_flow) of `average` (default 1 : 1) or of the identity init
         (default 0.5 : 0.5).
     freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
-        statistics are frozen as well); "bn" keeps every BatchNorm's statistics and affine
-        parameters fixed (small batches); partial_bn: TSN's, every BatchNorm but each stream's
+        statistics are frozen as well); "bn" keeps the streams' BatchNorm statistics and affine
+        parameters fixed (small batches; the fusion's own BatchNorm trains); partial_bn: TSN's, every BatchNorm but each stream's
         first keeps its statistics and affine parameters.
     init_rgb, init_flow: checkpoints of separately trained streams; class_map and classes
         map init_rgb's classes onto this model's (`load_stream_checkpoint`).
@@ -395,7 +393,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                 p.requires_grad_(False)
             held += batchnorms(stream)
     elif freeze == "bn":
-        held = batchnorms(model)
+        # the backbones' BatchNorm only: a new fusion BatchNorm (mean 0, var 1) held fixed
+        # would be a silent no-op
+        held = [bn for stream in streams for bn in batchnorms(stream)]
     elif partial_bn:
         held = [bn for stream in streams for bn in batchnorms(stream)[1:]]
     model.hold_batchnorm(held)

@@ -209,6 +209,23 @@ def test_freeze_streams_trains_only_the_fusion():
     assert not torch.equal(fusion_before["bn.running_mean"], model.fusion.bn.running_mean)
 
 
+def test_freeze_bn_holds_the_streams_batchnorm_but_trains_the_fusion_batchnorm():
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
+                             num_classes=CLASSES, flow_stack=FLOW_STACK, freeze="bn")
+    before = snapshot(model)
+    model.train()
+    assert model.fusion.bn.training and model.fusion.bn.weight.requires_grad
+    one_step(model, clip(3), clip(4), torch.tensor([0, 1]))
+    after = model.state_dict()
+    for side in ("rgb", "flow"):
+        for key in (f"{side}.stages.conv1.1.running_mean", f"{side}.stages.layer4.1.bn2.weight"):
+            assert torch.equal(before[key], after[key]), key
+    # fresh statistics (0 and 1) held fixed would make the fusion BatchNorm a silent no-op
+    assert not torch.equal(before["fusion.bn.running_mean"], after["fusion.bn.running_mean"])
+    assert not torch.equal(before["fusion.bn.weight"], after["fusion.bn.weight"])
+
+
 def test_partial_batchnorm_updates_only_the_first_batchnorm_of_each_stream():
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
