@@ -18,7 +18,7 @@ from fusion.data.flow import METHODS
 from fusion.data.sampling import POLICIES
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
-from fusion.model import FREEZE_MODES
+from fusion.model import FREEZE_MODES, FUSION_BN, KEPT_AVERAGES
 from fusion.streams import STREAMS
 
 DATASETS = ("synthetic", "ucf101", "hmdb51", "folder", "images")
@@ -74,7 +74,11 @@ class Config:
     dropout: float = -1.0  # before the classifiers; -1: the backbone's default
     keep_spatial_head: bool = False  # at the last tap: average in the RGB head (seed 001)
     keep_temporal_tower: bool = False  # run the flow tower on and average its scores in
-    fusion_init: str = "identity"  # identity | random (conv fusions)
+    kept_average: str = "logits"  # kept heads join the fused scores as: logits | softmax
+    fusion_init: str = "identity"  # identity ([I I], Feichtenhofer) | random (conv fusions)
+    # conv fusions: auto (BatchNorm + ReLU at the last tap, seed 001; a conv with bias alone at
+    # inner taps, Feichtenhofer) | on | off
+    fusion_bn: str = "auto"
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
     freeze: str = "none"  # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
@@ -139,6 +143,8 @@ class Config:
         choice("rgb", tuple(STREAMS))
         choice("flow", tuple(STREAMS))
         choice("fusion_init", ("identity", "random"))
+        choice("fusion_bn", FUSION_BN)
+        choice("kept_average", KEPT_AVERAGES)
         choice("freeze", FREEZE_MODES)
         choice("optimizer", OPTIMIZERS)
         choice("schedule", SCHEDULES)

@@ -135,7 +135,8 @@ def build_model(config: Config, num_classes: int,
         partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
         init_flow=config.init_flow or None, class_map=class_map, classes=classes,
         diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
-        init_diff=config.init_diff or None)
+        init_diff=config.init_diff or None, fusion_bn=config.fusion_bn,
+        kept_average=config.kept_average)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -44,11 +44,43 @@ class PerSegmentFusion(nn.Module):
         return rearrange(fused, "(b t) c h w -> b t c h w", b=b)
 
 
+def identity_init_(weight: torch.Tensor, in_channels: Sequence[int],
+                   weights: Sequence[float]) -> None:
+    """Feichtenhofer's initialisation of a conv over stacked inputs ([I I] for two).
+
+    The inputs are consecutive channel groups of `in_channels` (e.g. [rgb; flow]); output
+    channel o starts as sum_j weights[j] * input_j[o % C_j], channel for channel where the counts
+    agree (the two-stream paper's f = [I I] for weights 1, 1), cycling through the smaller group
+    where they differ. `weight` is out x in x k..., the kernel's centre tap carrying it.
+    """
+    if sum(in_channels) != weight.shape[1] or len(in_channels) != len(weights):
+        raise ValueError(f"identity init: groups {list(in_channels)} with weights "
+                         f"{list(weights)} do not fit a weight of shape {tuple(weight.shape)}")
+    centre = tuple(k // 2 for k in weight.shape[2:])
+    o = torch.arange(weight.shape[0])
+    with torch.no_grad():
+        weight.zero_()
+        offset = 0
+        for channels, w in zip(in_channels, weights):
+            weight[(o, offset + o % channels, *centre)] = w
+            offset += channels
+
+
+def identity_conv1x1(in_channels: Sequence[int], out_channels: int) -> nn.Conv2d:
+    """A 1x1 conv with bias mapping stacked inputs to `out_channels`, starting as their sum
+    (`identity_init_`, weights 1, bias 0): a fused map enters pretrained layers unchanged."""
+    conv = nn.Conv2d(sum(in_channels), out_channels, kernel_size=1, bias=True)
+    identity_init_(conv.weight, in_channels, (1.0,) * len(in_channels))
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def _project(in_channels: int, out_channels: int) -> nn.Module:
-    """1x1 projection of the flow map onto the RGB channels, only where they differ."""
+    """1x1 projection of the flow map onto the RGB channels, only where they differ; it starts
+    as the identity (cycling through the flow channels where they are fewer)."""
     if in_channels == out_channels:
         return nn.Identity()
-    return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+    return identity_conv1x1((in_channels,), out_channels)
 
 
 class ElementwiseFusion(PerSegmentFusion):
@@ -87,49 +119,53 @@ class ConcatFusion(PerSegmentFusion):
         return torch.cat([rgb, flow], dim=1)
 
 
-def weighted_identity_(weight: torch.Tensor, rgb_channels: int, weights: Sequence[float]) -> None:
-    """Feichtenhofer's initialisation of a fusion conv over [rgb; flow] channels.
+class ConvFusion(nn.Module):
+    """The shared body of `conv1x1` and `conv3d`: a conv over [rgb; flow] channels, either
 
-    Output channel o starts as w_rgb * rgb[o % C_rgb] + w_flow * flow[o % C_flow], a weighted sum
-    of the two inputs (channel for channel when the counts agree). `weight` is out x in x k...
-    with the kernel's centre tap carrying the identity.
+    - Feichtenhofer's conv fusion (batchnorm=False): the conv with a bias and nothing after it;
+      with `init="identity"` it starts as w_rgb * rgb + w_flow * flow ([I I] for weights 1, 1),
+      so a network fused at an inner tap starts as the spatial tower on rgb_map + flow_map and
+      fine-tunes from the pretrained solution; or
+    - seed 001's head (batchnorm=True): the conv without bias, BatchNorm, ReLU.
+
+    init "random" draws the conv as ResNet does (Kaiming, fan out).
     """
-    out_channels, in_channels = weight.shape[:2]
-    flow_channels = in_channels - rgb_channels
-    centre = tuple(k // 2 for k in weight.shape[2:])
-    with torch.no_grad():
-        weight.zero_()
-        o = torch.arange(out_channels)
-        weight[(o, o % rgb_channels, *centre)] = weights[0]
-        weight[(o, rgb_channels + o % flow_channels, *centre)] = weights[1]
+
+    conv_type: type[nn.Module] = nn.Conv2d
+    norm_type: type[nn.Module] = nn.BatchNorm2d
+    kernel_size = 1
+
+    def __init__(self, rgb_channels: int, flow_channels: int, out_channels: int | None = None,
+                 init: str = "identity", weights: Sequence[float] = (1.0, 1.0),
+                 batchnorm: bool = True):
+        super().__init__()
+        if init not in ("identity", "random"):
+            raise ValueError(f"unknown fusion init {init!r}; valid: identity, random")
+        self.out_channels = out_channels or rgb_channels
+        self.batchnorm = batchnorm
+        self.conv = self.conv_type(rgb_channels + flow_channels, self.out_channels,
+                                   kernel_size=self.kernel_size, padding=self.kernel_size // 2,
+                                   bias=not batchnorm)
+        self.bn = self.norm_type(self.out_channels) if batchnorm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True) if batchnorm else nn.Identity()
+        if init == "identity":
+            identity_init_(self.conv.weight, (rgb_channels, flow_channels), weights)
+        else:
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
+
+    def mix(self, stacked: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(stacked)))
 
 
 @register_fusion("conv1x1")
-class Conv1x1Fusion(PerSegmentFusion):
-    """Concatenate, 1x1 conv (no bias), BatchNorm, ReLU (seed 001, Feichtenhofer's conv fusion)."""
-
-    def __init__(self, rgb_channels: int, flow_channels: int, out_channels: int | None = None,
-                 init: str = "identity", weights: Sequence[float] = (0.5, 0.5)):
-        super().__init__()
-        self.out_channels = out_channels or rgb_channels
-        self.conv = nn.Conv2d(rgb_channels + flow_channels, self.out_channels, kernel_size=1,
-                              bias=False)
-        self.bn = nn.BatchNorm2d(self.out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        _init_fusion_conv(self.conv, rgb_channels, init, weights)
+class Conv1x1Fusion(ConvFusion, PerSegmentFusion):
+    """Concatenate, 1x1 conv; with BatchNorm and ReLU (seed 001's head) or with a bias alone
+    (Feichtenhofer's conv fusion); see `ConvFusion`."""
 
     def fuse(self, rgb, flow):
-        return self.relu(self.bn(self.conv(torch.cat([rgb, flow], dim=1))))
-
-
-def _init_fusion_conv(conv: nn.Module, rgb_channels: int, init: str,
-                      weights: Sequence[float]) -> None:
-    if init == "identity":
-        weighted_identity_(conv.weight, rgb_channels, weights)
-    elif init == "random":
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    else:
-        raise ValueError(f"unknown fusion init {init!r}; valid: identity, random")
+        return self.mix(torch.cat([rgb, flow], dim=1))
 
 
 @register_fusion("bilinear")
@@ -157,25 +193,19 @@ class BilinearFusion(PerSegmentFusion):
 
 
 @register_fusion("conv3d")
-class Conv3dFusion(nn.Module):
-    """Feichtenhofer's 3D conv fusion: concat, 3x3x3 conv over segments x H x W, BN, ReLU, then
-    3D max pooling over all segments, so the fused map has a single segment."""
+class Conv3dFusion(ConvFusion):
+    """Feichtenhofer's 3D conv fusion: concat, 3x3x3 conv over segments x H x W (with a bias,
+    or BatchNorm and ReLU: `ConvFusion`), then 3D max pooling over all segments, so the fused
+    map has a single segment."""
 
     late = False
-
-    def __init__(self, rgb_channels: int, flow_channels: int, out_channels: int | None = None,
-                 init: str = "identity", weights: Sequence[float] = (0.5, 0.5)):
-        super().__init__()
-        self.out_channels = out_channels or rgb_channels
-        self.conv = nn.Conv3d(rgb_channels + flow_channels, self.out_channels, kernel_size=3,
-                              padding=1, bias=False)
-        self.bn = nn.BatchNorm3d(self.out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        _init_fusion_conv(self.conv, rgb_channels, init, weights)
+    conv_type = nn.Conv3d
+    norm_type = nn.BatchNorm3d
+    kernel_size = 3
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         x = rearrange(torch.cat([rgb, flow], dim=2), "b t c h w -> b c t h w")
-        x = self.relu(self.bn(self.conv(x)))
+        x = self.mix(x)
         # B x C x T x H x W -> B x 1 x C x H x W: max over the whole temporal extent.
         return rearrange(x.amax(dim=2, keepdim=True), "b c t h w -> b t c h w")
 

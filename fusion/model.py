@@ -19,10 +19,12 @@ from torch import nn
 
 from fusion.data.sampling import centred_start
 from fusion.files import load_tensors
-from fusion.fusers import FUSIONS, AverageFusion
+from fusion.fusers import FUSIONS, AverageFusion, identity_conv1x1
 from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
 
 FREEZE_MODES = ("none", "streams", "bn")
+KEPT_AVERAGES = ("logits", "softmax")  # how kept heads join the fused scores
+FUSION_BN = ("auto", "on", "off")  # conv fusions: BatchNorm + ReLU after the conv?
 
 
 def consensus(scores: torch.Tensor, batch: int) -> torch.Tensor:
@@ -107,7 +109,7 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
     def __init__(self, rgb: Stream, flow: Stream, fusion: nn.Module, *, at: str, at_flow: str,
                  num_classes: int, dropout: float, keep_spatial_head: bool,
                  keep_temporal_tower: bool, diff: Stream | None = None,
-                 diff_weight: float = 1.0):
+                 diff_weight: float = 1.0, kept_average: str = "logits"):
         super().__init__()
         self.rgb, self.flow, self.fusion = rgb, flow, fusion
         self.diff = diff
@@ -117,6 +119,12 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         self.at, self.at_flow = at, at_flow
         self.keep_spatial_head = keep_spatial_head
         self.keep_temporal_tower = keep_temporal_tower
+        resolve_name(kept_average, KEPT_AVERAGES, "kept_average")
+        kept_heads = int(keep_spatial_head) + int(keep_temporal_tower)
+        # Kept heads are averaged with the fused scores (seed 001 found averaging beat max):
+        # their logits (seed 001), or their softmaxes as `average` fusion does.
+        self.kept_fusion = (AverageFusion((1.0,) * (1 + kept_heads))
+                            if kept_average == "softmax" and kept_heads else None)
         self.head: nn.Module | None = None
         self.to_spatial: nn.Module | None = None
         if fusion.late:
@@ -139,8 +147,14 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
                 raise ValueError(f"keep_spatial_head applies when fusing at the last tap "
                                  f"({rgb.feature_info[-1]['name']}); at {at!r} the fused map "
                                  f"continues through the spatial tower instead")
+            # A concatenation gets a 1x1 conv back to the spatial channels, starting as
+            # rgb_map + flow_map ([I I]) like the conv fusion.
+            flow_channels = flow.tap_info(at_flow)["channels"]
+            groups = ((rgb_channels, flow_channels)
+                      if fusion.out_channels == rgb_channels + flow_channels
+                      else (fusion.out_channels,))
             self.to_spatial = (nn.Identity() if fusion.out_channels == rgb_channels else
-                               nn.Conv2d(fusion.out_channels, rgb_channels, 1, bias=False))
+                               identity_conv1x1(groups, rgb_channels))
         if not keep_temporal_tower:
             flow.truncate(at_flow)
 
@@ -182,8 +196,10 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
             scores = self.rgb.forward_from(self.to_spatial(fused), self.at)
         scores = consensus(scores, b)
         kept = [parts[k] for k in ("rgb", "flow") if k in parts]
-        # Kept heads are averaged with the fused scores (seed 001 found averaging beat max).
-        fused = torch.stack([scores, *kept]).mean(dim=0) if kept else scores
+        if self.kept_fusion is not None:
+            fused = self.kept_fusion([scores, *kept])
+        else:
+            fused = torch.stack([scores, *kept]).mean(dim=0) if kept else scores
         if self.diff_fusion is not None:
             fused = self.diff_fusion([fused, parts["rgbdiff"]])
         parts["fused"] = fused
@@ -308,7 +324,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      class_map: Mapping[str, str] | None = None,
                      classes: Sequence[str] | None = None, diff: str | None = None,
                      diff_stack: int = 5, diff_weight: float = 1.0,
-                     init_diff: str | Path | None = None) -> TwoStream:
+                     init_diff: str | Path | None = None, fusion_bn: str = "auto",
+                     kept_average: str = "logits") -> TwoStream:
     """Build a two-stream model.
 
     rgb, flow: backbone names (`fusion.streams.STREAMS`).
@@ -320,13 +337,20 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         stream's).
     keep_spatial_head: at the last tap, average the RGB stream's own scores with the fused ones.
     keep_temporal_tower: run the flow stream on to its scores and average them in as well.
-    fusion_init: "identity" (Feichtenhofer: start as a weighted sum) or "random" for conv fusions.
-    fusion_weights: (w_rgb, w_flow) of `average` (default 1 : 1) or of the identity init
-        (default 0.5 : 0.5).
+    kept_average: how kept heads join the fused scores: "logits" (their mean, seed 001) or
+        "softmax" (the log of the mean softmax, as `average` fusion).
+    fusion_init: "identity" (Feichtenhofer: start as a weighted sum, [I I]) or "random" for
+        conv fusions.
+    fusion_weights: (w_rgb, w_flow) of `average` or of the identity init (default 1 : 1).
+    fusion_bn: conv fusions (conv1x1, conv3d): "auto" puts BatchNorm and ReLU after the conv at
+        the last tap (seed 001's head) and none at an inner tap, where Feichtenhofer's conv with
+        a bias, starting as rgb_map + flow_map, feeds the pretrained layers that follow; "on" /
+        "off" force either. A projection back to the spatial channels (concat at an inner tap,
+        sum / max with unequal channels) also starts as the identity.
     freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
         statistics are frozen as well); "bn" keeps the streams' BatchNorm statistics and affine
-        parameters fixed (small batches; the fusion's own BatchNorm trains); partial_bn: TSN's, every BatchNorm but each stream's
-        first keeps its statistics and affine parameters.
+        parameters fixed (small batches; a fusion's own BatchNorm trains); partial_bn: TSN's,
+        every BatchNorm but each stream's first keeps its statistics and affine parameters.
     init_rgb, init_flow: checkpoints of separately trained streams; class_map and classes
         map init_rgb's classes onto this model's (`load_stream_checkpoint`).
     diff: the backbone of a third, RGB-difference stream on diff_stack differences (TSN, seed
@@ -337,6 +361,7 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     """
     fusion_cls = FUSIONS[resolve_name(fuse, tuple(FUSIONS), "fusion")]
     resolve_name(freeze, FREEZE_MODES, "freeze mode")
+    resolve_name(fusion_bn, FUSION_BN, "fusion_bn")
     if rgb_stack < 1 or flow_stack < 1:
         raise ValueError(f"rgb_stack and flow_stack must be >= 1, got {rgb_stack}, {flow_stack}")
     per_stream = weights if isinstance(weights, Mapping) else {"rgb": weights, "flow": weights}
@@ -373,7 +398,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         flow_info = flow_stream.tap_info(at_flow)
         options = {}
         if fuse in ("conv1x1", "conv3d"):
-            options = {"out_channels": rgb_info["channels"], "init": fusion_init}
+            last = at == rgb_stream.feature_info[-1]["name"]
+            options = {"out_channels": rgb_info["channels"], "init": fusion_init,
+                       "batchnorm": fusion_bn == "on" or (fusion_bn == "auto" and last)}
             if fusion_weights:
                 options["weights"] = fusion_weights
         elif fusion_weights:
@@ -384,7 +411,7 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     model = TwoStream(rgb_stream, flow_stream, fusion, at=at, at_flow=at_flow,
                       num_classes=num_classes, dropout=head_dropout,
                       keep_spatial_head=keep_spatial_head, keep_temporal_tower=keep_temporal_tower,
-                      diff=diff_stream, diff_weight=diff_weight)
+                      diff=diff_stream, diff_weight=diff_weight, kept_average=kept_average)
     streams = streams_of(model)
     held: list[nn.Module] = []
     if freeze == "streams":

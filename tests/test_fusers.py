@@ -27,12 +27,17 @@ def test_sum_projects_flow_when_channels_differ():
     fuse = FUSIONS["sum"](6, 2)
     assert fuse.project.weight.shape == (6, 2, 1, 1)
     rgb, flow = torch.rand(1, 2, 6, 3, 3), torch.rand(1, 2, 2, 3, 3)
-    w = fuse.project.weight.detach()[:, :, 0, 0]
-    expected = rgb + torch.einsum("oc,btchw->btohw", w, flow)
+    # the projection starts as the identity, cycling through the fewer flow channels
+    torch.testing.assert_close(fuse(rgb, flow), rgb + flow[:, :, [0, 1, 0, 1, 0, 1]])
+    with torch.no_grad():
+        fuse.project.weight.normal_()
+        fuse.project.bias.normal_()
+    w, bias = fuse.project.weight.detach()[:, :, 0, 0], fuse.project.bias.detach()
+    expected = rgb + torch.einsum("oc,btchw->btohw", w, flow) + bias.view(6, 1, 1)
     torch.testing.assert_close(fuse(rgb, flow), expected)
 
 
-@pytest.mark.parametrize("weights", [(0.5, 0.5), (1.0, 2.0)])
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.5, 0.5), (1.0, 2.0)])
 def test_conv1x1_identity_init_starts_as_weighted_sum(weights):
     fuse = Conv1x1Fusion(8, 8, 8, init="identity", weights=weights).eval()
     rgb, flow = torch.rand(2, 3, 8, 4, 4), torch.rand(2, 3, 8, 4, 4)  # post-ReLU maps: >= 0
@@ -44,9 +49,21 @@ def test_conv1x1_identity_init_with_unequal_channels():
     # Seed 001's case in small: more RGB than flow channels, fused back to the RGB channels.
     fuse = Conv1x1Fusion(6, 3, 6).eval()
     rgb, flow = torch.rand(1, 1, 6, 2, 2), torch.rand(1, 1, 3, 2, 2)
-    expected = 0.5 * rgb + 0.5 * flow[:, :, [0, 1, 2, 0, 1, 2]]
+    expected = rgb + flow[:, :, [0, 1, 2, 0, 1, 2]]  # [I I], the flow channels cycled
     torch.testing.assert_close(fuse(rgb, flow), expected * BN_SCALE)
     assert fuse.conv.bias is None
+
+
+def test_conv_fusion_without_batchnorm_is_feichtenhofers_conv_with_bias():
+    """batchnorm=False: y = f * [rgb; flow] + b with f = [I I], b = 0, nothing after it (so
+    negative sums pass through, unlike after a ReLU)."""
+    fuse = Conv1x1Fusion(4, 4, batchnorm=False).train()
+    assert fuse.conv.bias is not None and not fuse.conv.bias.any()
+    rgb, flow = torch.randn(2, 3, 4, 3, 3), torch.randn(2, 3, 4, 3, 3)
+    torch.testing.assert_close(fuse(rgb, flow), rgb + flow)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ReLU)) for m in fuse.modules())
+    fuse3d = Conv3dFusion(4, 4, batchnorm=False).train()
+    torch.testing.assert_close(fuse3d(rgb, flow), (rgb + flow).amax(1, keepdim=True))
 
 
 def test_conv1x1_random_init_is_not_identity():
@@ -86,8 +103,8 @@ def test_conv3d_fuses_across_segments_then_pools_time():
     rgb, flow = torch.rand(2, 5, 4, 3, 3), torch.rand(2, 5, 4, 3, 3)
     out = fuse(rgb, flow)
     assert out.shape == (2, 1, 4, 3, 3)
-    # Identity at the kernel centre: each segment is the weighted sum, then the max over time.
-    expected = ((0.5 * rgb + 0.5 * flow) * BN_SCALE).amax(dim=1, keepdim=True)
+    # Identity at the kernel centre: each segment is the sum ([I I]), then the max over time.
+    expected = ((rgb + flow) * BN_SCALE).amax(dim=1, keepdim=True)
     torch.testing.assert_close(out, expected)
     # Random init mixes neighbouring segments: changing segment 0 changes what segment 1 sees.
     mixing = Conv3dFusion(4, 4, init="random").eval()

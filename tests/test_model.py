@@ -112,6 +112,25 @@ def test_kept_spatial_head_is_averaged_with_fused_scores():
     assert not torch.allclose(parts["fused"], parts["rgb"])
 
 
+def test_kept_heads_average_logits_by_default_or_softmaxes_when_asked():
+    torch.manual_seed(0)
+    options = dict(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
+                   num_classes=CLASSES, flow_stack=FLOW_STACK, keep_spatial_head=True,
+                   keep_temporal_tower=True)
+    by_logits = build_two_stream(**options).eval()
+    by_softmax = build_two_stream(**options, kept_average="softmax").eval()
+    by_softmax.load_state_dict(by_logits.state_dict())
+    with torch.no_grad():
+        parts = by_logits(clip(3), clip(4, seed=1), return_parts=True)
+        fused_softmax = by_softmax(clip(3), clip(4, seed=1))
+    # the fused head's own scores, recovered from the logit mean
+    head = 3 * parts["fused"] - parts["rgb"] - parts["flow"]
+    expected = (head.softmax(-1) + parts["rgb"].softmax(-1) + parts["flow"].softmax(-1)) / 3
+    torch.testing.assert_close(fused_softmax.softmax(-1), expected)
+    with pytest.raises(ValueError, match="unknown kept_average 'max'"):
+        build_two_stream(**options, kept_average="max")
+
+
 def perturbed(model, module):
     with torch.no_grad():
         for p in module.parameters():
@@ -131,6 +150,64 @@ def test_inner_tap_continues_through_the_spatial_tower():
         before = model(rgb, flow)
         after = perturbed(model, model.rgb.stages["layer4"])(rgb, flow)
     assert not torch.allclose(before, after)
+
+
+def rgb_tower_from(model, rgb, flow, combine):
+    """Reference for a fusion at an inner tap: the RGB stream continued from
+    combine(rgb_map, flow_map), the maps taken at the model's taps (segments folded, B T)."""
+    h_rgb = model.rgb.forward_to(model.rgb.normalize(rgb.flatten(0, 1)), model.at)
+    h_flow = model.flow.forward_to(model.flow.normalize(flow.flatten(0, 1)), model.at_flow)
+    h = combine(h_rgb, h_flow)
+    scores = model.rgb.forward_from(h, model.at)
+    return scores.view(B, -1, scores.shape[-1]).mean(1)
+
+
+def cycled(h_flow, channels):
+    """The flow map cycled onto `channels` channels (identity where the counts agree)."""
+    return h_flow[:, torch.arange(channels) % h_flow.shape[1]]
+
+
+@pytest.mark.parametrize("rgb_net, flow_net, fuse", [
+    ("resnet18", "resnet18", "conv1x1"), ("resnet18", "resnet18", "conv3d"),
+    ("resnet18", "resnet18", "concat"), ("resnet18", "resnet18", "sum"),
+    ("googlenet", "resnet18", "sum"), ("googlenet", "resnet18", "concat"),
+    ("googlenet", "resnet18", "conv1x1"), ("resnet18", "googlenet", "max")])
+def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
+        rgb_net, flow_net, fuse, cached_streams):
+    """Feichtenhofer's conv fusion: a conv with bias initialised as [I I] and no BatchNorm, so
+    in training mode the fused network starts as the spatial tower applied to
+    rgb_map + flow_map. Projections back to the spatial channels start as the identity."""
+    torch.manual_seed(0)
+    model = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=INNER_TAP[rgb_net],
+                             num_classes=CLASSES, flow_stack=FLOW_STACK, dropout=0.0).train()
+    rgb, flow = clip(3), clip(2 * FLOW_STACK, seed=1)
+    if fuse == "max":
+        def combine(h_rgb, h_flow):
+            return torch.maximum(h_rgb, cycled(h_flow, h_rgb.shape[1]))
+    elif fuse == "conv3d":  # per segment the sum, then the max over the segments
+        def combine(h_rgb, h_flow):
+            summed = h_rgb + cycled(h_flow, h_rgb.shape[1])
+            return summed.view(B, T, *summed.shape[1:]).amax(1)
+    else:
+        def combine(h_rgb, h_flow):
+            return h_rgb + cycled(h_flow, h_rgb.shape[1])
+    with torch.no_grad():
+        fused = model(rgb, flow)
+        expected = rgb_tower_from(model, rgb, flow, combine)
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for m in model.fusion.modules())
+    if fuse in ("conv1x1", "conv3d"):
+        assert model.fusion.conv.bias is not None
+        # BatchNorm (with ReLU) stays an option at inner taps; at the last tap it is the default
+        with_bn = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse,
+                                   at=INNER_TAP[rgb_net], num_classes=CLASSES,
+                                   flow_stack=FLOW_STACK, fusion_bn="on")
+        assert isinstance(with_bn.fusion.bn, torch.nn.modules.batchnorm._BatchNorm)
+        last = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=LAST_TAP[rgb_net],
+                                num_classes=CLASSES, flow_stack=FLOW_STACK)
+        assert isinstance(last.fusion.bn, torch.nn.modules.batchnorm._BatchNorm)
+        assert last.fusion.conv.bias is None
 
 
 def test_kept_temporal_tower_is_late_fused():
