@@ -26,12 +26,14 @@ SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+CHANNELS_LAST = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
 AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
-RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode")
+RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
+             "channels_last")
 
 
 @dataclass
@@ -104,7 +106,8 @@ class Config:
     warmup_epochs: int = 0  # cosine: linear warm-up
     grad_clip: float = 0.0  # max gradient norm; 0: off
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | none | bf16 | fp16
-    channels_last: bool = True  # on GPUs: NHWC memory format, faster convolutions with AMP
+    channels_last: str = "auto"  # NHWC weights, faster convolutions with AMP: auto (on GPUs) |
+    # on (also on the CPU) | off
     compile: bool = False  # torch.compile the training step
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs:
     # small models on fast GPUs wait on kernel launches, not the GPU) | max-autotune
@@ -150,6 +153,7 @@ class Config:
         choice("schedule", SCHEDULES)
         choice("cyclic_mode", CYCLIC_MODES)
         choice("amp", AMP_MODES)
+        choice("channels_last", CHANNELS_LAST)
         choice("compile_mode", COMPILE_MODES)
         choice("best_rule", BEST_RULES)
         choice("eval_crops", CROP_MODES)
@@ -320,6 +324,11 @@ def from_dict(data: dict) -> Config:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"saved config has unknown keys {unknown}")
+    # Checkpoints written before these keys existed: channels_last was a bool, and conv
+    # fusions had BatchNorm at every tap.
+    if isinstance(data.get("channels_last"), bool):
+        data = {**data, "channels_last": "auto" if data["channels_last"] else "off"}
+    data = {"fusion_bn": "on", **data}
     return Config(**data).validate()
 
 

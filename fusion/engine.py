@@ -148,6 +148,22 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+def to_channels_last(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """NHWC weights for faster convolutions with AMP: "auto" on GPUs, "on" anywhere (the CPU
+    suite then takes the GPU's path), "off". Applied per module, because one memory format
+    cannot serve every weight: 4-D conv weights get channels_last, the 5-D weights of a
+    `conv3d` fusion channels_last_3d (`model.to(memory_format=torch.channels_last)` refuses
+    5-D tensors)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return model
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
@@ -436,8 +452,7 @@ def _fit(config, checkpoint, run_dir, context, device):
         print("note: val_fraction = 0, so the best checkpoint is chosen on the test split")
     classes = train_set.classes
     model = build_model(config, len(classes), classes).to(device)  # plain: saved, evaluated
-    if config.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_channels_last(model, config.channels_last, device)
     runner = model  # what the training step calls: maybe synchronised, wrapped, compiled
     staged = bool(config.freeze_until or config.unfreeze)
     if context.enabled:

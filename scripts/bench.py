@@ -40,7 +40,7 @@ from fusion.data.sampling import snippet_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
-from fusion.engine import amp_dtype, autocast, run_epoch
+from fusion.engine import amp_dtype, autocast, run_epoch, to_channels_last
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
@@ -198,8 +198,7 @@ def loop_clips_per_s(model, rgb, flow, args, device) -> float:
 
 def prepare(model, args, device):
     model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = to_channels_last(model, "on" if args.channels_last else "off", device)
     return torch.compile(model, mode=args.compile_mode) if args.compile else model
 
 

@@ -183,23 +183,50 @@ def test_summarize_prints_one_row_per_run(tmp_path, capsys):
     assert load_script("summarize").main([str(tmp_path / "not_a_run")]) == 1
 
 
-def test_ablation_script_runs_a_sweep_and_prints_the_table(tiny, tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "FUSIONS": "average conv1x1",
-           "SWEEP": str(tmp_path / "sweep")}
-    extra = flags(tiny, tmp_path / "unused", "--epochs", "1")
+def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny, tmp_path):
+    """Every fusion, with --channels-last on (the GPU path, taken on the CPU when asked for:
+    conv3d's 5-D weights made the whole-model conversion fail on every GPU run)."""
+    env = {**os.environ, "PYTHON": sys.executable, "SWEEP": str(tmp_path / "sweep")}
+    extra = flags(tiny, tmp_path / "unused", "--epochs", "1", "--eval-clips", "1",
+                  "--segments", "2", "--channels-last", "on")
     extra = [a for i, a in enumerate(extra) if a != "--logdir" and extra[i - 1] != "--logdir"]
     result = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
-                             "configs/synthetic_demo.toml", "1", "layer3", *extra],
+                             "configs/synthetic_demo.toml", "1", "layer4", *extra],
                             env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert [line.split("|")[1].strip() for line in table[1:]] == ["average", "conv1x1"]
-    assert "layer3" in table[2] and "scores" in table[1]
+    rows = {line.split("|")[1].strip(): line for line in table[1:]}
+    assert sorted(rows) == sorted(["average", "sum", "max", "concat", "conv1x1", "conv3d",
+                                   "bilinear"])
+    assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
     # Run again: finished runs are skipped, the table is the same.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
-                            "configs/synthetic_demo.toml", "1", "layer3", *extra],
-                           env=env, capture_output=True, text=True, cwd=ROOT)
+                            "configs/synthetic_demo.toml", "1", "layer4", *extra],
+                           env={**env, "FUSIONS": "average conv1x1"}, capture_output=True,
+                           text=True, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("is finished, skipping") == 2
+
+
+def test_channels_last_is_applied_per_module_and_changes_no_result():
+    from fusion.engine import to_channels_last
+    from fusion.model import build_two_stream
+    torch.manual_seed(0)
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv3d", at="layer3",
+                             num_classes=3, flow_stack=1).eval()
+    rgb = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    flow = torch.randint(0, 256, (2, 3, 2, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model(rgb, flow)
+    cpu = torch.device("cpu")
+    assert to_channels_last(model, "auto", cpu).fusion.conv.weight.is_contiguous()  # not on CPU
+    to_channels_last(model, "on", cpu)
+    assert model.fusion.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not model.fusion.conv.weight.is_contiguous()
+    assert model.rgb.stages["conv1"][0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(model(rgb, flow), before, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="rank 4"):  # what whole-model conversion does
+        model.to(memory_format=torch.channels_last)
 
 
 def test_staged_unfreezing_keeps_frozen_stages_still_and_unfreezes_on_schedule(tiny, tmp_path):
