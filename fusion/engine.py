@@ -30,7 +30,8 @@ from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.model import SingleStream, build_two_stream, freeze_until, load_stream_checkpoint
-from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
+from fusion.schedules import (EPOCH_SIZED, build_optimizer, build_scheduler,
+                              rebuilt_for_epochs, step_scheduler)
 from fusion.streams import build_stream, count_parameters
 
 
@@ -474,6 +475,13 @@ def _fit(config, checkpoint, run_dir, context, device):
         if checkpoint["optimizer"] is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
+            planned = checkpoint["config"]["epochs"]
+            if config.epochs != planned and config.schedule in EPOCH_SIZED:
+                scheduler = rebuilt_for_epochs(optimizer, config, checkpoint["epoch"])
+                if main:
+                    print(f"schedule {config.schedule!r} rebuilt for {config.epochs} epochs "
+                          f"(was {planned}); epoch {checkpoint['epoch'] + 1} trains at lr "
+                          f"{optimizer.param_groups[0]['lr']:.3g}")
         scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         start_epoch, best = checkpoint["epoch"], checkpoint["best"]
@@ -533,13 +541,14 @@ def _fit(config, checkpoint, run_dir, context, device):
         # Evaluation runs the plain model: each process its shard, no gradient sync.
         val_metrics = run_epoch(model, val_loader, device, dtype=dtype, desc="validate",
                                 context=context)
+        lr_used = optimizer.param_groups[0]["lr"]  # before the step sets the next epoch's
         step_scheduler(scheduler, val_metrics["loss/fused"])
         train_time += time.perf_counter() - began
         improved = is_better(val_metrics, best, config.best_rule)
         if improved:
             best = {**val_metrics, "epoch": epoch + 1}
         history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
-                        "lr": optimizer.param_groups[0]["lr"]})
+                        "lr": lr_used})
         if not main:
             continue
         state = checkpoint_state(epoch + 1)

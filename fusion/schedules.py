@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -69,6 +70,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: Config):
         return lr_scheduler.SequentialLR(optimizer, [warmup, cosine],
                                          milestones=[config.warmup_epochs])
     return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+# Schedules whose shape depends on the run's length: a resumed run that changes `epochs`
+# rebuilds them (`rebuilt_for_epochs`); the others carry on as they are.
+EPOCH_SIZED = ("cosine",)
+
+
+def rebuilt_for_epochs(optimizer: torch.optim.Optimizer, config: Config, epochs_done: int):
+    """The schedule of `config` as if the run had been planned for `config.epochs` from the
+    start, advanced to the restored position `epochs_done` (cosine's T_max follows the new
+    length, instead of the old horizon where the LR would rise again after the old end)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    scheduler = build_scheduler(optimizer, config)
+    with warnings.catch_warnings():  # replaying epochs: no optimizer.step() comes between
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(epochs_done):
+            scheduler.step()
+    return scheduler
 
 
 def step_scheduler(scheduler, val_loss: float) -> None:

@@ -1,5 +1,6 @@
 """Training end to end on a tiny synthetic dataset: runs, resume, NaN handling, evaluation."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -112,6 +113,27 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tiny, tmp_path, wor
     assert load_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 3
     for key, value in straight.items():
         assert torch.equal(value, stopped[key]), key
+
+
+def test_history_records_the_lr_each_epoch_used_and_a_longer_resume_rebuilds_cosine(
+        tiny, tmp_path, capsys):
+    """Cosine over E epochs: epoch k (0-based) trains at lr (1 + cos(pi k / E)) / 2. A run of
+    2 epochs resumed with --epochs 4 continues on the 4-epoch curve, never rising again."""
+    lr = 1e-3
+    common = ["--fuse", "sum", "--at", "layer4", "--schedule", "cosine", "--lr", str(lr)]
+    train(config_of(flags(tiny, tmp_path, *common, "--epochs", "2", "--run-name", "cos")))
+
+    def curve(epochs, k):
+        return lr * (1 + math.cos(math.pi * k / epochs)) / 2
+    history = load_checkpoint(tmp_path / "cos" / "last.pt")["history"]
+    assert [h["lr"] for h in history] == pytest.approx([curve(2, 0), curve(2, 1)])
+    capsys.readouterr()
+    train(config_of(["--resume", str(tmp_path / "cos"), "--epochs", "4"]),
+          overrides={"resume": str(tmp_path / "cos"), "epochs": 4})
+    assert "schedule 'cosine' rebuilt for 4 epochs (was 2)" in capsys.readouterr().out
+    history = load_checkpoint(tmp_path / "cos" / "last.pt")["history"]
+    assert [h["lr"] for h in history[2:]] == pytest.approx([curve(4, 2), curve(4, 3)])
+    assert history[3]["lr"] < history[2]["lr"]
 
 
 def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp_path):
