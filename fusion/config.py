@@ -52,6 +52,11 @@ class Config:
     frame_policy: str = "tsn"  # tsn | middle | first | last | first-middle | middle-last | random
     image_size: int = 224  # network input side
     augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
+    # multi-scale crop sides as fractions of the short side; empty: TSN's per modality (1, .875,
+    # .75, .66 for an RGB stream alone; 1, .875, .75 with flow or RGB differences)
+    crop_scales: list[float] = field(default_factory=list)
+    # Simonyan's camera-motion compensation: each flow field minus its mean (in normalisation)
+    flow_mean_subtraction: bool = False
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
     flow_method: str = "tvl1"  # how the flow frames were made: tvl1 | dis | farneback
     flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
@@ -161,6 +166,9 @@ class Config:
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
                  "flow_bound", "short_side", "diff_stack", "diff_weight",
                  "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
+        if any(not 0 < s <= 1 for s in self.crop_scales):
+            raise ValueError(f"config key crop_scales: fractions in (0, 1] of the short side, "
+                             f"got {self.crop_scales}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"config key val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.workers < 0 or self.max_classes < 0 or self.grad_clip < 0 or self.epochs < 0:

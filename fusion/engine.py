@@ -28,7 +28,7 @@ from fusion.files import load_tensors, write_atomic, write_json_atomic
 from fusion.data.datasets import DATASETS, SeededSampler, collate_clips
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
-from fusion.data.transforms import TrainTransform
+from fusion.data.transforms import TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform
 from fusion.model import SingleStream, build_two_stream, freeze_until, load_stream_checkpoint
 from fusion.schedules import (EPOCH_SIZED, build_optimizer, build_scheduler,
                               rebuilt_for_epochs, step_scheduler)
@@ -48,14 +48,27 @@ def ensure_synthetic(root: Path) -> None:
         make_synthetic(root)
 
 
+def crop_scales(config: Config) -> tuple[float, ...]:
+    """The multi-scale crop sizes (fractions of the short side): `crop_scales`, else TSN's per
+    modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream alone, 1, .875, .75 when the
+    input holds flow or RGB differences (one crop serves every stream of a sample)."""
+    if config.crop_scales:
+        return tuple(config.crop_scales)
+    rgb_alone = config.modalities == ("rgb",) and not config.diff and not (
+        config.fuse == "none" and config.stream == "rgbdiff")
+    return TSN_RGB_SCALES if rgb_alone else TSN_FLOW_SCALES
+
+
 def train_transform(config: Config) -> TrainTransform:
+    scales = crop_scales(config)
     if config.augment == "seed001":
         rgb_only = config.modalities == ("rgb",)
-        return TrainTransform(config.image_size, flip_p=0.25, color_jitter=(0.4, 0.4, 0.4, 0.3),
-                              grayscale_p=0.1, autocontrast_p=0.1, sharpness_p=0.1,
+        return TrainTransform(config.image_size, scales=scales, flip_p=0.25,
+                              color_jitter=(0.4, 0.4, 0.4, 0.3), grayscale_p=0.1,
+                              autocontrast_p=0.1, sharpness_p=0.1,
                               rotation=15.0 if rgb_only else 0.0,
                               perspective_p=0.1 if rgb_only else 0.0)
-    return TrainTransform(config.image_size)
+    return TrainTransform(config.image_size, scales=scales)
 
 
 def check_extraction(config: Config, root: Path) -> None:
@@ -120,7 +133,9 @@ def build_model(config: Config, num_classes: int,
             "rgbdiff": (config.diff or config.rgb, 3 * config.diff_stack, config.init_diff),
         }[config.stream]
         stream = build_stream(backbone, num_classes=num_classes, in_channels=channels,
-                              weights=weights, dropout=dropout, modality=config.stream)
+                              weights=weights, dropout=dropout, modality=config.stream,
+                              subtract_mean=config.flow_mean_subtraction
+                              and config.stream == "flow")
         if init:
             load_stream_checkpoint(stream, init, config.stream,
                                    class_map=class_map if config.stream == "rgb" else None,
@@ -137,7 +152,8 @@ def build_model(config: Config, num_classes: int,
         init_flow=config.init_flow or None, class_map=class_map, classes=classes,
         diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
         init_diff=config.init_diff or None, fusion_bn=config.fusion_bn,
-        kept_average=config.kept_average)
+        kept_average=config.kept_average,
+        flow_mean_subtraction=config.flow_mean_subtraction)
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -325,7 +325,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      classes: Sequence[str] | None = None, diff: str | None = None,
                      diff_stack: int = 5, diff_weight: float = 1.0,
                      init_diff: str | Path | None = None, fusion_bn: str = "auto",
-                     kept_average: str = "logits") -> TwoStream:
+                     kept_average: str = "logits",
+                     flow_mean_subtraction: bool = False) -> TwoStream:
     """Build a two-stream model.
 
     rgb, flow: backbone names (`fusion.streams.STREAMS`).
@@ -347,6 +348,7 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         a bias, starting as rgb_map + flow_map, feeds the pretrained layers that follow; "on" /
         "off" force either. A projection back to the spatial channels (concat at an inner tap,
         sum / max with unequal channels) also starts as the identity.
+    flow_mean_subtraction: the flow stream subtracts each displacement field's mean (Simonyan).
     freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
         statistics are frozen as well); "bn" keeps the streams' BatchNorm statistics and affine
         parameters fixed (small batches; a fusion's own BatchNorm trains); partial_bn: TSN's,
@@ -368,7 +370,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     rgb_stream = build_stream(rgb, in_channels=3 * rgb_stack, num_classes=num_classes,
                               weights=per_stream.get("rgb"), dropout=dropout, modality="rgb")
     flow_stream = build_stream(flow, in_channels=2 * flow_stack, num_classes=num_classes,
-                               weights=per_stream.get("flow"), dropout=dropout, modality="flow")
+                               weights=per_stream.get("flow"), dropout=dropout, modality="flow",
+                               subtract_mean=flow_mean_subtraction)
     if init_rgb is not None:
         load_stream_checkpoint(rgb_stream, init_rgb, "rgb", class_map=class_map,
                                classes=classes)

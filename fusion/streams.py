@@ -186,9 +186,10 @@ class Stream(nn.Module):
 
     def __init__(self, name: str, stages: list[tuple[str, nn.Module]], *, in_channels: int,
                  num_classes: int, modality: str, mean: tuple[float, ...], std: tuple[float, ...],
-                 feature_info: list[dict], dropout: float):
+                 feature_info: list[dict], dropout: float, subtract_mean: bool = False):
         super().__init__()
         self.name = name
+        self.subtract_mean = subtract_mean
         self.dropout = dropout
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -249,7 +250,12 @@ class Stream(nn.Module):
         x = x.float() / 255.0
         if self.modality == "rgbdiff":  # frames f0, f1, ... -> f1 - f0, f2 - f1, ...
             x = x[..., 3:, :, :] - x[..., :-3, :, :]
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.subtract_mean:
+            # Simonyan & Zisserman's camera-motion compensation: each displacement field (one
+            # u or v channel of one flow frame) minus its mean over the image
+            x = x - x.mean(dim=(-2, -1), keepdim=True)
+        return x
 
     @property
     def classifier(self) -> nn.Linear:
@@ -300,7 +306,7 @@ def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.T
 
 def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
                  weights: str | Path | None = None, dropout: float | None = None,
-                 modality: str | None = None) -> Stream:
+                 modality: str | None = None, subtract_mean: bool = False) -> Stream:
     """Build a stream from torchvision's model code.
 
     weights: None (random init), "imagenet" (torchvision's weights enum, downloaded), or the path
@@ -310,12 +316,16 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     modality: "rgb", "flow" or "rgbdiff", which sets the input normalisation; None means "rgb"
         for 3 input channels and "flow" otherwise. An "rgbdiff" stream has 3 L input channels
         (L differences) and `normalize` makes them from 3 (L + 1) channels of frames.
+    subtract_mean: flow only; `normalize` subtracts each displacement field's spatial mean
+        (mean flow subtraction, Simonyan & Zisserman 2014, section 3.1).
     With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
     RGB and replicated over the new channels (cross-modality initialisation, TSN).
     """
     spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
     modality = modality or ("rgb" if in_channels == 3 else "flow")
     resolve_name(modality, MODALITIES, "modality")
+    if subtract_mean and modality != "flow":
+        raise ValueError(f"mean flow subtraction applies to a flow stream, not {modality!r}")
     mean, std = {"rgb": (spec.rgb_mean, spec.rgb_std), "flow": (FLOW_MEAN, FLOW_STD),
                  "rgbdiff": (DIFF_MEAN, DIFF_STD)}[modality]
     if in_channels < 1 or in_channels % len(mean):
@@ -357,6 +367,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     stages = spec.stages(model, dropout)
     return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
                   modality=modality, mean=mean, std=std, dropout=dropout,
+                  subtract_mean=subtract_mean,
                   feature_info=_trace_feature_info(stages, in_channels, spec.trace_size))
 
 

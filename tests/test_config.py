@@ -76,3 +76,24 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     num_classes = len(config.classes) or config.max_classes or 5
     model = build_model(config, num_classes)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_mean_flow_subtraction_and_crop_scales_reach_the_model_and_the_transform():
+    from fusion.engine import train_transform
+    two = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--flow-stack", "2"]))
+    assert build_model(two, 3).flow.subtract_mean and not build_model(two, 3).rgb.subtract_mean
+    alone = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--fuse", "none",
+                                               "--stream", "flow", "--flow-stack", "2"]))
+    assert build_model(alone, 3).stream.subtract_mean
+    # TSN's crop scales per modality (tsn-pytorch), unless the key sets them
+    assert train_transform(two).scales == (1.0, 0.875, 0.75)
+    rgb = resolve(build_parser().parse_args(["--fuse", "none", "--stream", "rgb"]))
+    assert train_transform(rgb).scales == (1.0, 0.875, 0.75, 0.66)
+    diff = resolve(build_parser().parse_args(["--fuse", "none", "--stream", "rgbdiff"]))
+    assert train_transform(diff).scales == (1.0, 0.875, 0.75)
+    chosen = resolve(build_parser().parse_args(["--crop-scales", "1", "0.5"]))
+    transform = train_transform(chosen)
+    sides = {side for _ in range(50) for side in transform.crop_box(100, 120)[2:]}
+    assert sides == {100, 50}
+    with pytest.raises(ValueError, match="config key crop_scales"):
+        resolve(build_parser().parse_args(["--crop-scales", "1.5"]))

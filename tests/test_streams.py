@@ -238,3 +238,22 @@ def test_inception_v3_weights_with_aux_head_load_and_taps_report_their_reduction
         for tap, side in [("mixed5d", 35), ("mixed6e", 17), ("mixed7c", 8)]:
             assert stream.eval().forward_to(x, tap).shape[-1] == side
             assert info[tap]["reduction"] == round(299 / side)
+
+
+def test_mean_flow_subtraction_removes_each_displacement_fields_mean():
+    """Simonyan & Zisserman (section 3.1): from each displacement field its mean vector is
+    subtracted, so a camera pan (the same shift everywhere in a frame) leaves no trace."""
+    stream = build_stream("resnet18", in_channels=4, num_classes=3, subtract_mean=True)
+    g = torch.Generator().manual_seed(0)
+    motion = torch.randint(60, 190, (2, 4, 16, 16), generator=g)
+    panned = motion + torch.tensor([9, -7, 20, 3]).view(1, 4, 1, 1)  # per field: u1 v1 u2 v2
+    got = stream.normalize(motion.to(torch.uint8))
+    by_hand = (motion.float() / 255 - 0.5) / 0.5
+    by_hand -= by_hand.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(got, by_hand)
+    torch.testing.assert_close(stream.normalize(panned.to(torch.uint8)), got)
+    plain = build_stream("resnet18", in_channels=4, num_classes=3)
+    assert not torch.allclose(plain.normalize(panned.to(torch.uint8)), plain.normalize(
+        motion.to(torch.uint8)))
+    with pytest.raises(ValueError, match="applies to a flow stream, not 'rgb'"):
+        build_stream("resnet18", subtract_mean=True)

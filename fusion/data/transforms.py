@@ -14,7 +14,10 @@ import torchvision.transforms.v2.functional as F
 
 from fusion.streams import resolve_name
 
-TSN_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSN: crops of {256, 224, 192, 168} from 256-px frames
+# TSN's multi-scale crop sides (tsn-pytorch): {256, 224, 192, 168} px of 256-px RGB frames, the
+# smallest left out for flow and RGB differences
+TSN_RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
+TSN_FLOW_SCALES = (1.0, 0.875, 0.75)
 CROP_MODES = ("center", "three", "ten")
 
 
@@ -62,7 +65,7 @@ class TrainTransform:
     """
 
     image_size: int
-    scales: tuple[float, ...] = TSN_SCALES
+    scales: tuple[float, ...] = TSN_RGB_SCALES
     max_distort: int = 1
     flip_p: float = 0.5
     color_jitter: tuple[float, float, float, float] | None = None
