@@ -5,7 +5,8 @@
 
 --videos is searched recursively; a video's folder is its file name without the extension
 (and, for --layout folder, its parent folder is its class). Finished videos are skipped, so an
-interrupted run continues where it stopped; unreadable files are listed at the end.
+interrupted run continues where it stopped; unreadable files, and files that decode clearly
+fewer frames than their container declares (truncated downloads), are listed at the end.
 """
 import argparse
 import sys
@@ -26,11 +27,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--ext", default="avi,mp4", help="comma-separated video extensions")
     parser.add_argument("--layout", choices=LAYOUTS, default="ucf101")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail a video that decodes clearly fewer frames than its container "
+                             "declares (a truncated file); without it the video is kept and "
+                             "listed in the summary")
     args = parser.parse_args(argv)
     try:
         summary = extract_all(args.videos, args.out, extensions=tuple(args.ext.split(",")),
                               layout=args.layout, method=None if args.flow == "none" else args.flow,
-                              bound=args.bound, short_side=args.short_side, workers=args.workers)
+                              bound=args.bound, short_side=args.short_side, workers=args.workers,
+                              strict=args.strict)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.imagefiles import write_jpeg
-from fusion.data.video import VideoError, iter_frames, to_gray
+from fusion.data.video import VideoError, declared_frame_count, iter_frames, to_gray
 from fusion.files import write_json_atomic
 
 LAYOUTS = ("ucf101", "folder")
 PARTIAL = ".partial"
+SHORT_TOLERANCE = 3  # frames a video may decode fewer than declared without a word
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Summary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)  # decoded fewer frames than declared
     frames: int = 0
     seconds: float = 0.0
 
@@ -48,6 +50,10 @@ class Summary:
                  f"{len(self.skipped)} already done and skipped, {len(self.failed)} failed, "
                  f"in {self.seconds:.1f} s"]
         lines += [f"  failed: {name}: {why}" for name, why in sorted(self.failed.items())]
+        if self.short:
+            lines.append(f"{len(self.short)} videos decoded fewer frames than their container "
+                         f"declares (kept; --strict fails them):")
+            lines += [f"  short: {name}: {why}" for name, why in sorted(self.short.items())]
         return "\n".join(lines)
 
 
@@ -76,16 +82,28 @@ def final_dirs(out: Path, job: Job, layout: str, with_flow: bool) -> dict[str, P
     return dirs
 
 
+def shortfall(decoded: int, declared: int) -> str | None:
+    """What to say when a video decodes clearly fewer frames than its container declares (a
+    file cut short decodes only its start): None within a few frames (declared counts are
+    sometimes estimates from duration x fps)."""
+    if declared and declared - decoded > max(SHORT_TOLERANCE, declared // 100):
+        return f"decoded {decoded} of the {declared} frames its container declares " \
+               f"(a truncated file?)"
+    return None
+
+
 def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | None = "tvl1",
-                  bound: float = DEFAULT_BOUND, short_side: int = 256) -> tuple[str, int]:
-    """Extract one video (done / skipped); raises VideoError for an unreadable file."""
+                  bound: float = DEFAULT_BOUND, short_side: int = 256,
+                  strict: bool = False) -> tuple[str, int, str | None]:
+    """Extract one video: (done / skipped, frames, a note when it decoded fewer frames than
+    declared). Raises VideoError for an unreadable file, and with `strict` for a short one."""
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
     dirs = final_dirs(out, job, layout, method is not None)
     last = list(dirs.values())[-1]
     if last.is_dir():
-        return "skipped", 0
+        return "skipped", 0, None
     partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
     shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
     for d in dirs.values():
@@ -95,6 +113,7 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
     for d in (rgb_dir, u_dir, v_dir) if method else (rgb_dir,):
         d.mkdir(parents=True)
     estimator = FlowEstimator(method) if method else None
+    declared = declared_frame_count(job.video)
     previous = None
     count = 0
     for count, frame in enumerate(iter_frames(job.video, short_side), 1):
@@ -106,6 +125,9 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
                 write_jpeg(u_dir / f"frame{count - 1:06d}.jpg", q[..., 0])
                 write_jpeg(v_dir / f"frame{count - 1:06d}.jpg", q[..., 1])
             previous = gray
+    note = shortfall(count, declared)
+    if note and strict:
+        raise VideoError(f"{job.video}: {note}")
     if layout == "folder":
         target = dirs["video"]
         if method:
@@ -119,19 +141,20 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
                 dirs[key].parent.mkdir(parents=True, exist_ok=True)
                 source.rename(dirs[key])
     shutil.rmtree(partial, ignore_errors=True)
-    return "done", count
+    return "done", count, note
 
 
 def _run(job, out, options):
     try:
         return job, *extract_video(job, out, **options), None
     except (VideoError, OSError, ValueError) as err:
-        return job, "failed", 0, str(err)
+        return job, "failed", 0, None, str(err)
 
 
 def extract_all(videos: Path, out: Path, *, extensions=("avi", "mp4"), layout="ucf101",
                 method: str | None = "tvl1", bound: float = DEFAULT_BOUND,
-                short_side: int = 256, workers: int = 1, progress: bool = True) -> Summary:
+                short_side: int = 256, workers: int = 1, progress: bool = True,
+                strict: bool = False) -> Summary:
     """Extract every video under `videos` in parallel processes; never stops on a bad file."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
@@ -141,7 +164,8 @@ def extract_all(videos: Path, out: Path, *, extensions=("avi", "mp4"), layout="u
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _record_settings(out, method, bound, short_side)
-    options = dict(layout=layout, method=method, bound=bound, short_side=short_side)
+    options = dict(layout=layout, method=method, bound=bound, short_side=short_side,
+                   strict=strict)
     summary = Summary()
     start = time.perf_counter()
     from tqdm import tqdm
@@ -167,13 +191,16 @@ def extract_all(videos: Path, out: Path, *, extensions=("avi", "mp4"), layout="u
     return summary
 
 
-def _tally(summary: Summary, job: Job, status: str, frames: int, error: str | None) -> None:
+def _tally(summary: Summary, job: Job, status: str, frames: int, note: str | None,
+           error: str | None) -> None:
     name = f"{job.group}/{job.name}" if job.group else job.name
     if status == "failed":
         summary.failed[str(job.video)] = error
     else:
         getattr(summary, status).append(name)
         summary.frames += frames
+        if note:
+            summary.short[str(job.video)] = note
 
 
 def _record_settings(out: Path, method: str | None, bound: float, short_side: int) -> None:

@@ -38,6 +38,17 @@ def open_video(path: str | Path):
     return capture, capture.get(cv2.CAP_PROP_FPS)
 
 
+def declared_frame_count(path: str | Path) -> int:
+    """The number of frames the container declares (0 where it declares none); a truncated
+    file decodes fewer."""
+    import cv2
+
+    capture, _ = open_video(path)
+    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    capture.release()
+    return max(int(count), 0) if count == count else 0  # NaN: none declared
+
+
 def iter_frames(path: str | Path, short_side: int = 0) -> Iterator[np.ndarray]:
     """RGB uint8 frames (H x W x 3) of a video, resized; a VideoError if it has none."""
     import cv2
