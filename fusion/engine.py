@@ -187,20 +187,28 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_loader(dataset, config: Config, *, shuffle: bool,
+def make_loader(dataset, config: Config, *, training: bool,
                 context: distributed.Context = distributed.Context()) -> DataLoader:
     """This process's share of `dataset`; call `loader.sampler.set_epoch(epoch)` per epoch.
     Order and augmentation depend on (seed, epoch) only (`SeededSampler`), so workers can
-    persist across epochs and a resumed run replays its epochs exactly."""
-    sampler = SeededSampler(len(dataset), shuffle=shuffle, seed=config.seed, rank=context.rank,
-                            world=context.world)
+    persist across epochs and a resumed run replays its epochs exactly.
+
+    Every process gets the same number of batches (`SeededSampler` pads the shards). Training
+    shuffles and drops the last incomplete batch, as the reference TSN code does, so BatchNorm
+    never gets a batch of one; evaluation keeps every video, each counted once."""
+    sampler = SeededSampler(len(dataset), shuffle=training, seed=config.seed,
+                            rank=context.rank, world=context.world)
+    if training and len(sampler) < config.batch_size:
+        raise ValueError(f"config key batch_size: {config.batch_size} is more than the "
+                         f"{len(sampler)} training videos each of {context.world} process(es) "
+                         f"gets ({len(dataset)} in all), and training drops incomplete batches")
     # Its own generator: creating an iterator must not draw from the global RNG, which the
     # model's dropout uses and a checkpoint restores.
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       num_workers=config.workers, collate_fn=collate_clips,
                       persistent_workers=config.workers > 0,
                       generator=torch.Generator().manual_seed(config.seed),
-                      pin_memory=torch.cuda.is_available(), drop_last=False)
+                      pin_memory=torch.cuda.is_available(), drop_last=training)
 
 
 def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
@@ -209,7 +217,8 @@ def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
 
 
 def to_device(batch, device):
-    return move(batch.rgb, device), move(batch.flow, device), batch.label.to(device)
+    return (move(batch.rgb, device), move(batch.flow, device), move(batch.label, device),
+            move(batch.counted, device))
 
 
 # ---------------------------------------------------------------------------- one epoch
@@ -226,13 +235,17 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     Losses and correct counts add up on the device and are read every SYNC_EVERY steps, so the
     host queues the next step's kernels while the GPU runs this one. A non-finite loss stops
     the pass at that read, naming the first step it appeared in; every rank reads at the same
-    steps and they stop together.
+    steps (every rank has as many batches: `make_loader`) and they stop together.
+
+    The metrics count only the samples marked `counted`: a distributed shard's padding
+    duplicates and the stand-ins for unreadable videos train like the others (as
+    DistributedSampler's padding does) but are never counted twice.
     """
     training = optimizer is not None
     model.train(training)
     sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
-    seen = skipped = 0
+    seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if context.main else True)
@@ -254,46 +267,46 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
         unchecked.clear()
         if seen:
             bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
-                            clips_s=f"{seen / (time.perf_counter() - start):.1f}")
+                            clips_s=f"{processed / (time.perf_counter() - start):.1f}")
 
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(bar):
             skipped += len(batch.skipped)
-            if len(batch.label):
-                rgb, flow, labels = to_device(batch, device)
-                with autocast(device, dtype):
-                    parts = model(rgb, flow, return_parts=True)
-                    loss = F.cross_entropy(parts["fused"].float(), labels)
-                if training:
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if on_step is not None:
-                        on_step(step, batch)
-                n = len(labels)
-                seen += n
-                unchecked.append((step, loss.detach()))
-                for name, logits in parts.items():
-                    part_loss = loss if name == "fused" else F.cross_entropy(logits.float(),
-                                                                             labels)
-                    correct = (logits.argmax(-1) == labels).sum()
-                    acc = sums.setdefault(name, torch.zeros(2, dtype=torch.float64,
-                                                            device=device))
-                    acc += torch.stack([part_loss.detach().double() * n, correct.double()])
+            rgb, flow, labels, counted = to_device(batch, device)
+            with autocast(device, dtype):
+                parts = model(rgb, flow, return_parts=True)
+                losses = F.cross_entropy(parts["fused"].float(), labels, reduction="none")
+                loss = losses.mean()
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                if on_step is not None:
+                    on_step(step, batch)
+            seen += int(batch.counted.sum())  # a CPU tensor: no wait for the device
+            processed += len(batch.label)
+            unchecked.append((step, loss.detach()))
+            weight = counted.double()
+            for name, logits in parts.items():
+                part_losses = losses if name == "fused" else F.cross_entropy(
+                    logits.float(), labels, reduction="none")
+                correct = ((logits.argmax(-1) == labels).double() * weight).sum()
+                acc = sums.setdefault(name, torch.zeros(2, dtype=torch.float64, device=device))
+                acc += torch.stack([(part_losses.detach().double() * weight).sum(), correct])
             if (step + 1) % SYNC_EVERY == 0:
                 read()
         read()
     elapsed = time.perf_counter() - start
     names = sorted(sums)
     values = torch.cat([sums[n] for n in names]).tolist() if names else []
-    totals = distributed.sum_across([seen, skipped, *values], context, device)
-    seen, skipped = int(totals[0]), int(totals[1])
-    sums = {n: totals[2 + 2 * i:4 + 2 * i] for i, n in enumerate(names)}
-    metrics = {"clips_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
+    totals = distributed.sum_across([seen, processed, skipped, *values], context, device)
+    seen, processed, skipped = (int(t) for t in totals[:3])
+    sums = {n: totals[3 + 2 * i:5 + 2 * i] for i, n in enumerate(names)}
+    metrics = {"clips_per_s": processed / elapsed if elapsed > 0 else 0.0, "skipped": skipped,
                "clips": seen}
     for name, (loss_sum, correct) in sums.items():
         metrics[f"loss/{name}"] = loss_sum / max(seen, 1)
@@ -380,17 +393,16 @@ def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, w
     labels, ids, skipped = [], [], []
     for batch in tqdm(loader, desc="test", leave=False, dynamic_ncols=True, disable=None):
         skipped += [s.video_id for s in batch.skipped]
-        if len(batch.label) == 0:
-            continue
-        rgb, flow, _ = to_device(batch, device)
+        rgb, flow, _, _ = to_device(batch, device)
         b, v = batch.label.shape[0], (rgb if rgb is not None else flow).shape[1]
         with autocast(device, dtype):  # B x V x T x ... -> (B V) x T x ...
             parts = model(*(None if x is None else x.flatten(0, 1) for x in (rgb, flow)),
                           return_parts=True)
+        keep = batch.counted  # a stand-in for an unreadable video is not a test video
         for name, logits in parts.items():
-            scores.setdefault(name, []).append(aggregate(logits.view(b, v, -1).cpu(), mode))
-        labels.append(batch.label)
-        ids += batch.video_id
+            scores.setdefault(name, []).append(aggregate(logits.view(b, v, -1).cpu(), mode)[keep])
+        labels.append(batch.label[keep])
+        ids += [video for video, counted in zip(batch.video_id, keep.tolist()) if counted]
     return {"scores": {k: torch.cat(v) for k, v in scores.items()},
             "labels": torch.cat(labels), "video_ids": ids, "skipped": skipped}
 
@@ -504,9 +516,9 @@ def _fit(config, checkpoint, run_dir, context, device):
         history, train_time = checkpoint["history"], checkpoint["train_time"]
         if main:
             print(f"resuming {run_dir} after epoch {start_epoch}")
-    train_loader = make_loader(train_set, config, shuffle=True, context=context)
-    val_loader = make_loader(val_set, config, shuffle=False, context=context)
-    steps_per_epoch = math.ceil(len(train_loader.sampler) / config.batch_size)
+    train_loader = make_loader(train_set, config, training=True, context=context)
+    val_loader = make_loader(val_set, config, training=False, context=context)
+    steps_per_epoch = len(train_loader)
     writer = SummaryWriter(log_dir=str(run_dir), purge_step=start_epoch * steps_per_epoch) \
         if main else None
     if main:

@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from fusion.data.datasets import Batch, SeededSampler, collate_clips, ucf101
+from fusion.data.datasets import Batch, Sample, SeededSampler, collate_clips, ucf101
 from fusion.data.sampling import snippet_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
@@ -64,7 +64,7 @@ class PILBaseline(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
-        seed, i = key
+        seed, i, _ = key  # (sample seed, index, counted) from SeededSampler
         torch.default_generator.manual_seed(seed)  # as cheap as the project loader's seeding
         d = self.dataset
         video = d.videos[i]
@@ -92,8 +92,8 @@ class PILBaseline(Dataset):
             v = load(video.flow_dirs[1] / f"frame{k + 1:06d}.jpg", "L", self.flow_norm)
             flow.append(torch.cat([-u if flip else u, v]))
         t = d.segments
-        return (rgb.view(t, -1, *rgb.shape[-2:]), torch.stack(flow).view(t, -1, *size),
-                video.label, video.video_id)
+        return Sample(rgb.view(t, -1, *rgb.shape[-2:]), torch.stack(flow).view(t, -1, *size),
+                      video.label, video.video_id)
 
 
 def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4) -> float:
@@ -186,7 +186,8 @@ def loop_clips_per_s(model, rgb, flow, args, device) -> float:
     rgb, flow = rgb.cpu(), flow.cpu()
     if device.type == "cuda":  # as the DataLoader hands them over on a GPU
         rgb, flow = rgb.pin_memory(), flow.pin_memory()
-    batch = Batch(rgb, flow, torch.zeros(len(rgb), dtype=torch.long), [""] * len(rgb), [])
+    batch = Batch(rgb, flow, torch.zeros(len(rgb), dtype=torch.long), [""] * len(rgb), [],
+                  torch.ones(len(rgb), dtype=torch.bool))
     dtype = amp_dtype(args.amp, device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")

@@ -42,7 +42,7 @@ def test_ucf101_split_files_with_the_official_quirks(ucf):
         ("v_ApplyEyeMakeup_g01_c01", 0), ("v_HandStandPushups_g01_c01", 1), ("v_YoYo_g01_c01", 2)]
     assert [v.label for v in test.videos] == [0, 1, 2]  # labels from the class folder
     assert [(v.rgb_frames, v.flow_frames) for v in test.videos] == [(12, 11), (9, 9), (22, 21)]
-    rgb, flow, label, video_id = train[1]
+    rgb, flow, label, video_id = train[1][:4]
     assert rgb.shape == (1, 3, 16, 16) and flow.shape == (1, 6, 16, 16)
     assert (label, video_id) == (1, "v_HandStandPushups_g01_c01")
 
@@ -144,6 +144,53 @@ def test_folder_dataset_with_lists_and_stratified_split(tmp_path):
         folder(root, subset="train")
 
 
+def test_ucf101_validation_is_carved_by_group_never_sharing_one_with_training(tmp_path):
+    """The clips of a gXX group share actor and scene; the official splits keep groups apart,
+    and so does the validation carve-out (stratified by class). 5 groups of 1 to 4 clips."""
+    videos, train = {}, []
+    for label, cls in enumerate(CLASSES, 1):
+        for g in range(1, 6):
+            for c in range(1, 2 + (g + label) % 4):
+                name = f"v_{cls}_g{g:02d}_c{c:02d}"
+                videos[name] = (4, 3)
+                train.append(f"{cls}/{name}.avi {label}")
+    root = write_ucf101(tmp_path / "ucf", videos, CLASSES, train, [])
+    for seed in range(4):
+        parts = [ucf101(root, subset=subset, val_fraction=0.4, seed=seed, flow_stack=2,
+                        image_size=16) for subset in ("train", "val")]
+        groups = [{(v.label, v.video_id.split("_")[-2]) for v in part.videos} for part in parts]
+        assert not groups[0] & groups[1]
+        assert sum(len(p.videos) for p in parts) == len(videos)
+        for label in range(3):  # each class gives round(5 * 0.4) = 2 of its 5 groups
+            assert sum(1 for c, _ in groups[1] if c == label) == 2
+    with pytest.raises(ValueError, match="'v_YoYo_take1' has no group in its name"):
+        from fusion.data.datasets import ucf101_group
+        ucf101_group("v_YoYo_take1")
+
+
+def test_folder_validation_comes_from_train_txt_only(tmp_path):
+    root = tmp_path / "own"
+    for cls in ("fall", "walk"):
+        for i in range(8):
+            video = root / cls / f"clip{i:02d}"
+            write_video(video, video / "u", video / "v", 6, 5)
+    listed = [f"{c}/clip{i:02d}" for c in ("fall", "walk") for i in range(5)]
+    held_out = [f"{c}/clip{i:02d}" for c in ("fall", "walk") for i in range(5, 8)]
+    (root / "train.txt").write_text("\n".join(listed) + "\n")
+    options = dict(val_fraction=0.4, flow_stack=2, image_size=16)
+    with pytest.raises(FileNotFoundError, match="test videos are listed too: expected .*test.txt"):
+        folder(root, subset="test", **options)
+    (root / "test.txt").write_text("\n".join(held_out) + "\n")
+    train, val, test = (folder(root, subset=s, **options) for s in ("train", "val", "test"))
+    ids = [{v.video_id for v in d.videos} for d in (train, val, test)]
+    assert ids[0] | ids[1] == set(listed) and not ids[0] & ids[1]
+    assert [sum(v.label == k for v in val.videos) for k in (0, 1)] == [2, 2]
+    assert ids[2] == set(held_out)
+    (root / "val.txt").write_text("walk/clip07\n")
+    assert [v.video_id for v in folder(root, subset="val", **options).videos] == ["walk/clip07"]
+    assert {v.video_id for v in folder(root, subset="train", **options).videos} == set(listed)
+
+
 def test_stratified_split_and_oversampling_helpers():
     labels = [0] * 20 + [1] * 10 + [2] * 30
     train, val, test = stratified_split(labels, val_fraction=0.1, test_fraction=0.1, seed=3)
@@ -175,7 +222,7 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
     # YoYo g01: 6 RGB frames, 5 flow frames; a stack of 8 must loop.
     data = ucf101(ucf, subset="train", classes=["YoYo"], flow_stack=8, mode="val",
                   image_size=16)
-    rgb, flow, _, _ = data[0]
+    rgb, flow, _, _ = data[0][:4]
     assert [flow_index(flow[0, 2 * i]) for i in range(8)] == snippet_indices(0, 8, 5) == \
         [0, 1, 2, 3, 4, 0, 1, 2]
     assert [200 - round(flow[0, 2 * i + 1].float().mean().item()) - 1 for i in range(8)] == \
@@ -185,7 +232,7 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
     # A long video: 3 segments at evaluation take the centres, RGB stacks of 2 centred in L=4.
     data = ucf101(ucf, subset="test", classes=["YoYo"], segments=3, flow_stack=4, rgb_stack=2,
                   image_size=16)
-    rgb, flow, _, _ = data[0]  # 22 RGB, 21 flow frames: 18 positions
+    rgb, flow, _, _ = data[0][:4]  # 22 RGB, 21 flow frames: 18 positions
     assert [flow_index(flow[t, 0]) for t in range(3)] == [3, 9, 15]
     assert [[rgb_index(rgb[t, 3 * i:3 * i + 3]) for i in range(2)] for t in range(3)] == \
         [[4, 5], [10, 11], [16, 17]]
@@ -240,7 +287,7 @@ def test_single_frame_policies(ucf, policy, expected):
 def test_test_protocol_returns_clips_times_crops_views(ucf):
     data = ucf101(ucf, subset="test", classes=["YoYo"], mode="test", num_clips=5, crops="ten",
                   flow_stack=2, image_size=16)
-    rgb, flow, _, _ = data[0]
+    rgb, flow, _, _ = data[0][:4]
     assert rgb.shape == (50, 1, 3, 16, 16) and flow.shape == (50, 1, 4, 16, 16)
     # View-major: the 5 clips of the first crop come first, uniformly spaced over 20 positions.
     assert [flow_index(flow[k, 0, 0]) for k in range(5)] == [2, 6, 10, 14, 18]
@@ -262,8 +309,12 @@ def test_corrupt_and_missing_frames(ucf):
     batch = collate_clips([skipping[i] for i in range(len(skipping))])
     assert skipping.skipped == 1
     assert [s.video_id for s in batch.skipped] == ["v_YoYo_g02_c01"]
-    assert batch.video_id == ["v_ApplyEyeMakeup_g02_c01", "v_HandStandPushups_g02_c01"]
-    assert batch.rgb.shape[0] == 2 and batch.label.tolist() == [0, 1]
+    # the batch keeps its size: the next readable video (wrapping round) stands in for the
+    # unreadable one, and counts in no metric
+    assert batch.video_id == ["v_ApplyEyeMakeup_g02_c01", "v_HandStandPushups_g02_c01",
+                              "v_ApplyEyeMakeup_g02_c01"]
+    assert batch.rgb.shape[0] == 3 and batch.label.tolist() == [0, 1, 0]
+    assert batch.counted.tolist() == [True, True, False]
     os.remove(ucf / "jpegs_256" / "v_ApplyEyeMakeup_g02_c01" / "frame000003.jpg")
     data = ucf101(ucf, subset="test", classes=["ApplyEyeMakeup"], modalities=["rgb"],
                   segments=11, image_size=16)

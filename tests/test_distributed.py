@@ -23,8 +23,8 @@ def flags(data, logdir, batch_size):
             "--val-fraction", "0.25", "--eval-clips", "1"]
 
 
-def run(argv, cwd):
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=600)
+def run(argv, cwd, timeout=600):
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -73,3 +73,65 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
     assert result.returncode != 0
     assert "validate loss became nan at step 0" in result.stderr  # rank 1, its own
     assert "validate loss became non-finite on another process" in result.stderr  # rank 0
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_seeded_sampler_pads_shards_to_one_length_and_marks_the_duplicates(world):
+    from fusion.data.datasets import SeededSampler
+    for size in range(1, 12):
+        for shuffle in (False, True):
+            shards = []
+            for rank in range(world):
+                sampler = SeededSampler(size, shuffle=shuffle, seed=3, rank=rank, world=world)
+                sampler.set_epoch(1)
+                shards.append(list(sampler))
+                assert len(shards[-1]) == len(sampler) == -(-size // world)
+            counted = sorted(i for shard in shards for _, i, c in shard if c)
+            assert counted == list(range(size)), (size, world)  # each video counted once
+            padding = [i for shard in shards for _, i, c in shard if not c]
+            assert len(padding) == len(sampler) * world - size
+
+
+def fake_ucf101(root, train_groups, test_groups, bad=()):
+    """Classes A, B, C with groups of one clip (8 frames) each, in UCF101's layout; every RGB
+    frame of the videos in `bad` is corrupt."""
+    from tests.fakes import write_ucf101
+    videos, train, test = {}, [], []
+    for label, cls in enumerate("ABC", 1):
+        for g in sorted(train_groups[cls] + test_groups[cls]):
+            videos[f"v_{cls}_g{g:02d}_c01"] = (8, 7)
+        train += [f"{cls}/v_{cls}_g{g:02d}_c01.avi {label}" for g in train_groups[cls]]
+        test += [f"{cls}/v_{cls}_g{g:02d}_c01.avi" for g in test_groups[cls]]
+    write_ucf101(root, videos, list("ABC"), train, test)
+    for name in bad:
+        for frame in (root / "jpegs_256" / name).iterdir():
+            frame.write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+def test_three_processes_with_unequal_shards_and_a_skipped_video_finish_and_count_once(
+        tmp_path):
+    """7 training videos over 3 gloo processes in batches of 2, one of them unreadable and
+    skipped: every rank takes the same steps (no wait forever in the all-reduce), and the 5
+    validation / test videos are each counted once, not with their padding duplicates."""
+    root = fake_ucf101(tmp_path / "ucf", {"A": [1, 2, 3], "B": [1, 2], "C": [1, 2]},
+                       {"A": [4], "B": [3, 4], "C": [3, 4]}, bad=["v_B_g01_c01"])
+    argv = ["--dataset", "ucf101", "--data-root", str(root), "--logdir", str(tmp_path),
+            "--run-name", "run", "--image-size", "32", "--flow-stack", "2", "--epochs", "2",
+            "--workers", "0", "--batch-size", "2", "--fuse", "concat", "--at", "layer4",
+            "--val-fraction", "0", "--eval-clips", "1", "--on-bad", "skip", "--lr", "0.01"]
+    printed = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node=3", str(WORKER), str(tmp_path), *argv], cwd=tmp_path,
+                  timeout=180)  # a hang ends the test
+    assert "3 processes" in printed
+    history = torch.load(tmp_path / "run" / "last.pt")["history"]
+    assert len(history) == 2
+    for epoch in history:
+        assert epoch["val"]["clips"] == 5  # 2 per rank with one padding duplicate: counted once
+        # 9 padded places, 3 a rank, one batch of 2 each: 6 trained; the stand-in for the
+        # unreadable video trains but is not counted
+        assert epoch["train"]["clips"] + epoch["train"]["skipped"] == 6
+    assert sum(epoch["train"]["skipped"] for epoch in history) >= 1  # the skip was exercised
+    import json
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["protocol"]["videos"] == 5

@@ -61,7 +61,8 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys):
     scalars = events.Tags()["scalars"]
     for tag in ("train/loss/fused", "val/acc/fused", "val/acc/rgb", "train/clips_per_s", "lr"):
         assert tag in scalars, tag
-    assert len(events.Scalars("lr")) == 2 * 3  # 12 training videos, batches of 4, 2 epochs
+    # 8 training videos (the other training group of each class validates), batches of 4
+    assert len(events.Scalars("lr")) == 2 * 2
     assert {"inputs/rgb", "inputs/flow_u", "test/confusion"} <= set(events.Tags()["images"])
 
     # evaluate.py: another protocol on the same checkpoint, to a file of its own.
@@ -153,15 +154,16 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        # epoch 1 trains and validates; epoch 2's third batch (step 2) turns NaN
-        return loss * float("nan") if calls["n"] > 12 else loss
+        # two calls a step (fused and rgb outputs); epoch 1 trains (2 steps) and validates
+        # (2 steps); epoch 2's second batch (step 1) turns NaN
+        return loss * float("nan") if calls["n"] > 10 else loss
     monkeypatch.setattr(fusion.engine.F, "cross_entropy", poisoned)
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none",
                                                    "--run-name", "nan", "--epochs", "3"))
     assert code == 1
     err = capsys.readouterr().err
     # read SYNC_EVERY steps late, the message still names the first bad step
-    assert "loss became nan at step 2 in epoch 2" in err
+    assert "loss became nan at step 1 in epoch 2" in err
     assert f"last good checkpoint is {tmp_path / 'nan' / 'last.pt'}" in err
     kept = load_checkpoint(tmp_path / "nan" / "last.pt")
     assert kept["epoch"] == 1
@@ -318,7 +320,7 @@ def test_compiled_training_matches_eager(tiny, tmp_path, monkeypatch):
     def ce_spy(logits, labels, *args, **kwargs):
         loss = real_ce(logits, labels, *args, **kwargs)
         if torch.is_grad_enabled():
-            losses[run["name"]].append(loss.item())
+            losses[run["name"]].append(loss.mean().item())
         return loss
     monkeypatch.setattr(torch, "compile", compile_spy)
     monkeypatch.setattr(fusion.engine.F, "cross_entropy", ce_spy)
@@ -330,7 +332,7 @@ def test_compiled_training_matches_eager(tiny, tmp_path, monkeypatch):
                           "--run-name", "compiled")))
     assert modes == ["default"]
     eager, compiled = losses["eager"], losses["compiled"]
-    assert len(eager) == len(compiled) == 3  # 12 training videos in batches of 4
+    assert len(eager) == len(compiled) == 2  # 8 training videos in batches of 4
     assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
     # BatchNorm over 4 clips amplifies float rounding step by step, so only the second step
     # is compared closely
@@ -339,3 +341,25 @@ def test_compiled_training_matches_eager(tiny, tmp_path, monkeypatch):
     assert plain.keys() == kept.keys()
     with pytest.raises(ValueError, match="compile_mode"):
         config_of(flags(tiny, tmp_path, "--compile-mode", "fastest"))
+
+
+def test_a_last_training_batch_of_one_is_dropped_and_evaluation_keeps_every_video(tmp_path):
+    """9 training videos in batches of 4 would leave a last batch of one, which BatchNorm
+    cannot train on when the fused map is 1 x 1 (32 px input, layer4): the incomplete batch is
+    dropped (as the reference TSN code does); the 3 validation/test videos are all evaluated."""
+    from tests.test_distributed import fake_ucf101
+    root = fake_ucf101(tmp_path / "ucf", {c: [1, 2, 3] for c in "ABC"},
+                       {"A": [4], "B": [4], "C": [4]})
+    code = load_script("train_fusion").main([
+        "--dataset", "ucf101", "--data-root", str(root), "--logdir", str(tmp_path),
+        "--run-name", "odd", "--image-size", "32", "--flow-stack", "2", "--epochs", "1",
+        "--workers", "0", "--batch-size", "4", "--fuse", "conv1x1", "--at", "layer4",
+        "--val-fraction", "0", "--eval-clips", "1"])
+    assert code == 0
+    epoch = load_checkpoint(tmp_path / "odd" / "last.pt")["history"][0]
+    assert epoch["train"]["clips"] == 8 and epoch["val"]["clips"] == 3
+    assert json.loads((tmp_path / "odd" / "metrics.json").read_text())["protocol"]["videos"] == 3
+    with pytest.raises(ValueError, match="batch_size: 16 is more than the 9 training videos"):
+        train(config_of(["--dataset", "ucf101", "--data-root", str(root), "--logdir",
+                         str(tmp_path), "--run-name", "big", "--batch-size", "16",
+                         "--val-fraction", "0", "--workers", "0"]))

@@ -95,7 +95,7 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
     data = ucf101(out, subset="test", flow_stack=5, image_size=32)
     video = data.videos[0]
     assert (video.rgb_frames, video.flow_frames) == (250, 249)
-    rgb, flow, label, _ = data[0]
+    rgb, flow, label, _ = data[0][:4]
     assert rgb.shape == (1, 3, 32, 32) and flow.shape == (1, 10, 32, 32) and label == 0
     # The stored flow is DIS's, quantised: read one back and compare with a fresh computation.
     frames = [to_gray(f) for _, f in zip(range(2), iter_frames(BIKES, 64))]
@@ -185,3 +185,32 @@ def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys):
 def test_unreadable_video_error_names_the_file(tmp_path):
     with pytest.raises(VideoError, match="nothing.mp4 does not exist"):
         list(iter_frames(tmp_path / "nothing.mp4"))
+
+
+def test_a_truncated_video_is_named_in_the_summary_and_fails_with_strict(tmp_path, capsys):
+    """An AVI cut at a quarter still opens (its header declares all 250 frames) but decodes
+    far fewer: extraction says so, and --strict fails the video instead of keeping it."""
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(videos / "v_Biking_g01_c01.avi"),
+                             cv2.VideoWriter_fourcc(*"MJPG"), 25, (80, 34))
+    for frame in iter_frames(BIKES):
+        writer.write(cv2.resize(frame, (80, 34)))
+    writer.release()
+    whole = (videos / "v_Biking_g01_c01.avi").read_bytes()
+    (videos / "v_Biking_g02_c01.avi").write_bytes(whole[:len(whole) // 4])
+    argv = ["--videos", str(videos.parent), "--flow", "none", "--short-side", "0"]
+    assert load_script("extract_frames").main([*argv, "--out", str(tmp_path / "a")]) == 0
+    report = capsys.readouterr().out
+    assert "2 videos extracted" in report and "1 videos decoded fewer frames" in report
+    short = [line for line in report.splitlines() if "short:" in line]
+    assert len(short) == 1 and "v_Biking_g02_c01.avi: decoded" in short[0]
+    assert "of the 250 frames its container declares" in short[0]
+    kept = len(list((tmp_path / "a" / "jpegs_256" / "v_Biking_g02_c01").iterdir()))
+    assert 0 < kept < 250 // 2
+    assert load_script("extract_frames").main([*argv, "--out", str(tmp_path / "b"),
+                                               "--strict"]) == 0
+    report = capsys.readouterr().out
+    assert "1 videos extracted" in report and "1 failed" in report
+    assert "v_Biking_g02_c01.avi: decoded" in report
+    assert not (tmp_path / "b" / "jpegs_256" / "v_Biking_g02_c01").exists()

@@ -54,7 +54,7 @@ def test_image_split_is_stratified_and_oversampling_balances(stills):
                       oversample=True, image_size=32)
     assert np.bincount(balanced.labels).tolist() == [7, 7, 7]
     assert {p for p, _ in balanced.items} == paths[0]  # duplicates only, nothing from val/test
-    rgb, flow, label, name = val[0]
+    rgb, flow, label, name = val[0][:4]
     assert rgb.shape == (1, 3, 32, 32) and rgb.dtype == torch.uint8 and flow is None
     # eval: padded to a square and resized, no crop: the zero bands of the padding are there
     assert name.startswith("applauding/") and rgb[0, :, :, 0].float().mean() < 40

@@ -1,6 +1,6 @@
 """UCF101, HMDB51 and folder datasets read in the layouts of the public releases (DESIGN §5).
 
-Every dataset yields `(rgb, flow, label, video_id)`:
+Every dataset yields a `Sample` `(rgb, flow, label, video_id, counted, skipped)`:
     rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
     flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
 In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
@@ -57,10 +57,23 @@ class Video:
 
 @dataclass(frozen=True)
 class Skipped:
-    """What a dataset with on_bad="skip" returns for a sample it could not read."""
+    """A sample that a dataset with on_bad="skip" could not read, and why."""
 
     video_id: str
     reason: str
+
+
+class Sample(NamedTuple):
+    """One dataset item. `counted` is False for a stand-in that fills a place without counting
+    in any metric: a distributed shard's padding duplicate, or the readable video that takes
+    the place of an unreadable one (named in `skipped`)."""
+
+    rgb: torch.Tensor | None
+    flow: torch.Tensor | None
+    label: int
+    video_id: str
+    counted: bool = True
+    skipped: Skipped | None = None
 
 
 class Batch(NamedTuple):
@@ -69,19 +82,38 @@ class Batch(NamedTuple):
     label: torch.Tensor
     video_id: list[str]
     skipped: list[Skipped]
+    counted: torch.Tensor  # bool per sample: counts in the metrics
 
 
-def collate_clips(samples: list) -> Batch:
-    """Stack samples, dropping (and listing) the ones a skipping dataset could not read."""
-    skipped = [s for s in samples if isinstance(s, Skipped)]
-    good = [s for s in samples if not isinstance(s, Skipped)]
-
+def collate_clips(samples: list[Sample]) -> Batch:
+    """Stack samples, listing the unreadable ones that stand-ins replaced."""
     def stack(i):
-        if not good or good[0][i] is None:
-            return None
-        return torch.stack([s[i] for s in good])
-    labels = torch.tensor([s[2] for s in good], dtype=torch.long)
-    return Batch(stack(0), stack(1), labels, [s[3] for s in good], skipped)
+        return None if samples[0][i] is None else torch.stack([s[i] for s in samples])
+    return Batch(stack(0), stack(1), torch.tensor([s.label for s in samples], dtype=torch.long),
+                 [s.video_id for s in samples], [s.skipped for s in samples if s.skipped],
+                 torch.tensor([s.counted for s in samples], dtype=torch.bool))
+
+
+def read_sample(dataset, key) -> Sample:
+    """`dataset.sample(seed, i)` for a key `i`, `(seed, i)` or `(seed, i, counted)` (from
+    `SeededSampler`). With on_bad="skip" an unreadable item is replaced by the next readable
+    one, not counted: batches keep their size, so BatchNorm never sees a batch of one and every
+    process of a distributed run takes the same steps."""
+    seed, i, counted = (key + (True,))[:3] if isinstance(key, tuple) else (None, key, True)
+    try:
+        return dataset.sample(seed, i)._replace(counted=counted)
+    except FrameError as err:
+        if dataset.on_bad == "raise":
+            raise
+        dataset.skipped += 1
+        skipped = Skipped(dataset.item_id(i), str(err))
+    for step in range(1, len(dataset)):
+        try:
+            stand_in = dataset.sample(seed, (i + step) % len(dataset))
+        except FrameError:
+            continue
+        return stand_in._replace(counted=False, skipped=skipped)
+    raise FrameError(f"no item of the split can be read; the first: {skipped.reason}")
 
 
 def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
@@ -164,8 +196,8 @@ class VideoDataset(Dataset):
         "test" (`num_clips` clips x `crops` views per video).
     frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
         first-middle, middle-last, random (seed 001).
-    on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is dropped
-        by `collate_clips` and counted in `skipped`).
+    on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is replaced
+        by the next readable one, which counts in no metric, and counted in `skipped`).
     """
 
     def __init__(self, videos: list[Video], classes: list[str], *, mode: str = "train",
@@ -239,25 +271,28 @@ class VideoDataset(Dataset):
                               rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
                               single_view=self.mode != "test")
 
-    def __getitem__(self, key: int | tuple[int, int]):
-        """`dataset[i]`, or `dataset[(seed, i)]` from `SeededSampler`: the sample's random
-        crops and flips then come from that seed alone, whichever worker or rank loads it."""
-        seed, i = key if isinstance(key, tuple) else (None, key)
+    def __getitem__(self, key) -> Sample:
+        """`dataset[i]`, or `dataset[(seed, i, counted)]` from `SeededSampler`: the sample's
+        random crops and flips then come from that seed alone, whichever worker or rank loads
+        it (`read_sample`)."""
+        return read_sample(self, key)
+
+    def sample(self, seed: int | None, i: int) -> Sample:
         video = self.videos[i]
-        try:
-            rgb, flow = seeded(seed, self.load, video)
-        except FrameError as err:
-            if self.on_bad == "raise":
-                raise
-            self.skipped += 1
-            return Skipped(video.video_id, str(err))
-        return rgb, flow, video.label, video.video_id
+        rgb, flow = seeded(seed, self.load, video)
+        return Sample(rgb, flow, video.label, video.video_id)
+
+    def item_id(self, i: int) -> str:
+        return self.videos[i].video_id
 
 
 class SeededSampler(Sampler):
     """Sample order and per-sample augmentation seeds fixed by (seed, epoch), sharded over
-    ranks like DistributedSampler (rank r takes positions r, r + world, ...; shards may differ
-    by one, never padded with duplicates). Yields (sample seed, index) for `VideoDataset`.
+    ranks like DistributedSampler: the order is padded with its own first items to a multiple
+    of the ranks, and rank r takes positions r, r + world, ... So every rank gets the same
+    number of samples (and of steps: a rank with one step more would wait forever in the
+    gradient all-reduce); the padding duplicates are marked not to count in any metric.
+    Yields (sample seed, index, counted) for `VideoDataset`.
 
     Nothing depends on the worker processes or their state, so persistent workers, any number
     of workers, and a resumed run all see the same samples with the same augmentation.
@@ -265,6 +300,8 @@ class SeededSampler(Sampler):
 
     def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
                  world: int = 1):
+        if size < 1:
+            raise ValueError("cannot sample from an empty dataset")
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world = rank, world
         self.epoch = 0
@@ -279,11 +316,14 @@ class SeededSampler(Sampler):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
-        for i in order[self.rank::self.world]:
-            yield (base + i) % 2**63, i
+        total = len(self) * self.world
+        padded = (order * (total // self.size + 1))[:total]
+        for position in range(self.rank, total, self.world):
+            i = padded[position]
+            yield (base + i) % 2**63, i, position < self.size
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world))
+        return -(-self.size // self.world)  # ceil: the padded shard
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -331,20 +371,46 @@ def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) 
 
 
 def stratified_split(labels: Sequence[int], *, val_fraction: float, test_fraction: float = 0.0,
-                     seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+                     seed: int = 0, groups: Sequence[str] | None = None
+                     ) -> tuple[list[int], list[int], list[int]]:
     """Indices for train / val / test with each class split in the same proportions (seed 001:
-    the test set first, then validation as a fraction of what is left)."""
+    the test set first, then validation as a fraction of what is left).
+
+    groups: items of one class with the same group key go to the same split, and the
+    fractions count groups (UCF101's gXX: the clips of a group share actor and scene, and the
+    official splits keep groups apart). None: every item is its own group. A non-zero fraction
+    takes at least one group of a class that has one to spare.
+    """
     g = torch.Generator().manual_seed(seed)
+    keys = list(range(len(labels))) if groups is None else list(groups)
     train, val, test = [], [], []
+
+    def share(n: int, fraction: float) -> int:
+        taken = round(n * fraction)
+        return 1 if fraction > 0 and taken == 0 and n >= 2 else taken
     for label in sorted(set(labels)):
         members = [i for i, y in enumerate(labels) if y == label]
-        members = [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
-        n_test = round(len(members) * test_fraction)
-        n_val = round((len(members) - n_test) * val_fraction)
-        test += members[:n_test]
-        val += members[n_test:n_test + n_val]
-        train += members[n_test + n_val:]
+        units = list(dict.fromkeys(keys[i] for i in members))  # the class's groups, in order
+        units = [units[j] for j in torch.randperm(len(units), generator=g).tolist()]
+        n_test = share(len(units), test_fraction)
+        n_val = share(len(units) - n_test, val_fraction)
+        side = {u: (test if k < n_test else val if k < n_test + n_val else train)
+                for k, u in enumerate(units)}
+        for i in members:
+            side[keys[i]].append(i)
     return sorted(train), sorted(val), sorted(test)
+
+
+_UCF101_GROUP = re.compile(r"_(g\d+)_c\d+$")
+
+
+def ucf101_group(video_id: str) -> str:
+    """The group of a UCF101 video, `v_ApplyEyeMakeup_g08_c01` -> `g08`."""
+    match = _UCF101_GROUP.search(video_id)
+    if match is None:
+        raise ValueError(f"UCF101 video {video_id!r} has no group in its name "
+                         f"(expected v_<Class>_gXX_cYY): validation is carved out by group")
+    return match.group(1)
 
 
 def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
@@ -362,15 +428,16 @@ def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
 
 def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
             val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
-            on_bad: str, **kwargs) -> VideoDataset:
+            on_bad: str, group_of=None, **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
-    (val_fraction > 0), frame counts, checks. `None` stands for a listed video whose folder is
-    missing (skipped and counted)."""
+    (val_fraction > 0; by `group_of(video_id)` where given, else by video), frame counts,
+    checks. `None` stands for a listed video whose folder is missing (skipped and counted)."""
     missing = sum(v is None for v in videos)
     videos = [v for v in videos if v is not None]
     if val_fraction > 0:
+        groups = None if group_of is None else [group_of(v.video_id) for v in videos]
         train, val, _ = stratified_split([v.label for v in videos], val_fraction=val_fraction,
-                                         seed=seed)
+                                         seed=seed, groups=groups)
         videos = [videos[i] for i in (train if subset == "train" else val)]
     kept = []
     for video in videos:
@@ -451,8 +518,9 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
     and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
 
-    subset: "train" (trainlist0N, minus a stratified `val_fraction`), "val" (that fraction) or
-    "test" (testlist0N). Class folders are matched case-insensitively (HandstandPushups).
+    subset: "train" (trainlist0N, minus a stratified `val_fraction` of each class's groups),
+    "val" (those groups: a gXX group's clips share actor and scene, so validation never shares
+    one with training) or "test" (testlist0N). Class folders are matched case-insensitively (HandstandPushups).
     """
     root = Path(root)
     _require_dir(root, "UCF101 root")
@@ -490,7 +558,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     return _finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                    seed=seed, oversample_train=oversample, index=FrameIndex(root, frame_template),
                    on_bad=on_bad, modalities=modalities, frame_template=frame_template,
-                   **kwargs)
+                   group_of=ucf101_group, **kwargs)
 
 
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
@@ -500,6 +568,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
     """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
     train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
+    Validation (`val_fraction`) is carved out of the training videos by video, per class.
     Classes are the split files' class names in sorted order; `classes` picks a subset
     (`HMDB51_SEED001_CLASSES` is seed 001's)."""
     root = Path(root)
@@ -532,27 +601,47 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                    **kwargs)
 
 
+def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
+    """(class, video) per line `<class>/<video>` of a folder dataset's list file."""
+    entries = []
+    for n, line in _read_lines(path):
+        class_name, _, video = line.partition("/")
+        if class_name not in classes:
+            raise ValueError(f"{path}:{n}: unknown class {class_name!r}; "
+                             f"valid: {', '.join(classes)}")
+        entries.append((class_name, video))
+    return entries
+
+
 def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
            modalities: Sequence[str] = MODALITIES, on_bad: str = "raise",
            frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
-    `u/` and `v/` subfolders. `<root>/<subset>.txt` (lines `<class>/<video>`) fixes a split;
-    without it the videos are split by `stratified_split` (val and test fractions, seed)."""
+    `u/` and `v/` subfolders.
+
+    `<root>/train.txt` and `<root>/test.txt` (lines `<class>/<video>`) fix the split, and
+    `<root>/val.txt` the validation videos; without val.txt, validation is a stratified
+    `val_fraction` of train.txt only (never of the test videos). Without any list the videos
+    are split by `stratified_split` (val and test fractions, seed)."""
     root = Path(root)
     resolve_name(subset, ("train", "val", "test"), "subset")
     all_classes = class_folders(root, "folder dataset root", "videos")
     chosen = select_classes(all_classes, classes)
-    list_file = root / f"{subset}.txt"
-    if list_file.is_file():
-        entries = []
-        for n, line in _read_lines(list_file):
-            class_name, _, video = line.partition("/")
-            if class_name not in all_classes:
-                raise ValueError(f"{list_file}:{n}: unknown class {class_name!r}; "
-                                 f"valid: {', '.join(all_classes)}")
-            entries.append((class_name, video))
+    lists = {name: root / f"{name}.txt" for name in ("train", "val", "test")}
+    carve = 0.0
+    if lists["train"].is_file():
+        if subset == "test" and not lists["test"].is_file():
+            raise FileNotFoundError(f"{lists['train']} fixes the split, so the test videos are "
+                                    f"listed too: expected {lists['test']}")
+        if subset != "test" and not lists["val"].is_file():
+            carve = val_fraction  # validation is a part of train.txt
+        entries = _read_folder_list(lists[subset if lists[subset].is_file() else "train"],
+                                    all_classes)
+    elif lists["val"].is_file() or lists["test"].is_file():
+        raise FileNotFoundError(f"expected {lists['train']} beside "
+                                f"{lists['val'] if lists['val'].is_file() else lists['test']}")
     else:
         every = [(c, d.name) for c in all_classes for d in sorted((root / c).iterdir())
                  if d.is_dir()]
@@ -574,7 +663,7 @@ def folder(root: str | Path, *, subset: str = "train",
                             video_dir if "rgb" in modalities else None,
                             (video_dir / "u", video_dir / "v") if "flow" in modalities
                             else None))
-    return _finish(videos, chosen, subset, val_fraction=0.0, seed=seed,
+    return _finish(videos, chosen, subset, val_fraction=carve, seed=seed,
                    oversample_train=oversample, index=FrameIndex(root, frame_template),
                    on_bad=on_bad, modalities=modalities, frame_template=frame_template,
                    **kwargs)

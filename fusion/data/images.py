@@ -16,9 +16,9 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from fusion.data.datasets import (FrameError, Skipped, class_folders,
-                                  oversample as oversample_items, seeded, select_classes,
-                                  stratified_split)
+from fusion.data.datasets import (FrameError, Sample, class_folders,
+                                  oversample as oversample_items, read_sample, seeded,
+                                  select_classes, stratified_split)
 from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.transforms import TrainTransform
 from fusion.streams import resolve_name
@@ -67,17 +67,15 @@ class ImageFolderDataset(Dataset):
         image = image.unsqueeze(0)  # T = 1
         return image.unsqueeze(0) if self.mode == "test" else image  # one view in the test
 
-    def __getitem__(self, key):
-        seed, i = key if isinstance(key, tuple) else (None, key)
+    def __getitem__(self, key) -> Sample:
+        return read_sample(self, key)
+
+    def sample(self, seed: int | None, i: int) -> Sample:
         path, label = self.items[i]
-        try:
-            rgb = seeded(seed, self.load, path)
-        except FrameError as err:
-            if self.on_bad == "raise":
-                raise
-            self.skipped += 1
-            return Skipped(str(path.relative_to(self.root)), str(err))
-        return rgb, None, label, str(path.relative_to(self.root))
+        return Sample(seeded(seed, self.load, path), None, label, self.item_id(i))
+
+    def item_id(self, i: int) -> str:
+        return str(self.items[i][0].relative_to(self.root))
 
 
 def images(root: str | Path, *, subset: str = "train",
