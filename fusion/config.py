@@ -14,14 +14,13 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from fusion.choices import DATASET_NAMES, FREEZE_MODES, FUSION_BN, KEPT_AVERAGES
 from fusion.data.flow import METHODS
 from fusion.data.sampling import POLICIES
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
-from fusion.model import FREEZE_MODES, FUSION_BN, KEPT_AVERAGES
 from fusion.streams import STREAMS
 
-DATASETS = ("synthetic", "ucf101", "hmdb51", "folder", "images")
 SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -138,7 +137,7 @@ class Config:
             for key in keys:
                 if getattr(self, key) <= 0:
                     raise ValueError(f"config key {key}: must be > 0, got {getattr(self, key)}")
-        choice("dataset", DATASETS)
+        choice("dataset", DATASET_NAMES)
         choice("split", (1, 2, 3))
         choice("frame_policy", POLICIES)
         choice("augment", AUGMENTS)

@@ -4,6 +4,7 @@ torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). gloo on the CPU, nccl on GPUs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -40,6 +41,17 @@ def setup(device_name: str) -> tuple[Context, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return context, device
+
+
+@contextlib.contextmanager
+def session(device_name: str):
+    """`with session(config.device) as (context, device):` joins the process group (under
+    torchrun) for the block and leaves it however the block ends."""
+    context, device = setup(device_name)
+    try:
+        yield context, device
+    finally:
+        cleanup(context)
 
 
 def device_for(name: str) -> torch.device:

@@ -5,12 +5,16 @@ A feature-map fusion takes plain channel counts and joins the two streams' maps 
     fuse = FUSIONS["conv1x1"](rgb_channels=1024, flow_channels=512, out_channels=1024)
     fused = fuse(rgb_map, flow_map)   # B x T x C x H x W each -> B x T' x fuse.out_channels x H x W
 
+Each class also says how it is built from the two taps' `feature_info` entries (`Fusion.build`),
+so the model builder never branches on fusion names: a new fusion is one class in the registry.
+
 Maps carry the segment axis T so that `conv3d` can convolve across segments; the per-frame
 fusions fold it into the batch. `average` is late fusion of class scores and has its own call.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from einops import rearrange
@@ -29,13 +33,41 @@ def register_fusion(name: str):
     return add
 
 
-class PerSegmentFusion(nn.Module):
+@dataclass(frozen=True)
+class FusionOptions:
+    """The configurable part of a fusion (the rest comes from the taps): identity or random
+    init, weights of the streams (late fusion) or of the identity init, BatchNorm mode of the
+    conv fusions, number of late inputs."""
+
+    init: str = "identity"
+    weights: tuple[float, ...] | None = None
+    batchnorm: str = "auto"  # auto | on | off
+    inputs: int = 2
+
+
+class Fusion(nn.Module):
+    """The base of every fusion. `late`: combines class scores, not maps; `pooled`: returns
+    one vector per segment, so it fuses at the last tap only."""
+
+    late = False
+    pooled = False
+
+    @classmethod
+    def build(cls, rgb: dict | None, flow: dict | None, *, last: bool,
+              options: FusionOptions) -> "Fusion":
+        """The fusion of two maps described by their taps' `feature_info` entries (None for a
+        late fusion); `last`: at the RGB stream's last tap. By default: from the channels."""
+        if options.weights:
+            raise ValueError(f"fusion_weights apply to average, conv1x1 and conv3d, "
+                             f"not {cls.name!r}")
+        return cls(rgb["channels"], flow["channels"])
+
+
+class PerSegmentFusion(Fusion):
     """A fusion that treats each segment on its own: B T C H W -> (B T) C H W and back.
 
     Subclasses define `fuse(rgb, flow)` on (B T) x C x H x W maps.
     """
-
-    late = False
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         b = rgb.shape[0]
@@ -119,7 +151,7 @@ class ConcatFusion(PerSegmentFusion):
         return torch.cat([rgb, flow], dim=1)
 
 
-class ConvFusion(nn.Module):
+class ConvFusion(Fusion):
     """The shared body of `conv1x1` and `conv3d`: a conv over [rgb; flow] channels, either
 
     - Feichtenhofer's conv fusion (batchnorm=False): the conv with a bias and nothing after it;
@@ -154,6 +186,14 @@ class ConvFusion(nn.Module):
             nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         if self.conv.bias is not None:
             nn.init.zeros_(self.conv.bias)
+
+    @classmethod
+    def build(cls, rgb: dict, flow: dict, *, last: bool, options: FusionOptions) -> "ConvFusion":
+        """Back to the RGB channels; BatchNorm + ReLU by default at the last tap only."""
+        batchnorm = options.batchnorm == "on" or (options.batchnorm == "auto" and last)
+        extra = {"weights": options.weights} if options.weights else {}
+        return cls(rgb["channels"], flow["channels"], out_channels=rgb["channels"],
+                   init=options.init, batchnorm=batchnorm, **extra)
 
     def mix(self, stacked: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(stacked)))
@@ -198,7 +238,6 @@ class Conv3dFusion(ConvFusion):
     or BatchNorm and ReLU: `ConvFusion`), then 3D max pooling over all segments, so the fused
     map has a single segment."""
 
-    late = False
     conv_type = nn.Conv3d
     norm_type = nn.BatchNorm3d
     kernel_size = 3
@@ -211,7 +250,7 @@ class Conv3dFusion(ConvFusion):
 
 
 @register_fusion("average")
-class AverageFusion(nn.Module):
+class AverageFusion(Fusion):
     """Late fusion: the weighted mean of the streams' softmax scores (seed 004: RGB 1, flow 1.5).
 
     Returns the log of that mean, so that the output is a logit like every other model output:
@@ -219,6 +258,11 @@ class AverageFusion(nn.Module):
     """
 
     late = True
+
+    @classmethod
+    def build(cls, rgb: None, flow: None, *, last: bool,
+              options: FusionOptions) -> "AverageFusion":
+        return cls(weights=options.weights or (1.0,) * options.inputs)
 
     def __init__(self, weights: Sequence[float] = (1.0, 1.0)):
         super().__init__()

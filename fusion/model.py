@@ -18,13 +18,11 @@ from einops import rearrange
 from torch import nn
 
 from fusion.data.sampling import centred_start
-from fusion.files import load_tensors
-from fusion.fusers import FUSIONS, AverageFusion, identity_conv1x1
-from fusion.streams import Stream, build_stream, check_state_dict, resolve_name
+from fusion.checkpoint import load_stream_checkpoint
+from fusion.fusers import FUSIONS, AverageFusion, FusionOptions, identity_conv1x1
+from fusion.choices import FREEZE_MODES, FUSION_BN, KEPT_AVERAGES, resolve_name
+from fusion.streams import Stream, build_stream
 
-FREEZE_MODES = ("none", "streams", "bn")
-KEPT_AVERAGES = ("logits", "softmax")  # how kept heads join the fused scores
-FUSION_BN = ("auto", "on", "off")  # conv fusions: BatchNorm + ReLU after the conv?
 
 
 def consensus(scores: torch.Tensor, batch: int) -> torch.Tensor:
@@ -139,7 +137,7 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
         else:
             # Fused at an inner tap: the fused map continues through the spatial tower
             # (Feichtenhofer), so it must have the spatial stream's channels.
-            if getattr(fusion, "pooled", False):
+            if fusion.pooled:
                 raise ValueError(f"fusion {fusion.name!r} pools the maps into one vector per "
                                  f"segment: fuse it at the last tap "
                                  f"({rgb.feature_info[-1]['name']}), not at {at!r}")
@@ -254,65 +252,6 @@ def match_flow_tap(rgb: Stream, flow: Stream, at: str) -> str:
     return same[-1]
 
 
-def read_model_state(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
-    """The model state dict in a checkpoint written by training, or a plain state dict file,
-    and the class names the checkpoint records (None for a plain file)."""
-    state = load_tensors(path, "checkpoint")
-    classes = None
-    if isinstance(state, Mapping) and "model" in state:
-        classes = state.get("classes")
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {path} holds no model state dict")
-    return dict(state), None if classes is None else list(classes)
-
-
-def load_stream_checkpoint(stream: Stream, path: str | Path, role: str, *,
-                           class_map: Mapping[str, str] | None = None,
-                           classes: Sequence[str] | None = None) -> None:
-    """Initialise `stream` from a separately trained checkpoint.
-
-    The file may hold a single-stream model (keys `stream.*`), a two-stream model (keys
-    `rgb.*` / `flow.*`, `role` picks the side) or a bare stream state dict (keys `stages.*`).
-    With `class_map` (source class -> target class, seed 001: Stanford 40 -> HMDB51) the
-    checkpoint may have other classes: everything but the classifier loads as is, and each
-    target class's classifier row is its source class's; unmapped classes keep a fresh row.
-    `classes` are the target (this model's) class names.
-    """
-    state, source_classes = read_model_state(path)
-    for prefix in ("stream.", f"{role}.", ""):
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if sub and all(k.startswith("stages.") for k in sub):
-            break
-    else:
-        raise ValueError(f"checkpoint {path} holds no {role} stream weights (keys start with "
-                         f"{sorted({k.split('.')[0] for k in state})})")
-    where = f"cannot initialise the {role} stream ({stream.name}) from {path}"
-    if not class_map:
-        check_state_dict(stream.state_dict(), sub, where)
-        stream.load_state_dict(sub)
-        return
-    if source_classes is None:
-        raise ValueError(f"checkpoint {path} records no class names, which class_map needs")
-    head = next(name for name, m in stream.named_modules() if m is stream.classifier)
-    keys = (f"{head}.weight", f"{head}.bias")
-    own = stream.state_dict()
-    check_state_dict({k: v for k, v in own.items() if k not in keys},
-                     {k: v for k, v in sub.items() if k not in keys}, where)
-    for source, target in class_map.items():
-        for name, valid, what in ((source, source_classes, f"the classes of {path}"),
-                                  (target, classes, "this model's classes")):
-            if name not in valid:
-                raise ValueError(f"class_map: {name!r} is not one of {what}: "
-                                 f"{', '.join(valid)}")
-    for key in keys:
-        merged = own[key].clone()
-        for source, target in class_map.items():
-            merged[list(classes).index(target)] = sub[key][source_classes.index(source)]
-        sub[key] = merged
-    stream.load_state_dict(sub)
-
-
 def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      at_flow: str | None = None, num_classes: int, flow_stack: int = 10,
                      rgb_stack: int = 1, weights: str | Path | Mapping | None = None,
@@ -385,30 +324,23 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         if init_diff is not None:
             load_stream_checkpoint(diff_stream, init_diff, "rgbdiff")
 
+    options = FusionOptions(init=fusion_init, weights=tuple(fusion_weights or ()) or None,
+                            batchnorm=fusion_bn, inputs=3 if diff is not None else 2)
     if fusion_cls.late:
         if at not in (None, "scores") or at_flow not in (None, "scores"):
             raise ValueError(f"fusion {fuse!r} combines class scores: use at='scores', "
                              f"got at={at!r}, at_flow={at_flow!r}")
         at = at_flow = "scores"
-        late_inputs = 3 if diff is not None else 2
-        fusion = fusion_cls(weights=fusion_weights or (1.0,) * late_inputs)
+        fusion = fusion_cls.build(None, None, last=True, options=options)
     else:
         if at is None:
             raise ValueError(f"fusion {fuse!r} needs a tap: at is one of "
                              f"{', '.join(i['name'] for i in rgb_stream.feature_info)}")
         rgb_info = rgb_stream.tap_info(at)
         at_flow = match_flow_tap(rgb_stream, flow_stream, at) if at_flow is None else at_flow
-        flow_info = flow_stream.tap_info(at_flow)
-        options = {}
-        if fuse in ("conv1x1", "conv3d"):
-            last = at == rgb_stream.feature_info[-1]["name"]
-            options = {"out_channels": rgb_info["channels"], "init": fusion_init,
-                       "batchnorm": fusion_bn == "on" or (fusion_bn == "auto" and last)}
-            if fusion_weights:
-                options["weights"] = fusion_weights
-        elif fusion_weights:
-            raise ValueError(f"fusion_weights apply to average, conv1x1 and conv3d, not {fuse!r}")
-        fusion = fusion_cls(rgb_info["channels"], flow_info["channels"], **options)
+        fusion = fusion_cls.build(rgb_info, flow_stream.tap_info(at_flow),
+                                  last=at == rgb_stream.feature_info[-1]["name"],
+                                  options=options)
 
     head_dropout = rgb_stream.dropout if dropout is None else dropout
     model = TwoStream(rgb_stream, flow_stream, fusion, at=at, at_flow=at_flow,

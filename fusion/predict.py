@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from fusion.config import Config, from_dict
-from fusion.data.datasets import arrange_sample
+from fusion.data.clips import arrange_sample
 from fusion.data.flow import FlowEstimator, quantize
-from fusion.data.sampling import positions, segment_starts, snippet_frames
+from fusion.data.sampling import clip_frames
 from fusion.data.transforms import EvalTransform
 from fusion.data.video import VideoError, iter_frames, open_video, to_gray
-from fusion.engine import load_checkpoint, model_from_checkpoint, move
+from fusion.build import model_from_checkpoint
+from fusion.checkpoint import load_checkpoint
+from fusion.device import move
 
 DEFAULT_FPS = 25.0
 
@@ -73,13 +75,11 @@ class ClipMaker:
         count = last - first  # frames in the window
         if self.use_flow and count < 2:
             raise VideoError("a flow model needs at least two frames")
-        n = positions(flow_stack=c.flow_stack, rgb_stack=c.rgb_frames, flow_frames=count - 1,
-                      rgb_frames=count, use_flow=self.use_flow)
-        starts = segment_starts(n, c.segments, train=False)
-        rgb_idx, flow_idx = snippet_frames(starts, flow_stack=c.flow_stack,
-                                           rgb_stack=c.rgb_frames, flow_frames=count - 1,
-                                           rgb_frames=count, use_flow=self.use_flow,
-                                           use_rgb=self.use_rgb)
+        # sampled as the dataset samples an evaluation clip ("val": the segments' centres)
+        rgb_idx, flow_idx = clip_frames(
+            mode="val", policy=c.frame_policy, segments=c.segments, clips=1,
+            flow_stack=c.flow_stack, rgb_stack=c.rgb_frames, flow_frames=count - 1,
+            rgb_frames=count, use_flow=self.use_flow, use_rgb=self.use_rgb)
         rgb = flow = None
         if rgb_idx is not None:  # N x 3 x H x W
             rgb = torch.from_numpy(np.stack([frames[first + i] for i in rgb_idx])).permute(

@@ -22,6 +22,7 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from fusion.choices import MODALITIES, resolve_name
 from fusion.files import load_tensors
 
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
@@ -35,7 +36,6 @@ FLOW_STD = (0.5, 0.5)
 # mean ImageNet std as TSN does; a stack of L differences is made from L + 1 frames.
 DIFF_MEAN = (0.0, 0.0, 0.0)
 DIFF_STD = (2 * sum(IMAGENET_STD) / 3,) * 3
-MODALITIES = ("rgb", "flow", "rgbdiff")
 
 
 @dataclass(frozen=True)
@@ -172,13 +172,6 @@ register_stream("inception_v3", BackboneSpec(
     builder_kwargs=(("dropout", None), ("aux_logits", False), ("transform_input", False),
                     ("init_weights", True)),
     ignored_weight_prefixes=("AuxLogits.",), trace_size=299))
-
-
-def resolve_name(name: str, valid: tuple[str, ...] | list[str], what: str) -> str:
-    """Return `name` if valid, else fail listing the valid names (one helper for every selector)."""
-    if name not in valid:
-        raise ValueError(f"unknown {what} {name!r}; valid: {', '.join(valid)}")
-    return name
 
 
 class Stream(nn.Module):

@@ -35,12 +35,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from fusion.data.datasets import Batch, Sample, SeededSampler, collate_clips, ucf101
-from fusion.data.sampling import snippet_frames
+from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
+from fusion.data.splits import ucf101
+from fusion.data.sampling import clip_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
-from fusion.engine import amp_dtype, autocast, run_epoch, to_channels_last
+from fusion.device import amp_dtype, autocast, to_channels_last
+from fusion.engine import run_epoch
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
@@ -68,11 +70,10 @@ class PILBaseline(Dataset):
         torch.default_generator.manual_seed(seed)  # as cheap as the project loader's seeding
         d = self.dataset
         video = d.videos[i]
-        starts = d.clip_starts(video)[0]
-        rgb_idx, flow_idx = snippet_frames(starts, flow_stack=d.flow_stack,
-                                           rgb_stack=d.rgb_stack, flow_frames=video.flow_frames,
-                                           rgb_frames=video.rgb_frames, use_flow=True,
-                                           use_rgb=True)
+        rgb_idx, flow_idx = clip_frames(
+            mode=d.mode, policy=d.frame_policy, segments=d.segments, clips=1,
+            flow_stack=d.flow_stack, rgb_stack=d.rgb_stack, flow_frames=video.flow_frames,
+            rgb_frames=video.rgb_frames, use_flow=True, use_rgb=True)
         first = Image.open(video.rgb_dir / f"frame{rgb_idx[0] + 1:06d}.jpg")
         top, left, h, w = self.crop.crop_box(first.height, first.width)
         flip = torch.rand(()).item() < 0.5

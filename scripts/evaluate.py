@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from fusion.config import AGGREGATES
-from fusion.data.datasets import FrameError
+from fusion.data.loader import FrameError
 from fusion.data.transforms import CROP_MODES
-from fusion.engine import print_table, test_checkpoint
+from fusion.evaluate import print_table, test_checkpoint
 
 
 def print_details(metrics: dict) -> None:

@@ -12,8 +12,9 @@ TensorBoard events, last.pt, best.pt and metrics.json.
 import sys
 
 from fusion.config import build_parser, resolve
-from fusion.data.datasets import FrameError
-from fusion.engine import TrainingDiverged, print_table, train
+from fusion.data.loader import FrameError
+from fusion.engine import TrainingDiverged, train
+from fusion.evaluate import print_table
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from fusion.config import Config, build_parser, load_toml, resolve, to_toml
-from fusion.engine import build_model
+from fusion.build import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
@@ -79,7 +79,7 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 
 
 def test_mean_flow_subtraction_and_crop_scales_reach_the_model_and_the_transform():
-    from fusion.engine import train_transform
+    from fusion.build import train_transform
     two = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--flow-stack", "2"]))
     assert build_model(two, 3).flow.subtract_mean and not build_model(two, 3).rgb.subtract_mean
     alone = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--fuse", "none",

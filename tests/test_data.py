@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fusion.data.datasets import (FrameError, collate_clips, folder, hmdb51, oversample,
-                                  read_frames, stratified_split, ucf101)
+from fusion.data.clips import read_frames
+from fusion.data.loader import FrameError, collate_clips
+from fusion.data.splits import folder, hmdb51, oversample, stratified_split, ucf101
 from fusion.data.flow import dequantize, quantize
 from fusion.data.index import INDEX_NAME
 from fusion.data.sampling import (protocol_clip_starts, segment_starts, snippet_frames,
@@ -164,7 +165,7 @@ def test_ucf101_validation_is_carved_by_group_never_sharing_one_with_training(tm
         for label in range(3):  # each class gives round(5 * 0.4) = 2 of its 5 groups
             assert sum(1 for c, _ in groups[1] if c == label) == 2
     with pytest.raises(ValueError, match="'v_YoYo_take1' has no group in its name"):
-        from fusion.data.datasets import ucf101_group
+        from fusion.data.splits import ucf101_group
         ucf101_group("v_YoYo_take1")
 
 

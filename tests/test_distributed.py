@@ -9,7 +9,7 @@ import torch
 
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
-from fusion.engine import build_model
+from fusion.build import build_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -77,7 +77,7 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_seeded_sampler_pads_shards_to_one_length_and_marks_the_duplicates(world):
-    from fusion.data.datasets import SeededSampler
+    from fusion.data.loader import SeededSampler
     for size in range(1, 12):
         for shuffle in (False, True):
             shards = []

@@ -11,10 +11,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import fusion.build
 import fusion.engine
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
-from fusion.engine import aggregate, load_checkpoint, train
+from fusion.checkpoint import load_checkpoint
+from fusion.engine import train
+from fusion.evaluate import aggregate
 from tests.test_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +235,7 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
 
 
 def test_channels_last_is_applied_per_module_and_changes_no_result():
-    from fusion.engine import to_channels_last
+    from fusion.device import to_channels_last
     from fusion.model import build_two_stream
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv3d", at="layer3",
@@ -259,7 +262,7 @@ def test_staged_unfreezing_keeps_frozen_stages_still_and_unfreezes_on_schedule(t
     train(config_of(flags(tiny, tmp_path, *stages, "--epochs", "1")))
     first = load_checkpoint(tmp_path / "staged" / "last.pt")["model"]
     torch.manual_seed(0)  # the initial weights, built the way fit() builds them
-    initial = fusion.engine.build_model(config_of(flags(tiny, tmp_path, *stages)), 4).state_dict()
+    initial = fusion.build.build_model(config_of(flags(tiny, tmp_path, *stages)), 4).state_dict()
     train(config_of(["--resume", str(tmp_path / "staged"), "--epochs", "2"]),
           overrides={"resume": str(tmp_path / "staged"), "epochs": 2})
     second = load_checkpoint(tmp_path / "staged" / "last.pt")["model"]

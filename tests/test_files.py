@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from fusion.engine import load_checkpoint
+from fusion.checkpoint import load_checkpoint
 from fusion.files import write_atomic, write_json_atomic
-from fusion.model import read_model_state
+from fusion.checkpoint import read_model_state
 from fusion.streams import build_stream
 
 

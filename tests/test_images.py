@@ -8,7 +8,9 @@ from PIL import Image
 from fusion.config import build_parser, resolve
 from fusion.data.images import images, pad_square
 from fusion.data.synthetic import make_synthetic
-from fusion.engine import build_model, load_checkpoint, train
+from fusion.build import build_model
+from fusion.checkpoint import load_checkpoint
+from fusion.engine import train
 
 # three still-image classes of very different sizes, and colours a stream can learn
 SIZES = {"applauding": 12, "climbing": 4, "waving_hands": 8}

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from fusion.config import build_parser, resolve
-from fusion.data.datasets import ucf101
+from fusion.data.splits import ucf101
 from fusion.data.synthetic import make_synthetic
 from fusion.engine import train
 from fusion.model import SingleStream, build_two_stream, centre_frames

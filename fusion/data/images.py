@@ -16,12 +16,12 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from fusion.data.datasets import (FrameError, Sample, class_folders,
-                                  oversample as oversample_items, read_sample, seeded,
-                                  select_classes, stratified_split)
+from fusion.data.loader import FrameError, Sample, read_sample, seeded
+from fusion.data.splits import (class_folders, oversample as oversample_items, select_classes,
+                                stratified_split)
 from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.transforms import TrainTransform
-from fusion.streams import resolve_name
+from fusion.choices import MODES, ON_BAD, SUBSETS, resolve_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -38,8 +38,8 @@ class ImageFolderDataset(Dataset):
     def __init__(self, items: list[tuple[Path, int]], classes: list[str], *, root: Path,
                  mode: str = "train", image_size: int = 224, transform=None,
                  on_bad: str = "raise"):
-        resolve_name(mode, ("train", "val", "test"), "mode")
-        resolve_name(on_bad, ("raise", "skip"), "on_bad")
+        resolve_name(mode, MODES, "mode")
+        resolve_name(on_bad, ON_BAD, "on_bad")
         if not items:
             raise ValueError(f"the {mode} split of {root} holds no images")
         self.items, self.classes, self.root = items, classes, root
@@ -86,13 +86,13 @@ def images(root: str | Path, *, subset: str = "train",
     """The image-folder dataset; the split is stratified per class (seed 001: 10 % test, then
     10 % of the rest for validation), oversampling applies to the training part only."""
     root = Path(root)
-    resolve_name(subset, ("train", "val", "test"), "subset")
+    resolve_name(subset, SUBSETS, "subset")
     chosen = select_classes(class_folders(root, "image folder root", "images"), classes)
     every = [(path, chosen.index(c)) for c in chosen for path in sorted((root / c).iterdir())
              if path.suffix.lower() in IMAGE_EXTENSIONS]
     parts = stratified_split([label for _, label in every], val_fraction=val_fraction,
                              test_fraction=test_fraction, seed=seed)
-    items = [every[i] for i in parts[("train", "val", "test").index(subset)]]
+    items = [every[i] for i in parts[SUBSETS.index(subset)]]
     if subset == "train" and oversample:
         items = oversample_items(items, [label for _, label in items], seed=seed)
     return ImageFolderDataset(items, chosen, root=root,

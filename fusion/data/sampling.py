@@ -93,3 +93,28 @@ def positions(*, flow_stack: int, rgb_stack: int, flow_frames: int, rgb_frames: 
               use_flow: bool) -> int:
     """Number of snippet starts that need no looping (may be < 1 for short videos)."""
     return flow_frames - flow_stack + 1 if use_flow else rgb_frames - rgb_stack + 1
+
+
+def clip_frames(*, mode: str, policy: str, segments: int, clips: int, flow_stack: int,
+                rgb_stack: int, flow_frames: int, rgb_frames: int, use_flow: bool,
+                use_rgb: bool):
+    """The one decision of which frames a clip reads, for the dataset and for `predict.py`:
+    (RGB indices, flow indices), clips x segments x stack of each, None when off.
+
+    mode "train": random TSN segments (or the policy's frame); "val": the segments' centres;
+    "test": `clips` clips of the protocol. A single-frame `policy` (seed 001) picks its frame
+    instead of TSN segments; "random" becomes "middle" outside training.
+    """
+    n = positions(flow_stack=flow_stack, rgb_stack=rgb_stack, flow_frames=flow_frames,
+                  rgb_frames=rgb_frames, use_flow=use_flow)
+    if policy != "tsn":
+        if policy == "random" and mode != "train":
+            policy = "middle"  # evaluation stays deterministic
+        starts = [[policy_start(n, policy)]] * clips
+    elif mode == "test":
+        starts = protocol_clip_starts(n, segments, clips)
+    else:
+        starts = [segment_starts(n, segments, train=mode == "train")]
+    return snippet_frames([s for clip in starts for s in clip], flow_stack=flow_stack,
+                          rgb_stack=rgb_stack, flow_frames=flow_frames, rgb_frames=rgb_frames,
+                          use_flow=use_flow, use_rgb=use_rgb)

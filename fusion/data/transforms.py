@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
 
-from fusion.streams import resolve_name
+from fusion.choices import resolve_name
 
 # TSN's multi-scale crop sides (tsn-pytorch): {256, 224, 192, 168} px of 256-px RGB frames, the
 # smallest left out for flow and RGB differences

@@ -1,0 +1,182 @@
+"""A video as frame folders, reading its frames, and the Dataset that turns videos into clips.
+
+Every dataset yields a `Sample` `(rgb, flow, label, video_id, counted, skipped)`:
+    rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
+    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
+In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
+
+    train = VideoDataset(videos, classes, mode="train", segments=3, flow_stack=10)
+(`fusion.data.splits` makes the videos of UCF101, HMDB51 and folder datasets.)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from einops import rearrange
+from torch.utils.data import Dataset
+
+from fusion.choices import FRAME_TYPES, MODES, ON_BAD, resolve_name
+from fusion.data.imagefiles import DecodeError, read_image
+from fusion.data.loader import FrameError, Sample, read_sample, seeded
+from fusion.data.sampling import POLICIES, clip_frames
+from fusion.data.transforms import EvalTransform, TrainTransform
+
+FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
+
+# Seed report 001's 12 HMDB51 classes (matched to 12 Stanford 40 actions).
+
+@dataclass
+class Video:
+    video_id: str
+    label: int
+    rgb_dir: Path | None = None
+    flow_dirs: tuple[Path, Path] | None = None
+    rgb_frames: int = 0
+    flow_frames: int = 0
+
+def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
+                video_id: str, template: str = FRAME_TEMPLATE) -> torch.Tensor:
+    """Decode the frames at 0-based `indices` -> N x C x H x W uint8.
+
+    RGB (one folder, C = 3) comes back channels-last in memory, as decoded: torch's uint8
+    resize is fastest on that layout. Grayscale frames from several folders (flow u and v)
+    come back as planes, one channel per folder, interleaved per frame (u1, v1, u2, v2, ...),
+    which the transform resizes four at a time. Each file is decoded once, even where a looping
+    snippet repeats it, straight into the output.
+    """
+    folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
+    if not gray and len(folders) != 1:
+        raise ValueError("RGB frames come from one folder")
+    out = None
+    first_at: dict[int, int] = {}
+    for n, i in enumerate(indices):
+        if i in first_at:
+            out[n] = out[first_at[i]]
+            continue
+        first_at[i] = n
+        for c, folder in enumerate(folders):
+            path = os.path.join(folder, template.format(i + 1))
+            try:
+                image = read_image(path, gray=gray)
+            except DecodeError as err:
+                raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
+            if out is None:
+                size = image.shape[:2]
+                shape = (len(folders), *size) if gray else image.shape
+                out = np.empty((len(indices), *shape), dtype=np.uint8)
+            if image.shape[:2] != size:
+                raise FrameError(f"frame {path} of video {video_id} is {image.shape[:2]}, "
+                                 f"the video's first frame {size}")
+            if gray:
+                out[n, c] = image
+            else:
+                out[n] = image
+    frames = torch.from_numpy(out)
+    return frames if gray else frames.permute(0, 3, 1, 2)
+
+def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
+                   segments: int, rgb_stack: int, flow_stack: int, single_view: bool):
+    """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
+    T x (L C) x H x W, or V x T x (L C) x H x W with views x clips first in the test protocol."""
+    if rgb is not None and flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
+        flow = TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
+    rgb, flow = transform(rgb, flow)
+
+    def arrange(x, stack):
+        if x is None:
+            return None
+        if x.dim() == 4:  # training: N x C x H x W
+            return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
+        # evaluation: V x N x C x H x W; views and clips both become the leading axis
+        clips = x.shape[1] // (segments * stack)
+        x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
+        return x[0] if single_view else x
+    return arrange(rgb, rgb_stack), arrange(flow, flow_stack)
+
+class VideoDataset(Dataset):
+    """Clips from a list of videos: segment / stack sampling, then one transform per sample.
+
+    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, centre crop) or
+        "test" (`num_clips` clips x `crops` views per video).
+    frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
+        first-middle, middle-last, random (seed 001).
+    on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is replaced
+        by the next readable one, which counts in no metric, and counted in `skipped`).
+    """
+
+    def __init__(self, videos: list[Video], classes: list[str], *, mode: str = "train",
+                 modalities: Sequence[str] = FRAME_TYPES, segments: int = 1, flow_stack: int = 10,
+                 rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
+                 transform=None, num_clips: int = 25, crops: str = "center",
+                 on_bad: str = "raise", frame_template: str = FRAME_TEMPLATE):
+        resolve_name(mode, MODES, "mode")
+        resolve_name(on_bad, ON_BAD, "on_bad")
+        resolve_name(frame_policy, POLICIES, "frame_policy")
+        for m in modalities:
+            resolve_name(m, FRAME_TYPES, "modality")
+        if not modalities:
+            raise ValueError("at least one modality (rgb, flow) must be on")
+        if frame_policy != "tsn" and segments != 1:
+            raise ValueError(f"frame_policy {frame_policy!r} picks one snippet: use segments=1")
+        if not videos:
+            raise ValueError("the split holds no videos")
+        self.videos, self.classes = videos, classes
+        self.mode, self.on_bad = mode, on_bad
+        self.use_rgb, self.use_flow = "rgb" in modalities, "flow" in modalities
+        self.segments, self.flow_stack, self.rgb_stack = segments, flow_stack, rgb_stack
+        self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
+        self.frame_template = frame_template
+        if transform is None:
+            transform = (TrainTransform(image_size) if mode == "train" else
+                         EvalTransform(image_size, crops if mode == "test" else "center"))
+        self.transform = transform
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    @property
+    def labels(self) -> list[int]:
+        return [v.label for v in self.videos]
+
+    @property
+    def views_per_video(self) -> int:
+        """Model inputs per video: clips x crops in the test protocol, else 1."""
+        return self.num_clips * self.transform.views if self.mode == "test" else 1
+
+    def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        rgb_idx, flow_idx = clip_frames(
+            mode=self.mode, policy=self.frame_policy, segments=self.segments,
+            clips=self.num_clips, flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,
+            flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
+            use_rgb=self.use_rgb)
+        rgb = flow = None
+        if flow_idx is not None:  # N x 2 x H x W
+            flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
+                               template=self.frame_template)
+        if rgb_idx is not None:
+            rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
+                              template=self.frame_template)
+        return arrange_sample(rgb, flow, self.transform, segments=self.segments,
+                              rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
+                              single_view=self.mode != "test")
+
+    def __getitem__(self, key) -> Sample:
+        """`dataset[i]`, or `dataset[(seed, i, counted)]` from `SeededSampler`: the sample's
+        random crops and flips then come from that seed alone, whichever worker or rank loads
+        it (`read_sample`)."""
+        return read_sample(self, key)
+
+    def sample(self, seed: int | None, i: int) -> Sample:
+        video = self.videos[i]
+        rgb, flow = seeded(seed, self.load, video)
+        return Sample(rgb, flow, video.label, video.video_id)
+
+    def item_id(self, i: int) -> str:
+        return self.videos[i].video_id

@@ -1,0 +1,42 @@
+"""Where and how the model computes: autocast dtype, NHWC weights, moving inputs.
+
+Used by the training loop, the test protocol, prediction and the benchmark alike.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16/fp16 on GPUs that support it, none on the CPU unless asked."""
+    if mode == "none" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+def to_channels_last(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """NHWC weights for faster convolutions with AMP: "auto" on GPUs, "on" anywhere (the CPU
+    suite then takes the GPU's path), "off". Applied per module, because one memory format
+    cannot serve every weight: 4-D conv weights get channels_last, the 5-D weights of a
+    `conv3d` fusion channels_last_3d (`model.to(memory_format=torch.channels_last)` refuses
+    5-D tensors)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return model
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+        elif isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+    return model
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
+    """`x.to(device)`, letting a switched-off modality (None) through."""
+    return None if x is None else x.to(device, non_blocking=True)
