@@ -1,4 +1,5 @@
-"""Tiny datasets on disk in the official layouts, with frames whose pixels encode their index.
+"""Tiny datasets on disk in the official layouts, with frames whose pixels encode their index,
+and hand-written references the tests compare the code against.
 
 RGB frame k (1-based on disk) is filled with the value 10 * k in every channel, flow frame k with
 u = 100 + k and v = 200 - k, so a test can read back exactly which frames a sample took.
@@ -49,3 +50,30 @@ def rgb_index(frame: torch.Tensor) -> int:
 
 def flow_index(u: torch.Tensor) -> int:
     return round(u.float().mean().item()) - 101
+
+
+def fake_ucf101(root, train_groups, test_groups, bad=()):
+    """Classes A, B, C with groups of one clip (8 frames) each, in UCF101's layout; every RGB
+    frame of the videos in `bad` is corrupt."""
+    videos, train, test = {}, [], []
+    for label, cls in enumerate("ABC", 1):
+        for g in sorted(train_groups[cls] + test_groups[cls]):
+            videos[f"v_{cls}_g{g:02d}_c01"] = (8, 7)
+        train += [f"{cls}/v_{cls}_g{g:02d}_c01.avi {label}" for g in train_groups[cls]]
+        test += [f"{cls}/v_{cls}_g{g:02d}_c01.avi" for g in test_groups[cls]]
+    write_ucf101(root, videos, list("ABC"), train, test)
+    for name in bad:
+        for frame in (root / "jpegs_256" / name).iterdir():
+            frame.write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+def by_hand(stream, frames, mean, std):
+    """Independent reference: normalise each segment by hand, run the stream, average logits."""
+    logits = []
+    for t in range(frames.shape[1]):
+        x = frames[:, t].float() / 255
+        x = (x - torch.tensor(mean).repeat(x.shape[1] // len(mean)).view(-1, 1, 1)) / \
+            torch.tensor(std).repeat(x.shape[1] // len(std)).view(-1, 1, 1)
+        logits.append(stream(x))
+    return torch.stack(logits).mean(0)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fakes import fake_ucf101
+
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
 from fusion.build import build_model
@@ -90,23 +92,6 @@ def test_seeded_sampler_pads_shards_to_one_length_and_marks_the_duplicates(world
             assert counted == list(range(size)), (size, world)  # each video counted once
             padding = [i for shard in shards for _, i, c in shard if not c]
             assert len(padding) == len(sampler) * world - size
-
-
-def fake_ucf101(root, train_groups, test_groups, bad=()):
-    """Classes A, B, C with groups of one clip (8 frames) each, in UCF101's layout; every RGB
-    frame of the videos in `bad` is corrupt."""
-    from tests.fakes import write_ucf101
-    videos, train, test = {}, [], []
-    for label, cls in enumerate("ABC", 1):
-        for g in sorted(train_groups[cls] + test_groups[cls]):
-            videos[f"v_{cls}_g{g:02d}_c01"] = (8, 7)
-        train += [f"{cls}/v_{cls}_g{g:02d}_c01.avi {label}" for g in train_groups[cls]]
-        test += [f"{cls}/v_{cls}_g{g:02d}_c01.avi" for g in test_groups[cls]]
-    write_ucf101(root, videos, list("ABC"), train, test)
-    for name in bad:
-        for frame in (root / "jpegs_256" / name).iterdir():
-            frame.write_bytes(b"\xff\xd8 not a jpeg")
-    return root
 
 
 def test_three_processes_with_unequal_shards_and_a_skipped_video_finish_and_count_once(

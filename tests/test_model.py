@@ -9,6 +9,7 @@ import fusion.model
 from fusion.fusers import FUSIONS
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream, count_parameters
+from tests.fakes import by_hand
 
 BACKBONES = ["resnet18", "vgg19", "googlenet"]
 LAST_TAP = {"resnet18": "layer4", "vgg19": "pool5", "googlenet": "inception5b"}
@@ -63,17 +64,6 @@ def test_every_fusion_at_every_backbone_pair(rgb, flow, fuse, where, cached_stre
     for name, p in [*model.fusion.named_parameters(), *(model.head or torch.nn.Module())
                     .named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
-
-
-def by_hand(stream, frames, mean, std):
-    """Independent reference: normalise each segment by hand, run the stream, average logits."""
-    logits = []
-    for t in range(frames.shape[1]):
-        x = frames[:, t].float() / 255
-        x = (x - torch.tensor(mean).repeat(x.shape[1] // len(mean)).view(-1, 1, 1)) / \
-            torch.tensor(std).repeat(x.shape[1] // len(std)).view(-1, 1, 1)
-        logits.append(stream(x))
-    return torch.stack(logits).mean(0)
 
 
 def test_average_is_weighted_mean_of_the_streams_run_alone():

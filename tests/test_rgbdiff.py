@@ -11,8 +11,7 @@ from fusion.data.synthetic import make_synthetic
 from fusion.engine import train
 from fusion.model import SingleStream, build_two_stream, centre_frames
 from fusion.streams import build_stream
-from tests.fakes import write_ucf101
-from tests.test_model import by_hand
+from tests.fakes import by_hand, write_ucf101
 
 DIFF_STD = 2 * (0.229 + 0.224 + 0.225) / 3  # TSN: twice the mean ImageNet std
 

@@ -1,5 +1,4 @@
 """The command-line scripts, run in-process through their main()."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,14 +7,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_describe_model_prints_every_tap_and_the_parameter_count(capsys):
+def test_describe_model_prints_every_tap_and_the_parameter_count(capsys, load_script):
     load_script("describe_model").main(["--stream", "resnet18", "--in-channels", "24",
                                         "--num-classes", "12", "--image-size", "64"])
     out = capsys.readouterr().out
@@ -26,12 +18,12 @@ def test_describe_model_prints_every_tap_and_the_parameter_count(capsys):
     assert "11,248,524" in out.splitlines()[-1]
 
 
-def test_describe_model_rejects_unknown_stream():
+def test_describe_model_rejects_unknown_stream(load_script):
     with pytest.raises(SystemExit):
         load_script("describe_model").main(["--stream", "alexnet"])
 
 
-def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys):
+def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys, load_script):
     load_script("describe_model").main([
         "--rgb", "googlenet", "--flow", "resnet18", "--fuse", "conv1x1", "--at", "inception5b",
         "--flow-stack", "12", "--keep-spatial-head", "--num-classes", "12", "--image-size", "64",
@@ -44,12 +36,12 @@ def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys):
                      "head": "12,300", "total": "18,441,784"}
 
 
-def test_describe_model_needs_one_mode():
+def test_describe_model_needs_one_mode(load_script):
     with pytest.raises(SystemExit):
         load_script("describe_model").main(["--num-classes", "3"])
 
 
-def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys):
+def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys, load_script):
     load_script("make_synthetic").main(["--out", str(tmp_path / "syn"), "--classes", "6",
                                         "--groups", "3", "--clips", "1"])
     assert "wrote 18 videos of 6 classes" in capsys.readouterr().out
@@ -67,12 +59,12 @@ def test_make_synthetic_writes_the_ucf101_layout(tmp_path, capsys):
     assert rgb[0].name == "frame000001.jpg" and len(u) == len(rgb) - 1
 
 
-def test_make_synthetic_rejects_odd_class_counts(tmp_path):
+def test_make_synthetic_rejects_odd_class_counts(tmp_path, load_script):
     with pytest.raises(ValueError, match="synthetic classes must be even"):
         load_script("make_synthetic").main(["--out", str(tmp_path / "s"), "--classes", "5"])
 
 
-def test_bench_runs_and_reports_every_section(tmp_path, capsys):
+def test_bench_runs_and_reports_every_section(tmp_path, capsys, load_script):
     out = tmp_path / "bench.json"
     code = load_script("bench").main([
         "--image-size", "32", "--data-image-size", "32", "--batch-size", "2", "--steps", "1",

@@ -202,7 +202,8 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
 
     subset: "train" (trainlist0N, minus a stratified `val_fraction` of each class's groups),
     "val" (those groups: a gXX group's clips share actor and scene, so validation never shares
-    one with training) or "test" (testlist0N). Class folders are matched case-insensitively (HandstandPushups).
+    one with training) or "test" (testlist0N). Class folders are matched case-insensitively
+    (HandstandPushups).
     """
     root = Path(root)
     _require_dir(root, "UCF101 root")
