@@ -120,3 +120,21 @@ def test_three_processes_with_unequal_shards_and_a_skipped_video_finish_and_coun
     import json
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["protocol"]["videos"] == 5
+
+
+def test_seeded_sampler_order_and_seeds_depend_on_seed_and_epoch_alone():
+    from fusion.data.loader import SeededSampler
+
+    def keys(seed, epoch, rank=0, world=1):
+        sampler = SeededSampler(10, shuffle=True, seed=seed, rank=rank, world=world)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+    assert keys(1, 3) == keys(1, 3)  # a resumed run replays its epoch
+    assert keys(1, 3) != keys(1, 4) and keys(1, 3) != keys(2, 3)
+    # a video's augmentation seed is the same whichever rank loads it
+    alone = {i: seed for seed, i, _ in keys(1, 3)}
+    for rank in range(3):
+        for seed, i, _ in keys(1, 3, rank, 3):
+            assert alone[i] == seed
+    in_order = SeededSampler(5, shuffle=False, rank=1, world=2)
+    assert [(i, counted) for _, i, counted in in_order] == [(1, True), (3, True), (0, False)]

@@ -366,3 +366,43 @@ def test_a_last_training_batch_of_one_is_dropped_and_evaluation_keeps_every_vide
         train(config_of(["--dataset", "ucf101", "--data-root", str(root), "--logdir",
                          str(tmp_path), "--run-name", "big", "--batch-size", "16",
                          "--val-fraction", "0", "--workers", "0"]))
+
+
+def test_is_better_needs_both_lower_loss_and_higher_accuracy_under_seed_001s_rule():
+    from fusion.engine import is_better
+    best = {"loss/fused": 1.0, "acc/fused": 0.5}
+    both = {"loss/fused": 0.9, "acc/fused": 0.6}
+    lower_only = {"loss/fused": 0.9, "acc/fused": 0.5}
+    higher_only = {"loss/fused": 1.1, "acc/fused": 0.7}
+    assert is_better(both, None, "both")  # the first epoch is always the best so far
+    assert is_better(both, best, "both")
+    assert not is_better(lower_only, best, "both") and not is_better(higher_only, best, "both")
+    assert is_better(lower_only, best, "loss") and not is_better(higher_only, best, "loss")
+    assert is_better(higher_only, best, "accuracy") and not is_better(lower_only, best,
+                                                                      "accuracy")
+
+
+def test_per_class_accuracy_and_confusion_against_hand_counted_values():
+    from fusion.evaluate import classification_metrics
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    predictions = torch.tensor([0, 1, 0, 1, 1, 0])
+    scores = torch.nn.functional.one_hot(predictions, 4).float()
+    metrics = classification_metrics(scores, labels, ["a", "b", "c", "d"])
+    assert metrics["confusion"] == [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["per_class"] == {"a": pytest.approx(2 / 3), "b": 1.0, "c": 0.0, "d": None}
+
+
+def test_training_refuses_a_config_that_disagrees_with_extraction_json(tiny, tmp_path):
+    (tiny / "extraction.json").write_text(json.dumps({"flow_method": "dis", "flow_bound": 20.0,
+                                                      "short_side": 256}))
+    try:
+        with pytest.raises(ValueError, match="config key flow_method: 'tvl1', but .*"
+                                             "extraction.json says the data was extracted "
+                                             "with 'dis'"):
+            train(config_of(flags(tiny, tmp_path, "--run-name", "mismatch")))
+        config = config_of(flags(tiny, tmp_path, "--flow-method", "dis", "--epochs", "0",
+                                 "--fuse", "none", "--run-name", "agrees"))
+        assert (train(config) / "metrics.json").is_file()
+    finally:
+        (tiny / "extraction.json").unlink()

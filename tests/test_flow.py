@@ -214,3 +214,26 @@ def test_a_truncated_video_is_named_in_the_summary_and_fails_with_strict(tmp_pat
     assert "1 videos extracted" in report and "1 failed" in report
     assert "v_Biking_g02_c01.avi: decoded" in report
     assert not (tmp_path / "b" / "jpegs_256" / "v_Biking_g02_c01").exists()
+
+
+def test_predict_makes_the_clip_the_dataset_makes_for_the_same_video(tmp_path):
+    """predict.py samples a window as the dataset samples an evaluation clip (one function,
+    sampling.clip_frames): the same frames, in the same order, for both modalities."""
+    from fusion.config import Config
+    from fusion.predict import ClipMaker
+    from tests.fakes import H, W, flow_index, rgb_index, write_ucf101
+    root = write_ucf101(tmp_path / "ucf", {"v_YoYo_g01_c01": (20, 19)}, ["YoYo"], [],
+                        ["YoYo/v_YoYo_g01_c01.avi"])
+    config = Config(segments=3, flow_stack=4, image_size=16, flow_method="dis")
+    video = ucf101(root, subset="test", mode="val", segments=3, flow_stack=4, image_size=16)
+    rgb, flow = video[0][:2]
+    maker = ClipMaker(config)
+    # the stored flow of frame k, as tests/fakes.py writes it (u = 101 + k, v = 199 - k)
+    maker.flow_at = lambda k, frames: np.stack([np.full((H, W), 101 + k, np.uint8),
+                                                np.full((H, W), 199 - k, np.uint8)])
+    frames = {i: np.full((H, W, 3), 10 * (i + 1) % 256, np.uint8) for i in range(20)}
+    made_rgb, made_flow = maker(frames, 0, 20)
+    assert made_rgb.shape == (1, *rgb.shape) and made_flow.shape == (1, *flow.shape)
+    assert [rgb_index(made_rgb[0, t]) for t in range(3)] == [rgb_index(rgb[t]) for t in range(3)]
+    assert [flow_index(made_flow[0, t, 2 * i]) for t in range(3) for i in range(4)] == \
+        [flow_index(flow[t, 2 * i]) for t in range(3) for i in range(4)]

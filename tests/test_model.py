@@ -99,7 +99,14 @@ def test_kept_spatial_head_is_averaged_with_fused_scores():
         alone = by_hand(model.rgb, clip(3), IMAGENET_MEAN, IMAGENET_STD)
     torch.testing.assert_close(parts["rgb"], alone)
     assert set(parts) == {"fused", "rgb"}
-    assert not torch.allclose(parts["fused"], parts["rgb"])
+    # the fused head by hand: both maps at layer4, the fusion, GAP + FC, segments averaged
+    with torch.no_grad():
+        h_rgb = model.rgb.forward_to(model.rgb.normalize(clip(3).flatten(0, 1)), "layer4")
+        h_flow = model.flow.forward_to(model.flow.normalize(clip(4, seed=1).flatten(0, 1)),
+                                       "layer4")
+        fused_map = model.fusion.fuse(h_rgb, h_flow)
+        head = model.head[-1](fused_map.mean(dim=(2, 3))).view(B, T, -1).mean(1)
+    torch.testing.assert_close(parts["fused"], (head + alone) / 2)  # the mean of the logits
 
 
 def test_kept_heads_average_logits_by_default_or_softmaxes_when_asked():
@@ -215,9 +222,21 @@ def test_kept_temporal_tower_is_late_fused():
 
 
 def test_flow_map_is_resized_to_the_rgb_map():
+    """layer4's 2 x 2 flow map is resized bilinearly (F.interpolate, the reference) onto
+    layer3's 4 x 4 RGB map before the sum."""
+    torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="sum", at="layer3",
-                             at_flow="layer4", num_classes=CLASSES, flow_stack=FLOW_STACK)
-    assert model(clip(3), clip(4)).shape == (B, CLASSES)
+                             at_flow="layer4", num_classes=CLASSES, flow_stack=FLOW_STACK,
+                             dropout=0.0).eval()
+    rgb, flow = clip(3), clip(4, seed=1)
+
+    def combine(h_rgb, h_flow):
+        assert h_flow.shape[-1] == h_rgb.shape[-1] // 2
+        resized = torch.nn.functional.interpolate(h_flow, size=h_rgb.shape[-2:],
+                                                  mode="bilinear", align_corners=False)
+        return h_rgb + model.fusion.project(resized)
+    with torch.no_grad():
+        torch.testing.assert_close(model(rgb, flow), rgb_tower_from(model, rgb, flow, combine))
 
 
 def test_names_and_conflicts_are_checked():
