@@ -68,14 +68,55 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     assert Config(**load_toml(path)) == config
 
 
+# What README's config tables say each shipped config builds: (RGB backbone, flow backbone,
+# fusion, RGB tap, RGB input channels, flow input channels, kept spatial head); a single stream
+# is (backbone, modality).
+DESCRIBED = {
+    "synthetic_demo": ("resnet18", "resnet18", "conv1x1", "layer4", 3, 10, False),
+    "ucf101_resnet18_conv1x1": ("resnet18", "resnet18", "conv1x1", "layer4", 3, 20, True),
+    "ucf101_resnet18_average": ("resnet18", "resnet18", "average", "scores", 3, 20, False),
+    "ucf101_vgg19_average": ("vgg19", "vgg19", "average", "scores", 3, 20, False),
+    "ucf101_vgg19_conv1x1": ("vgg19", "vgg19", "conv1x1", "conv5", 3, 20, False),
+    "hmdb51_seed001_googlenet_resnet18": ("googlenet", "resnet18", "conv1x1", "inception5b", 3,
+                                          24, True),
+    "seed000_ucf101_resnet101_average": ("resnet101", "resnet101", "average", "scores", 3, 20,
+                                         False),
+    "seed001_stanford40_googlenet": ("googlenet", "rgb"),
+    "seed001_hmdb51_frames": ("googlenet", "rgb"),
+    "seed002_ucf101_inception_scratch_flow": ("inception_v3", "inception_v3", "average",
+                                              "scores", 3, 20, False),
+    "seed003_ucf101_vgg19_rgbstack_conv": ("vgg19", "vgg19", "conv1x1", "conv5", 30, 100,
+                                           False),
+    "seed004_own_videos_three_streams": ("resnet101", "resnet101", "average", "scores", 3, 10,
+                                         False),
+}
+README_NAMES = {"resnet18": "ResNet-18", "resnet101": "ResNet-101", "vgg19": "VGG-19",
+                "googlenet": "GoogLeNet", "inception_v3": "Inception-v3",
+                "conv1x1": "conv", "average": "averag"}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_shipped_config_loads_and_builds_its_model(path):
+def test_every_shipped_config_builds_the_model_its_readme_row_describes(path):
     # no downloads and no earlier runs here: random weights, no initialising checkpoints
     config = parse("--config", str(path), "--weights", "none", "--init-rgb", "",
-                   "--init-flow", "", "--class-map")
+                   "--init-flow", "", "--init-diff", "", "--class-map")
     num_classes = len(config.classes) or config.max_classes or 5
     model = build_model(config, num_classes)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    described = DESCRIBED[path.stem]
+    if len(described) == 2:
+        assert (model.stream.name, model.stream.modality) == described
+    else:
+        assert (model.rgb.name, model.flow.name, model.fusion.name, model.at,
+                model.rgb.in_channels, model.flow.in_channels,
+                model.keep_spatial_head) == described
+    if path.stem == "seed004_own_videos_three_streams":
+        assert model.diff is not None and model.diff.name == "resnet101"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(f"| `{path.name}` |")]
+    assert rows, f"README has no row for {path.name}"
+    for row in rows:
+        for name in {described[0], *described[1:3]} - {"rgb"}:
+            assert README_NAMES[name] in row, (name, row)
 
 
 def test_mean_flow_subtraction_and_crop_scales_reach_the_model_and_the_transform():
