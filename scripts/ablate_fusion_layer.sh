@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One fusion function at every tap of the RGB backbone, then one table.
 #   bash scripts/ablate_fusion_layer.sh [CONFIG] [EPOCHS] [FUSION] [extra train_fusion.py flags...]
-# Env: TAPS (default: every feature tap of the config's RGB backbone), SWEEP, PYTHON.
+# Env: TAPS (default: every feature tap of the config's RGB backbone), SWEEP, PYTHON (default:
+# .venv/bin/python or $FUSION_VENV's when it exists, else python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-5}; FUSE=${3:-conv1x1}; shift $(( $# < 3 ? $# : 3 ))
-PYTHON=${PYTHON:-python}
+source scripts/python.sh  # PYTHON: the project's virtualenv, else the active python
 SWEEP=${SWEEP:-runs/ablate_fusion_layer}
 if [ -z "${TAPS:-}" ]; then
   TAPS=$("$PYTHON" - "$CONFIG" "$@" <<'PY'

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Step vs cyclical learning-rate schedules (seed 001's comparison), then one table.
 #   bash scripts/ablate_schedule.sh [CONFIG] [EPOCHS] [extra train_fusion.py flags...]
-# Env: SWEEP (default: runs/ablate_schedule), PYTHON.
+# Env: SWEEP (default: runs/ablate_schedule), PYTHON (default: .venv/bin/python or
+# $FUSION_VENV's when it exists, else python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-10}; shift $(( $# < 2 ? $# : 2 ))
-PYTHON=${PYTHON:-python}
+source scripts/python.sh  # PYTHON: the project's virtualenv, else the active python
 SWEEP=${SWEEP:-runs/ablate_schedule}
 bash scripts/sweep_run.sh "$SWEEP" step --config "$CONFIG" --epochs "$EPOCHS" \
   --schedule step --step-size 5 --gamma 0.5 "$@"

@@ -20,4 +20,4 @@ echo
 echo "demo finished in $((SECONDS - start)) s"
 "$PY" scripts/summarize.py "$SWEEP"
 echo
-echo "watch the runs with: $VENV/bin/tensorboard --logdir runs"
+echo "next: source $VENV/bin/activate, then tensorboard --logdir runs (README: the design card's three uses)"

@@ -3,7 +3,7 @@
 #   bash scripts/sweep_run.sh SWEEP NAME [train_fusion.py flags...]
 set -euo pipefail
 SWEEP=$1; NAME=$2; shift 2
-PYTHON=${PYTHON:-python}
+source "$(dirname "$0")/python.sh"
 if [ -f "$SWEEP/$NAME/metrics.json" ]; then
   echo "[sweep] $SWEEP/$NAME is finished, skipping"
 elif [ -f "$SWEEP/$NAME/last.pt" ]; then

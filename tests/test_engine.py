@@ -210,10 +210,22 @@ def test_summarize_prints_one_row_per_run(tmp_path, capsys, load_script):
     assert load_script("summarize").main([str(tmp_path / "not_a_run")]) == 1
 
 
+def card_env(**extra) -> dict:
+    """The environment of a new user's shell: no PYTHON, no activated virtualenv."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    return {**env, **extra}
+
+
 def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny, tmp_path):
-    """Every fusion, with --channels-last on (the GPU path, taken on the CPU when asked for:
-    conv3d's 5-D weights made the whole-model conversion fail on every GPU run)."""
-    env = {**os.environ, "PYTHON": sys.executable, "SWEEP": str(tmp_path / "sweep")}
+    """The design card's ablation, run as a new user runs it (no PYTHON, no virtualenv
+    activated: the script finds the project's), over every fusion with --channels-last on (the
+    GPU path, taken on the CPU when asked for: conv3d's 5-D weights made the whole-model
+    conversion fail on every GPU run). TensorBoard's own reader sees the runs' logs."""
+    env = card_env(SWEEP=str(tmp_path / "sweep"))
+    venv = Path(os.environ.get("FUSION_VENV", ROOT / ".venv"))
+    venv = venv if venv.is_absolute() else ROOT / venv
     extra = flags(tiny, tmp_path / "unused", "--epochs", "1", "--eval-clips", "1",
                   "--segments", "2", "--channels-last", "on")
     extra = [a for i, a in enumerate(extra) if a != "--logdir" and extra[i - 1] != "--logdir"]
@@ -221,11 +233,16 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
                              "configs/synthetic_demo.toml", "1", "layer4", *extra],
                             env=env, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == f"[sweep] python: {venv / 'bin' / 'python'}"
+    assert result.stdout.count("[sweep] python:") == 1
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     rows = {line.split("|")[1].strip(): line for line in table[1:]}
     assert sorted(rows) == sorted(["average", "sum", "max", "concat", "conv1x1", "conv3d",
                                    "bilinear"])
     assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
+    events = EventAccumulator(str(tmp_path / "sweep" / "conv3d")).Reload()
+    assert {"train/loss/fused", "val/acc/fused", "lr"} <= set(events.Tags()["scalars"])
+    assert {"inputs/rgb", "inputs/flow_u", "test/confusion"} <= set(events.Tags()["images"])
     # Run again: finished runs are skipped, the table is the same.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
                             "configs/synthetic_demo.toml", "1", "layer4", *extra],
