@@ -27,7 +27,8 @@ from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resum
                                save_atomic)
 from fusion.config import Config, to_toml
 from fusion.device import amp_dtype, autocast, move, to_channels_last
-from fusion.evaluate import confusion_image, test_checkpoint
+from fusion.evaluate import metric_figures, test_checkpoint
+from fusion.figures import flow_colours, rgb_beside_flow
 from fusion.model import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
@@ -151,15 +152,20 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
     return fit(config, overrides=overrides)[0]
 
 
-def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int, step: int,
-             batch) -> None:
-    """Per training step: the LR, and a few input frames at the very first step."""
+def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
+             flow_bound: float, step: int, batch) -> None:
+    """Per training step: the LR; at the very first step a few training inputs as augmented
+    (a flip shows as a hue change of the flow): the RGB frame, the first flow frame in the
+    Middlebury colours, and both side by side."""
     writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch * steps_per_epoch + step)
     if epoch == 0 and step == 0:
         if batch.rgb is not None:
             writer.add_images("inputs/rgb", batch.rgb[:4, 0, :3], 0)
-        if batch.flow is not None:  # u of the first flow frame, grey = no motion
-            writer.add_images("inputs/flow_u", batch.flow[:4, 0, :1], 0)
+        if batch.flow is not None:
+            writer.add_images("inputs/flow", flow_colours(batch.flow[:4, 0, :2], flow_bound), 0)
+        if batch.rgb is not None and batch.flow is not None:
+            writer.add_images("inputs/rgb_and_flow",
+                              rgb_beside_flow(batch.rgb[:4], batch.flow[:4], flow_bound), 0)
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metrics: dict,
@@ -178,7 +184,8 @@ def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metric
 
 
 def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
-    writer.add_image("test/confusion", confusion_image(metrics["test"]["fused"]["confusion"]), 0)
+    for name, figure in metric_figures(metrics).items():
+        writer.add_figure(f"test/{name}", figure, 0)
     hparams = {k: v for k, v in config.to_dict().items()
                if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
     writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
@@ -242,8 +249,8 @@ def fit(config: Config, *, overrides: dict | None = None):
                 freeze_until(model, tap)
                 if main and (epoch == start_epoch or tap != config.frozen_until(epoch - 1)):
                     print(f"epoch {epoch + 1}: stream stages frozen up to {tap or 'nothing'}")
-            on_step = functools.partial(log_step, writer, optimizer, epoch, steps_per_epoch) \
-                if main else None
+            on_step = functools.partial(log_step, writer, optimizer, epoch, steps_per_epoch,
+                                        config.flow_bound) if main else None
             try:
                 train_metrics = run_epoch(runner, train_loader, device, optimizer=optimizer,
                                           scaler=scaler, dtype=dtype, grad_clip=config.grad_clip,

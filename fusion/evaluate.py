@@ -1,5 +1,5 @@
 """The test protocol: every clip x crop view of every video, aggregated per video, and the
-metrics, confusion matrix and tables made of it.
+metrics, confusion matrices, per-class chart and tables made of it.
 
     metrics = test_checkpoint("runs/x/best.pt")   # also written to runs/x/metrics.json
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from fusion import distributed
@@ -18,7 +19,8 @@ from fusion.checkpoint import load_checkpoint
 from fusion.config import from_dict
 from fusion.data.loader import collate_clips
 from fusion.device import amp_dtype, autocast, move
-from fusion.files import write_json_atomic
+from fusion.figures import confusion_figure, per_class_figure
+from fusion.files import write_atomic, write_json_atomic
 from fusion.streams import count_parameters
 
 
@@ -73,12 +75,28 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: 
                           for i, c in enumerate(classes)},
             "confusion": confusion.tolist()}
 
-def confusion_image(confusion: list[list[int]], cell: int = 16) -> torch.Tensor:
-    """Row-normalised confusion matrix as a 3 x H x W image (white: all of the row)."""
-    m = torch.tensor(confusion, dtype=torch.float32)
-    m = m / m.sum(1, keepdim=True).clamp(min=1)
-    image = m.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    return torch.stack([image, image, image ** 0.5])  # a faint blue tint shows small values
+def metric_figures(metrics: dict) -> dict[str, Figure]:
+    """The test split's pictures: a labelled confusion matrix per output (fused, RGB, flow,
+    kept heads) and the fused output's per-class accuracy, worst first."""
+    classes = metrics["classes"]
+    figures = {f"confusion_{name}": confusion_figure(m["confusion"], classes,
+                                                     title=f"{metrics['run']}: {name}")
+               for name, m in metrics["test"].items()}
+    figures["per_class"] = per_class_figure(metrics["test"]["fused"]["per_class"],
+                                            title=f"{metrics['run']}: per-class accuracy "
+                                                  f"(fused), worst first")
+    return figures
+
+
+def save_figures(figures: dict[str, Figure], folder: Path, prefix: str = "") -> list[Path]:
+    """Each figure as `<folder>/<prefix><name>.png`, written atomically."""
+    paths = []
+    for name, figure in figures.items():
+        path = folder / f"{prefix}{name}.png"
+        write_atomic(path, lambda f, figure=figure: figure.savefig(f, format="png", dpi=100))
+        paths.append(path)
+    return paths
+
 
 def print_table(metrics: dict) -> None:
     print(f"{'output':<8} {'video accuracy':>15}")
@@ -116,6 +134,10 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
                  for name, s in result["scores"].items()},
         "config": config.to_dict(),
     }
-    write_json_atomic(Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json",
-                      metrics)
+    out = Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json"
+    write_json_atomic(out, metrics)
+    # beside metrics.json: confusion_<output>.png, per_class.png; beside another --out file,
+    # under its name, so that two protocols of one run keep their own pictures
+    save_figures(metric_figures(metrics), out.parent,
+                 "" if out.name == "metrics.json" else f"{out.stem}_")
     return metrics

@@ -1,4 +1,6 @@
-"""One Markdown table for a sweep: every run folder under DIR with a metrics.json.
+"""One Markdown table for a sweep: every run folder under DIR with a metrics.json; and the same
+as a plot, DIR/summary.png: fused / RGB / flow accuracy against the swept variable (fusion
+layer in tower order, fusion type in registry order, schedule, ...) with the parameter count.
 
     python scripts/summarize.py runs/ablate_fusion_type
 """
@@ -6,6 +8,41 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from fusion.figures import summary_figure
+from fusion.files import write_atomic
+from fusion.fusers import FUSIONS
+from fusion.streams import build_stream
+
+# The keys a sweep varies, in the order they name it (a fusion-type sweep also varies `at`:
+# scores for averaging).
+SWEPT = ("fuse", "at", "schedule", "stream")
+IGNORED = ("run_name", "logdir", "resume", "workers", "device")
+
+
+def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
+    """(the swept variable, one plot row per run in that variable's natural order)."""
+    configs = [m["config"] for m in metrics]
+    varying = [k for k in configs[0] if k not in IGNORED
+               and len({json.dumps(c.get(k)) for c in configs}) > 1]
+    variable = next((k for k in SWEPT if k in varying), varying[0] if varying else "run")
+
+    def label(m):
+        return m["run"] if variable == "run" else str(m["config"][variable])
+    if variable == "at":  # tower order of the RGB backbone
+        taps = build_stream(configs[0]["rgb"], num_classes=2).taps
+        order = {tap: i for i, tap in enumerate(taps)}
+        metrics = sorted(metrics, key=lambda m: order.get(m["config"]["at"], len(order)))
+    elif variable == "fuse":
+        order = {name: i for i, name in enumerate(FUSIONS)}
+        metrics = sorted(metrics, key=lambda m: order.get(m["config"]["fuse"], len(order)))
+    else:
+        metrics = sorted(metrics, key=label)
+
+    def acc(m, name):
+        return 100 * m["test"][name]["accuracy"] if name in m["test"] else None
+    return variable, [{"label": label(m), "fused": acc(m, "fused"), "rgb": acc(m, "rgb"),
+                       "flow": acc(m, "flow"), "parameters": m["parameters"]} for m in metrics]
 
 
 def describe(metrics: dict) -> dict:
@@ -44,15 +81,21 @@ def main(argv=None) -> int:
     if not files:
         print(f"error: no <run>/metrics.json under {args.sweep}", file=sys.stderr)
         return 1
-    rows = []
+    runs = []
     for path in files:
         try:
-            rows.append(describe(json.loads(path.read_text())))
+            runs.append(json.loads(path.read_text()))
+            describe(runs[-1])
         except (ValueError, KeyError) as err:
             print(f"error: {path} is not a metrics file of this project ({err!r})",
                   file=sys.stderr)
             return 1
-    print(table(rows))
+    print(table([describe(m) for m in runs]))
+    variable, rows = swept_rows(runs)
+    figure = summary_figure(rows, variable=variable)
+    out = Path(args.sweep) / "summary.png"
+    write_atomic(out, lambda f: figure.savefig(f, format="png", dpi=100))
+    print(f"\nplot: {out}")
     return 0
 
 

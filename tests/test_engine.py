@@ -66,7 +66,10 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
         assert tag in scalars, tag
     # 8 training videos (the other training group of each class validates), batches of 4
     assert len(events.Scalars("lr")) == 2 * 2
-    assert {"inputs/rgb", "inputs/flow_u", "test/confusion"} <= set(events.Tags()["images"])
+    assert {"inputs/rgb", "inputs/flow", "inputs/rgb_and_flow", "test/confusion_fused",
+            "test/confusion_rgb", "test/per_class"} <= set(events.Tags()["images"])
+    for name in ("confusion_fused", "confusion_rgb", "per_class"):  # beside metrics.json
+        assert (run / f"{name}.png").stat().st_size > 0
 
     # evaluate.py: another protocol on the same checkpoint, to a file of its own.
     out = tmp_path / "ten.json"
@@ -77,6 +80,7 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     assert ten["protocol"]["crops"] == "ten" and ten["protocol"]["aggregate"] == "vote"
     printed = capsys.readouterr().out
     assert "confusion matrix" in printed and "RedUp" in printed
+    assert (tmp_path / "ten_confusion_fused.png").is_file()  # its own pictures, by its name
 
 
 def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_script):
@@ -242,7 +246,8 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
     assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
     events = EventAccumulator(str(tmp_path / "sweep" / "conv3d")).Reload()
     assert {"train/loss/fused", "val/acc/fused", "lr"} <= set(events.Tags()["scalars"])
-    assert {"inputs/rgb", "inputs/flow_u", "test/confusion"} <= set(events.Tags()["images"])
+    assert {"inputs/rgb", "inputs/rgb_and_flow", "test/confusion_fused"} <= \
+        set(events.Tags()["images"])
     # Run again: finished runs are skipped, the table is the same.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),
                             "configs/synthetic_demo.toml", "1", "layer4", *extra],

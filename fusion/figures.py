@@ -1,0 +1,133 @@
+"""Pictures a researcher reads at a glance: labelled confusion matrices, per-class accuracy, flow
+in the optical-flow literature's colours, sweep summaries and LR schedules.
+
+Figures are built on matplotlib's object API (`matplotlib.figure.Figure`, no pyplot), so they
+render headless with the Agg canvas; TensorBoard takes them through `add_figure`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import flow_to_image
+
+from fusion.data.flow import dequantize
+
+CELL_TEXT_UP_TO = 30  # classes: beyond this the cells are too small to hold their counts
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], *,
+                     title: str = "") -> Figure:
+    """Rows: true class, columns: predicted, in class-index order; colour is the row-normalised
+    share (each true class sums to 1), the cells carry the counts while they fit (up to
+    CELL_TEXT_UP_TO classes). The canvas grows with the classes so that 101 stay readable."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    k = len(classes)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    side = max(5.0, 0.16 * k + 2.5)
+    figure = Figure(figsize=(side + 1.2, side))
+    axes = figure.add_subplot()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    font = 8 if k <= 12 else max(3, 9 - k // 15)
+    long_names = k > 8 or max(len(c) for c in classes) > 6
+    axes.set_xticks(range(k), labels=list(classes), rotation=90 if long_names else 0,
+                    fontsize=font)
+    axes.set_yticks(range(k), labels=list(classes), fontsize=font)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if k <= CELL_TEXT_UP_TO:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    axes.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=font,
+                              color="white" if shares[i, j] > 0.5 else "black")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    axes.set_title(f"{title} (accuracy {100 * accuracy:.1f} %)" if title else
+                   f"accuracy {100 * accuracy:.1f} %")
+    figure.tight_layout()
+    return figure
+
+
+def per_class_figure(per_class: dict[str, float | None], *, title: str = "") -> Figure:
+    """Per-class accuracy as horizontal bars, worst class first (on top); classes without test
+    videos are left out."""
+    items = sorted(((acc, name) for name, acc in per_class.items() if acc is not None))
+    figure = Figure(figsize=(7, max(3.0, 0.18 * len(items) + 1.2)))
+    axes = figure.add_subplot()
+    axes.barh(range(len(items)), [100 * acc for acc, _ in items], color="tab:blue")
+    axes.set_yticks(range(len(items)), labels=[name for _, name in items],
+                    fontsize=8 if len(items) <= 40 else 5)
+    axes.invert_yaxis()  # the worst class at the top
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("video accuracy (%)")
+    axes.set_title(title or "per-class accuracy, worst first")
+    figure.tight_layout()
+    return figure
+
+
+def flow_colours(flow: torch.Tensor, bound: float) -> torch.Tensor:
+    """Quantised flow `... x 2 x H x W` (u, v uint8, DESIGN §5) -> `... x 3 x H x W` uint8 in
+    the Middlebury colour coding (Baker et al.: hue = direction, saturation = magnitude), by
+    torchvision's `flow_to_image` on the flow in pixels."""
+    pixels = torch.from_numpy(dequantize(flow.cpu().numpy(), bound))
+    shape = pixels.shape
+    colours = []
+    for field in pixels.reshape(-1, 2, *shape[-2:]):  # each image on its own scale
+        # flow_to_image divides by the longest vector; a pixel of exactly that length can round
+        # past 1 and its uint8 colour wrap to white (floor(-1e-7) = -1 -> 255). An extra column
+        # holding a slightly longer vector keeps every real pixel inside the wheel.
+        longest = field.norm(dim=0).max()
+        extra = torch.zeros(2, shape[-2], 1)
+        extra[0] = longest * 1.001 + 1e-3
+        colours.append(flow_to_image(torch.cat([field, extra], dim=-1))[..., :-1])
+    return torch.stack(colours).reshape(*shape[:-3], 3, *shape[-2:])
+
+
+def rgb_beside_flow(rgb: torch.Tensor, flow: torch.Tensor, bound: float) -> torch.Tensor:
+    """First segment of a batch: the RGB frame and the colour-coded first flow frame of the
+    same snippet side by side, N x 3 x H x 2W uint8, for TensorBoard's add_images."""
+    frame = rgb[:, 0, :3]
+    motion = flow_colours(flow[:, 0, :2], bound)
+    return torch.cat([frame, motion], dim=-1)
+
+
+def summary_figure(rows: list[dict], *, variable: str) -> Figure:
+    """Fused / RGB / flow accuracy (%) of each run against the swept variable, in the order of
+    `rows`, with the parameter count on a second axis. A row: {"label", "fused", "rgb",
+    "flow" (float or None), "parameters"}."""
+    figure = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+    axes = figure.add_subplot()
+    x = np.arange(len(rows))
+    for key, style in (("fused", "o-"), ("rgb", "s--"), ("flow", "^--")):
+        points = [(i, r[key]) for i, r in enumerate(rows) if r[key] is not None]
+        if points:
+            axes.plot(*zip(*points), style, label=f"{key} %")
+    axes.set_xticks(x, labels=[r["label"] for r in rows], rotation=30 if len(rows) > 5 else 0)
+    axes.set_xlabel(variable)
+    axes.set_ylabel("test video accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.legend(loc="lower left")
+    counts = axes.twinx()
+    counts.plot(x, [r["parameters"] / 1e6 for r in rows], "x:", color="grey",
+                label="parameters")
+    counts.set_ylabel("parameters (millions)", color="grey")
+    axes.set_title(f"sweep over {variable}")
+    figure.tight_layout()
+    return figure
+
+
+def schedule_figure(epochs: Sequence[int], lrs: Sequence[float], *, title: str) -> Figure:
+    """The learning rate each epoch trains with."""
+    figure = Figure(figsize=(6.5, 3.5))
+    axes = figure.add_subplot()
+    axes.plot(list(epochs), list(lrs), "o-", markersize=3)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("learning rate")
+    axes.set_yscale("log")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    return figure
