@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fusion import distributed
@@ -40,7 +40,6 @@ def aggregate(scores: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-
 def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, workers: int = 0,
                    mode: str = "mean-softmax") -> dict:
     """Run the test protocol: every view of every video, aggregated per output."""
