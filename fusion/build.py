@@ -29,6 +29,7 @@ def ensure_synthetic(root: Path) -> None:
         print(f"generating the synthetic dataset in {root}")
         make_synthetic(root)
 
+
 def crop_scales(config: Config) -> tuple[float, ...]:
     """The multi-scale crop sizes (fractions of the short side): `crop_scales`, else TSN's per
     modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream alone, 1, .875, .75 when the
@@ -38,6 +39,7 @@ def crop_scales(config: Config) -> tuple[float, ...]:
     rgb_alone = config.modalities == ("rgb",) and not config.diff and not (
         config.fuse == "none" and config.stream == "rgbdiff")
     return TSN_RGB_SCALES if rgb_alone else TSN_FLOW_SCALES
+
 
 def train_transform(config: Config) -> TrainTransform:
     scales = crop_scales(config)
@@ -50,6 +52,7 @@ def train_transform(config: Config) -> TrainTransform:
                               perspective_p=0.1 if rgb_only else 0.0)
     return TrainTransform(config.image_size, scales=scales)
 
+
 def check_extraction(config: Config, root: Path) -> None:
     """A dataset written by extract_frames.py records how; the config must agree, since
     predict.py makes flow for new videos the way the config says."""
@@ -61,6 +64,7 @@ def check_extraction(config: Config, root: Path) -> None:
         if key in recorded and recorded[key] != "none" and recorded[key] != getattr(config, key):
             raise ValueError(f"config key {key}: {getattr(config, key)!r}, but {path} says the "
                              f"data was extracted with {recorded[key]!r}")
+
 
 def build_dataset(config: Config, subset: str, mode: str):
     """The dataset of a config for subset train / val / test, read in mode train / val / test."""
@@ -91,8 +95,10 @@ def build_dataset(config: Config, subset: str, mode: str):
         options.update(num_clips=config.eval_clips, crops=config.eval_crops)
     return VIDEO_DATASETS[kind](root, **options)
 
+
 def validation_subset(config: Config) -> str:
     return "val" if config.val_fraction > 0 else "test"
+
 
 def build_model(config: Config, num_classes: int,
                 classes: list[str] | None = None) -> torch.nn.Module:
@@ -131,6 +137,7 @@ def build_model(config: Config, num_classes: int,
         kept_average=config.kept_average,
         flow_mean_subtraction=config.flow_mean_subtraction)
 
+
 def make_loader(dataset, config: Config, *, training: bool,
                 context: distributed.Context = distributed.Context()) -> DataLoader:
     """This process's share of `dataset`; call `loader.sampler.set_epoch(epoch)` per epoch.
@@ -153,6 +160,7 @@ def make_loader(dataset, config: Config, *, training: bool,
                       persistent_workers=config.workers > 0,
                       generator=torch.Generator().manual_seed(config.seed),
                       pin_memory=torch.cuda.is_available(), drop_last=training)
+
 
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """The trained model of a checkpoint (its weights, not the initialisation it started from)."""

@@ -30,6 +30,7 @@ def save_atomic(state: dict, path: Path) -> None:
     """A crash never leaves a half-written checkpoint (`write_atomic`)."""
     write_atomic(path, lambda f: torch.save(state, f))
 
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -39,6 +40,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a training checkpoint of this project")
     state["path"] = str(path)
     return state
+
 
 def resume_config(checkpoint: dict, overrides: dict) -> Config:
     """The checkpoint's config; only RESUMABLE keys may be changed on the command line."""
@@ -50,11 +52,13 @@ def resume_config(checkpoint: dict, overrides: dict) -> Config:
                              f"{', '.join(RESUMABLE)} may change")
     return from_dict({**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE}})
 
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])

@@ -17,6 +17,7 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
+
 def to_channels_last(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
     """NHWC weights for faster convolutions with AMP: "auto" on GPUs, "on" anywhere (the CPU
     suite then takes the GPU's path), "off". Applied per module, because one memory format
@@ -32,10 +33,12 @@ def to_channels_last(model: torch.nn.Module, mode: str, device: torch.device) ->
             module.to(memory_format=torch.channels_last)
     return model
 
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
 
 def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
     """`x.to(device)`, letting a switched-off modality (None) through."""

@@ -45,6 +45,7 @@ def to_device(batch, device):
 
 SYNC_EVERY = 20  # steps between reads of the running sums: each read waits for the GPU
 
+
 def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
               grad_clip: float = 0.0, desc: str = "", on_step=None,
               context: distributed.Context = distributed.Context()) -> dict:
@@ -132,6 +133,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
         metrics[f"acc/{name}"] = correct / max(seen, 1)
     return metrics
 
+
 def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
     """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy."""
     if best is None:
@@ -139,6 +141,7 @@ def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
     lower = metrics["loss/fused"] < best["loss/fused"]
     higher = metrics["acc/fused"] > best["acc/fused"]
     return {"both": lower and higher, "loss": lower, "accuracy": higher}[rule]
+
 
 def run_name(config: Config) -> str:
     if config.run_name:

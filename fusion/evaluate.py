@@ -63,6 +63,7 @@ def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, w
     return {"scores": {k: torch.cat(v) for k, v in scores.items()},
             "labels": torch.cat(labels), "video_ids": ids, "skipped": skipped}
 
+
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     k = len(classes)
     predictions = scores.argmax(-1)
@@ -73,6 +74,7 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: 
             "per_class": {c: (confusion[i, i] / totals[i]).item() if totals[i] else None
                           for i, c in enumerate(classes)},
             "confusion": confusion.tolist()}
+
 
 def metric_figures(metrics: dict) -> dict[str, Figure]:
     """The test split's pictures: a labelled confusion matrix per output (fused, RGB, flow,
@@ -101,6 +103,7 @@ def print_table(metrics: dict) -> None:
     print(f"{'output':<8} {'video accuracy':>15}")
     for name, m in metrics["test"].items():
         print(f"{name:<8} {100 * m['accuracy']:>14.1f}%")
+
 
 def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", workers: int = 0,
                     overrides: dict | None = None, out: str | Path | None = None,

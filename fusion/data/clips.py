@@ -31,6 +31,7 @@ FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 /
 
 # Seed report 001's 12 HMDB51 classes (matched to 12 Stanford 40 actions).
 
+
 @dataclass
 class Video:
     video_id: str
@@ -39,6 +40,7 @@ class Video:
     flow_dirs: tuple[Path, Path] | None = None
     rgb_frames: int = 0
     flow_frames: int = 0
+
 
 def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
                 video_id: str, template: str = FRAME_TEMPLATE) -> torch.Tensor:
@@ -80,6 +82,7 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     frames = torch.from_numpy(out)
     return frames if gray else frames.permute(0, 3, 1, 2)
 
+
 def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
                    segments: int, rgb_stack: int, flow_stack: int, single_view: bool):
     """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
@@ -98,6 +101,7 @@ def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transfor
         x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
         return x[0] if single_view else x
     return arrange(rgb, rgb_stack), arrange(flow, flow_stack)
+
 
 class VideoDataset(Dataset):
     """Clips from a list of videos: segment / stack sampling, then one transform per sample.

@@ -16,12 +16,14 @@ from torch.utils.data import Sampler
 class FrameError(RuntimeError):
     """A frame that is missing or cannot be decoded; the message names the file and the video."""
 
+
 @dataclass(frozen=True)
 class Skipped:
     """A sample that a dataset with on_bad="skip" could not read, and why."""
 
     video_id: str
     reason: str
+
 
 class Sample(NamedTuple):
     """One dataset item. `counted` is False for a stand-in that fills a place without counting
@@ -35,6 +37,7 @@ class Sample(NamedTuple):
     counted: bool = True
     skipped: Skipped | None = None
 
+
 class Batch(NamedTuple):
     rgb: torch.Tensor | None
     flow: torch.Tensor | None
@@ -43,6 +46,7 @@ class Batch(NamedTuple):
     skipped: list[Skipped]
     counted: torch.Tensor  # bool per sample: counts in the metrics
 
+
 def collate_clips(samples: list[Sample]) -> Batch:
     """Stack samples, listing the unreadable ones that stand-ins replaced."""
     def stack(i):
@@ -50,6 +54,7 @@ def collate_clips(samples: list[Sample]) -> Batch:
     return Batch(stack(0), stack(1), torch.tensor([s.label for s in samples], dtype=torch.long),
                  [s.video_id for s in samples], [s.skipped for s in samples if s.skipped],
                  torch.tensor([s.counted for s in samples], dtype=torch.bool))
+
 
 def read_sample(dataset, key) -> Sample:
     """`dataset.sample(seed, i)` for a key `i`, `(seed, i)` or `(seed, i, counted)` (from
@@ -72,6 +77,7 @@ def read_sample(dataset, key) -> Sample:
         return stand_in._replace(counted=False, skipped=skipped)
     raise FrameError(f"no item of the split can be read; the first: {skipped.reason}")
 
+
 def seeded(seed: int | None, load, *args):
     """`load(*args)` with torch's CPU generator seeded by `seed` and restored afterwards, so a
     sample's random augmentation depends on its seed alone (None: the generator as it is)."""
@@ -82,6 +88,7 @@ def seeded(seed: int | None, load, *args):
         # accelerator backend, which costs about a millisecond per call
         torch.default_generator.manual_seed(seed)
         return load(*args)
+
 
 class SeededSampler(Sampler):
     """Sample order and per-sample augmentation seeds fixed by (seed, epoch), sharded over

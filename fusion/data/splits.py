@@ -21,10 +21,12 @@ from fusion.data.loader import FrameError
 HMDB51_SEED001_CLASSES = ("clap", "climb", "drink", "jump", "pour", "ride_bike", "ride_horse",
                           "run", "shoot_bow", "smoke", "throw", "wave")
 
+
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{what}: expected the folder {path}")
     return path
+
 
 class _FolderLookup:
     """Find a video's folder by name, falling back to a case-insensitive match (UCF101's
@@ -40,6 +42,7 @@ class _FolderLookup:
         actual = self.lower.get(name.lower())
         return self.root / actual if actual else None
 
+
 def class_folders(root: Path, what: str, items: str) -> list[str]:
     """The sorted class folders of a `<root>/<class>/...` dataset (hidden ones skipped)."""
     _require_dir(root, what)
@@ -47,6 +50,7 @@ def class_folders(root: Path, what: str, items: str) -> list[str]:
     if not names:
         raise FileNotFoundError(f"expected one folder of {items} per class in {root}")
     return names
+
 
 def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) -> list[str]:
     """A class subset by count (the first N) or by names; labels follow the returned order."""
@@ -60,6 +64,7 @@ def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) 
     if unknown:
         raise ValueError(f"unknown classes {unknown}; valid: {', '.join(all_classes)}")
     return list(classes)
+
 
 def stratified_split(labels: Sequence[int], *, val_fraction: float, test_fraction: float = 0.0,
                      seed: int = 0, groups: Sequence[str] | None = None
@@ -91,7 +96,9 @@ def stratified_split(labels: Sequence[int], *, val_fraction: float, test_fractio
             side[keys[i]].append(i)
     return sorted(train), sorted(val), sorted(test)
 
+
 _UCF101_GROUP = re.compile(r"_(g\d+)_c\d+$")
+
 
 def ucf101_group(video_id: str) -> str:
     """The group of a UCF101 video, `v_ApplyEyeMakeup_g08_c01` -> `g08`."""
@@ -100,6 +107,7 @@ def ucf101_group(video_id: str) -> str:
         raise ValueError(f"UCF101 video {video_id!r} has no group in its name "
                          f"(expected v_<Class>_gXX_cYY): validation is carved out by group")
     return match.group(1)
+
 
 def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
     """Add random duplicates of the smaller classes until every class is as large as the
@@ -112,6 +120,7 @@ def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
         members = [item for item, y in zip(items, labels) if y == label]
         extra += [members[j] for j in torch.randint(n, (target - n,), generator=g).tolist()]
     return list(items) + extra
+
 
 def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
             val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
@@ -151,12 +160,14 @@ def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
     dataset.skipped = skipped_at_start
     return dataset
 
+
 def _official_subset(subset: str, val_fraction: float) -> str:
     """Which official list a subset reads: val is a part of the training list."""
     resolve_name(subset, SUBSETS, "subset")
     if subset == "val" and val_fraction <= 0:
         raise ValueError("subset='val' needs val_fraction > 0 (a part of the training list)")
     return "test" if subset == "test" else "train"
+
 
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
@@ -165,12 +176,14 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1)
             if line.strip()]
 
+
 def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str]):
     rgb_lookup = _FolderLookup(_require_dir(root / rgb, "RGB frames")) \
         if "rgb" in modalities else None
     flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, f"flow {c} frames"))
                          for c in ("u", "v")) if "flow" in modalities else None
     return rgb_lookup, flow_lookups
+
 
 def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str) -> Video | None:
     """The video with its folders; None (skip policy) when one is missing."""
@@ -191,6 +204,7 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
             return None
         video.flow_dirs = dirs
     return video
+
 
 def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
@@ -243,6 +257,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
                    on_bad=on_bad, modalities=modalities, frame_template=frame_template,
                    group_of=ucf101_group, **kwargs)
 
+
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
@@ -282,6 +297,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                    on_bad=on_bad, modalities=modalities, frame_template=frame_template,
                    **kwargs)
 
+
 def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
     """(class, video) per line `<class>/<video>` of a folder dataset's list file."""
     entries = []
@@ -292,6 +308,7 @@ def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
                              f"valid: {', '.join(classes)}")
         entries.append((class_name, video))
     return entries
+
 
 def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
@@ -347,5 +364,6 @@ def folder(root: str | Path, *, subset: str = "train",
                    oversample_train=oversample, index=FrameIndex(root, frame_template),
                    on_bad=on_bad, modalities=modalities, frame_template=frame_template,
                    **kwargs)
+
 
 VIDEO_DATASETS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}
