@@ -36,8 +36,7 @@ def crop_scales(config: Config) -> tuple[float, ...]:
     input holds flow or RGB differences (one crop serves every stream of a sample)."""
     if config.crop_scales:
         return tuple(config.crop_scales)
-    rgb_alone = config.modalities == ("rgb",) and not config.diff and not (
-        config.fuse == "none" and config.stream == "rgbdiff")
+    rgb_alone = config.modalities == ("rgb",) and not config.uses_rgbdiff
     return TSN_RGB_SCALES if rgb_alone else TSN_FLOW_SCALES
 
 

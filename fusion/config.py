@@ -238,6 +238,11 @@ class Config:
         return ("rgb", "flow")
 
     @property
+    def uses_rgbdiff(self) -> bool:
+        """An RGB-difference stream takes part (a third stream, or the one trained alone)."""
+        return bool(self.diff) or (self.fuse == "none" and self.stream == "rgbdiff")
+
+    @property
     def rgb_frames(self) -> int:
         """RGB frames per snippet in the input: the RGB stack, or L + 1 for the differences,
         whichever is more (each stream takes the frames centred in the snippet).
@@ -246,9 +251,9 @@ class Config:
         frame more where needed), so that the RGB stream's frames, centred within the carried
         ones, are exactly the frames centred in the flow window; the differences are then
         centred to within one frame."""
-        uses_diff = self.diff or (self.fuse == "none" and self.stream == "rgbdiff")
         uses_rgb = not (self.fuse == "none" and self.stream == "rgbdiff")
-        carried = max(self.rgb_stack if uses_rgb else 0, self.diff_stack + 1 if uses_diff else 0)
+        carried = max(self.rgb_stack if uses_rgb else 0,
+                      self.diff_stack + 1 if self.uses_rgbdiff else 0)
         if uses_rgb and (carried - self.rgb_stack) % 2:
             carried += 1
         return carried

@@ -174,7 +174,6 @@ class ConvFusion(Fusion):
         if init not in ("identity", "random"):
             raise ValueError(f"unknown fusion init {init!r}; valid: identity, random")
         self.out_channels = out_channels or rgb_channels
-        self.batchnorm = batchnorm
         self.conv = self.conv_type(rgb_channels + flow_channels, self.out_channels,
                                    kernel_size=self.kernel_size, padding=self.kernel_size // 2,
                                    bias=not batchnorm)
