@@ -19,8 +19,8 @@ from fusion.checkpoint import load_checkpoint
 from fusion.config import from_dict
 from fusion.data.loader import collate_clips
 from fusion.device import amp_dtype, autocast, move
-from fusion.figures import confusion_figure, per_class_figure
-from fusion.files import write_atomic, write_json_atomic
+from fusion.figures import confusion_figure, per_class_figure, save_png
+from fusion.files import write_json_atomic
 from fusion.streams import count_parameters
 
 
@@ -94,7 +94,7 @@ def save_figures(figures: dict[str, Figure], folder: Path, prefix: str = "") -> 
     paths = []
     for name, figure in figures.items():
         path = folder / f"{prefix}{name}.png"
-        write_atomic(path, lambda f, figure=figure: figure.savefig(f, format="png", dpi=100))
+        save_png(figure, path)
         paths.append(path)
     return paths
 

@@ -14,8 +14,14 @@ from matplotlib.figure import Figure
 from torchvision.utils import flow_to_image
 
 from fusion.data.flow import dequantize
+from fusion.files import write_atomic
 
 CELL_TEXT_UP_TO = 30  # classes: beyond this the cells are too small to hold their counts
+
+
+def save_png(figure: Figure, path) -> None:
+    """A figure as a PNG file, written atomically."""
+    write_atomic(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str], *,

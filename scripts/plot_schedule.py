@@ -12,8 +12,7 @@ import sys
 import torch
 
 from fusion.config import build_parser, resolve
-from fusion.figures import schedule_figure
-from fusion.files import write_atomic
+from fusion.figures import save_png, schedule_figure
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 
 
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     lrs = learning_rates(config)
     title = f"{config.schedule} schedule, {config.optimizer}, {config.epochs} epochs"
     figure = schedule_figure(range(1, len(lrs) + 1), lrs, title=title)
-    write_atomic(out, lambda f: figure.savefig(f, format="png", dpi=100))
+    save_png(figure, out)
     print(f"{out}: " + ", ".join(f"{lr:.3g}" for lr in lrs))
     return 0
 

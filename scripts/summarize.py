@@ -9,8 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from fusion.figures import summary_figure
-from fusion.files import write_atomic
+from fusion.figures import save_png, summary_figure
 from fusion.fusers import FUSIONS
 from fusion.streams import build_stream
 
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
     variable, rows = swept_rows(runs)
     figure = summary_figure(rows, variable=variable)
     out = Path(args.sweep) / "summary.png"
-    write_atomic(out, lambda f: figure.savefig(f, format="png", dpi=100))
+    save_png(figure, out)
     print(f"\nplot: {out}")
     return 0
 
