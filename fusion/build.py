@@ -13,14 +13,16 @@ from torch.utils.data import DataLoader
 
 from fusion import distributed
 from fusion.config import Config, from_dict
+from fusion.data.extract import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
+from fusion.data.sampling import SPREAD
 from fusion.data.splits import VIDEO_DATASETS
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform
 from fusion.checkpoint import load_stream_checkpoint
 from fusion.model import SingleStream, build_two_stream
-from fusion.streams import build_stream
+from fusion.streams import UV, FlowInput, build_stream
 
 
 def ensure_synthetic(root: Path) -> None:
@@ -54,15 +56,26 @@ def train_transform(config: Config) -> TrainTransform:
 
 def check_extraction(config: Config, root: Path) -> None:
     """A dataset written by extract_frames.py records how; the config must agree, since
-    predict.py makes flow for new videos the way the config says."""
+    predict.py makes frames and flow for new videos the way the config says, and a flow
+    frame means something else under each `flow_pairs`."""
     path = root / "extraction.json"
     if not path.is_file():
         return
-    recorded = json.loads(path.read_text())
-    for key in ("flow_method", "flow_bound", "short_side"):
-        if key in recorded and recorded[key] != "none" and recorded[key] != getattr(config, key):
-            raise ValueError(f"config key {key}: {getattr(config, key)!r}, but {path} says the "
-                             f"data was extracted with {recorded[key]!r}")
+    recorded = {**RECORDED_DEFAULTS, **json.loads(path.read_text())}
+    expected = {"short_side": config.short_side, "pad_square": config.pad_square}
+    if "flow" in config.modalities and recorded["flow_method"] != "none":
+        spread = config.frame_policy == SPREAD
+        expected.update(flow_method=config.flow_method, flow_bound=config.flow_bound,
+                        flow_pairs=SPREAD if spread else "consecutive")
+        if spread:
+            expected["flow_stack"] = config.flow_stack
+        if config.flow_method == "raft":
+            expected["raft_model"] = config.raft_model
+    for key, value in expected.items():
+        if key in recorded and recorded[key] != value:
+            what = "frame_policy" if key == "flow_pairs" else key
+            raise ValueError(f"config key {what}: {getattr(config, what)!r}, but {path} says "
+                             f"the data was extracted with {key} = {recorded[key]!r}")
 
 
 def build_dataset(config: Config, subset: str, mode: str):
@@ -99,6 +112,11 @@ def validation_subset(config: Config) -> str:
     return "val" if config.val_fraction > 0 else "test"
 
 
+def flow_input(config: Config) -> FlowInput:
+    return FlowInput(format=config.flow_format, bound=config.flow_bound,
+                     subtract_mean=config.flow_mean_subtraction)
+
+
 def build_model(config: Config, num_classes: int,
                 classes: list[str] | None = None) -> torch.nn.Module:
     """The model of a config; `classes` (the dataset's) are needed for `class_map`."""
@@ -110,13 +128,13 @@ def build_model(config: Config, num_classes: int,
     if config.fuse == "none":
         backbone, channels, init = {
             "rgb": (config.rgb, 3 * config.rgb_stack, config.init_rgb),
-            "flow": (config.flow, 2 * config.flow_stack, config.init_flow),
+            "flow": (config.flow, flow_input(config).channels(config.flow_stack),
+                     config.init_flow),
             "rgbdiff": (config.diff or config.rgb, 3 * config.diff_stack, config.init_diff),
         }[config.stream]
         stream = build_stream(backbone, num_classes=num_classes, in_channels=channels,
                               weights=weights, dropout=dropout, modality=config.stream,
-                              subtract_mean=config.flow_mean_subtraction
-                              and config.stream == "flow")
+                              flow_input=flow_input(config) if config.stream == "flow" else UV)
         if init:
             load_stream_checkpoint(stream, init, config.stream,
                                    class_map=class_map if config.stream == "rgb" else None,
@@ -134,7 +152,7 @@ def build_model(config: Config, num_classes: int,
         diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
         init_diff=config.init_diff or None, fusion_bn=config.fusion_bn,
         kept_average=config.kept_average,
-        flow_mean_subtraction=config.flow_mean_subtraction)
+        flow_input=flow_input(config))
 
 
 def make_loader(dataset, config: Config, *, training: bool,

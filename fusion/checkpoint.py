@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from fusion.config import RESUMABLE, Config, from_dict
-from fusion.files import load_tensors, write_atomic
+from fusion.files import check_state_dict, load_tensors, write_atomic
 from fusion.schedules import EPOCH_SIZED, rebuilt_for_epochs
-from fusion.streams import Stream, check_state_dict
+from fusion.streams import Stream
 
 
 def checkpoint_state(*, model, optimizer, scheduler, scaler, epoch: int, best: dict | None,

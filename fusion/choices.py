@@ -9,6 +9,7 @@ from __future__ import annotations
 DATASET_NAMES = ("synthetic", "ucf101", "hmdb51", "folder", "images")  # config key `dataset`
 FRAME_TYPES = ("rgb", "flow")  # what a video dataset reads from disk
 MODALITIES = ("rgb", "flow", "rgbdiff")  # what a stream takes as input
+FLOW_FORMATS = ("uv", "rgb")  # how a flow stream sees a flow frame: u, v or a colour image
 MODES = ("train", "val", "test")  # how a dataset samples and transforms
 SUBSETS = ("train", "val", "test")  # which part of a split a dataset holds
 ON_BAD = ("raise", "skip")  # what an unreadable frame does

@@ -14,9 +14,10 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from fusion.choices import DATASET_NAMES, FREEZE_MODES, FUSION_BN, KEPT_AVERAGES
-from fusion.data.flow import METHODS
-from fusion.data.sampling import POLICIES
+from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FREEZE_MODES, FUSION_BN,
+                            KEPT_AVERAGES)
+from fusion.data.flow import METHODS, RAFT_MODELS
+from fusion.data.sampling import POLICIES, SPREAD
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
 from fusion.streams import STREAMS
@@ -48,7 +49,9 @@ class Config:
     segments: int = 1  # T: TSN segments per clip
     flow_stack: int = 10  # L: consecutive flow frames per snippet
     rgb_stack: int = 1  # L_rgb: RGB frames per snippet (seed 003: 10)
-    frame_policy: str = "tsn"  # tsn | middle | first | last | first-middle | middle-last | random
+    # tsn | middle | first | last | first-middle | middle-last | random | spread-around-middle
+    # (seed 001: the flow between L + 1 frames spread around the middle, extracted for it)
+    frame_policy: str = "tsn"
     image_size: int = 224  # network input side
     augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
     # multi-scale crop sides as fractions of the short side; empty: TSN's per modality (1, .875,
@@ -57,9 +60,15 @@ class Config:
     # Simonyan's camera-motion compensation: each flow field minus its mean (in normalisation)
     flow_mean_subtraction: bool = False
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
-    flow_method: str = "tvl1"  # how the flow frames were made: tvl1 | dis | farneback
+    flow_method: str = "tvl1"  # how the flow frames were made: tvl1 | dis | farneback | raft
     flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
     short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
+    pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)
+    raft_model: str = "large"  # flow_method raft: torchvision's raft_large | raft_small
+    raft_weights: str = "default"  # "default" (torchvision's) | path of a RAFT state-dict file
+    # what the flow stream sees: uv (2 channels per flow frame) | rgb (each field in the
+    # Middlebury colour coding, 3 channels, ImageNet-normalised; seed 001)
+    flow_format: str = "uv"
     workers: int = 2  # DataLoader worker processes
     # --- model ---
     fuse: str = "conv1x1"  # average, sum, max, concat, conv1x1, conv3d, bilinear, or none
@@ -143,6 +152,8 @@ class Config:
         choice("augment", AUGMENTS)
         choice("on_bad", ("raise", "skip"))
         choice("flow_method", METHODS)
+        choice("raft_model", RAFT_MODELS)
+        choice("flow_format", FLOW_FORMATS)
         choice("fuse", (*FUSIONS, "none"))
         choice("stream", ("rgb", "flow", "rgbdiff"))
         if self.diff:
@@ -174,6 +185,12 @@ class Config:
             raise ValueError("config keys workers, max_classes, grad_clip, epochs must be >= 0")
         if self.dropout != -1 and not 0 <= self.dropout < 1:
             raise ValueError(f"config key dropout: must be in [0, 1) or -1, got {self.dropout}")
+        if self.flow_format == "rgb" and self.flow_mean_subtraction:
+            raise ValueError("config key flow_mean_subtraction: applies to uv flow, not to "
+                             "flow_format = 'rgb' (colour-coded fields)")
+        if self.frame_policy == SPREAD and (self.flow_stack % 2 or self.segments != 1):
+            raise ValueError(f"config key frame_policy: {SPREAD} needs an even flow_stack and "
+                             f"segments = 1, got {self.flow_stack} and {self.segments}")
         if self.classes and self.max_classes:
             raise ValueError("config keys classes and max_classes: give one of them")
         self.unfreeze_steps()

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torchvision.utils import flow_to_image
 
 from fusion.data.flow import dequantize
+from fusion.flow_colours import colour_fields
 from fusion.files import write_atomic
 
 CELL_TEXT_UP_TO = 30  # classes: beyond this the cells are too small to hold their counts
@@ -76,20 +76,15 @@ def per_class_figure(per_class: dict[str, float | None], *, title: str = "") -> 
 
 def flow_colours(flow: torch.Tensor, bound: float) -> torch.Tensor:
     """Quantised flow `... x 2 x H x W` (u, v uint8, DESIGN §5) -> `... x 3 x H x W` uint8 in
-    the Middlebury colour coding (Baker et al.: hue = direction, saturation = magnitude), by
-    torchvision's `flow_to_image` on the flow in pixels."""
-    pixels = torch.from_numpy(dequantize(flow.cpu().numpy(), bound))
-    shape = pixels.shape
-    colours = []
-    for field in pixels.reshape(-1, 2, *shape[-2:]):  # each image on its own scale
-        # flow_to_image divides by the longest vector; a pixel of exactly that length can round
-        # past 1 and its uint8 colour wrap to white (floor(-1e-7) = -1 -> 255). An extra column
-        # holding a slightly longer vector keeps every real pixel inside the wheel.
-        longest = field.norm(dim=0).max()
-        extra = torch.zeros(2, shape[-2], 1)
-        extra[0] = longest * 1.001 + 1e-3
-        colours.append(flow_to_image(torch.cat([field, extra], dim=-1))[..., :-1])
-    return torch.stack(colours).reshape(*shape[:-3], 3, *shape[-2:])
+    the Middlebury colour coding, each image on its own scale (`colour_fields`)."""
+    pixels = dequantize(flow.cpu(), bound)
+    # flow_to_image divides by the longest vector; a pixel of exactly that length can round
+    # past 1 and its uint8 colour wrap to white (floor(-1e-7) = -1 -> 255). An extra column
+    # holding a slightly longer vector keeps every real pixel of a picture inside the wheel.
+    longest = pixels.norm(dim=-3).amax(dim=(-2, -1))
+    extra = torch.zeros(*pixels.shape[:-1], 1)
+    extra[..., 0, :, 0] = (longest * 1.001 + 1e-3)[..., None]
+    return colour_fields(torch.cat([pixels, extra], dim=-1))[..., :-1]
 
 
 def rgb_beside_flow(rgb: torch.Tensor, flow: torch.Tensor, bound: float) -> torch.Tensor:

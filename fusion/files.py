@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -44,3 +45,38 @@ def load_tensors(path: str | Path, what: str):
         raise ValueError(f"{what} {path} is not a PyTorch state dict (torch.load with "
                          f"weights_only=True refused it: {type(err).__name__}); save it with "
                          f"torch.save(model.state_dict(), path)") from None
+
+
+def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A plain state dict (name -> tensor) from a file, or a one-line error naming it."""
+    state = load_tensors(path, what)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{what} {path} must hold a plain state dict (name -> tensor), got "
+                         f"{type(state).__name__}")
+    return state
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
+                     source: str) -> None:
+    """Fail naming the first key that is missing, unexpected, or of the wrong shape."""
+    for key, tensor in expected.items():
+        if key not in given:
+            raise ValueError(f"{source}: missing key {key!r} (shape {tuple(tensor.shape)})")
+        if given[key].shape != tensor.shape:
+            raise ValueError(f"{source}: key {key!r} has shape {tuple(given[key].shape)}, "
+                             f"expected {tuple(tensor.shape)}")
+    for key in given:
+        if key not in expected:
+            raise ValueError(f"{source}: unexpected key {key!r}")
+
+
+def download_weights(weights, what: str, option: str) -> dict[str, torch.Tensor]:
+    """The state dict of a torchvision weights enum (downloaded once into torch's cache); offline,
+    an error naming the file to fetch and the `option` that takes its local path instead."""
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (urllib.error.URLError, OSError) as err:
+        raise RuntimeError(
+            f"could not download {what} from {weights.url} ({err}). Without network access, "
+            f"download that file elsewhere and pass its path instead: "
+            f"{option}='/path/to/{Path(weights.url).name}'") from err

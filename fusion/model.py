@@ -21,7 +21,7 @@ from fusion.data.sampling import centred_start
 from fusion.checkpoint import load_stream_checkpoint
 from fusion.fusers import FUSIONS, AverageFusion, FusionOptions, identity_conv1x1
 from fusion.choices import FREEZE_MODES, FUSION_BN, KEPT_AVERAGES, resolve_name
-from fusion.streams import Stream, build_stream
+from fusion.streams import UV, FlowInput, Stream, build_stream
 
 
 
@@ -168,7 +168,7 @@ class TwoStream(FrozenBatchNormMixin, nn.Module):
             parts["rgbdiff"] = consensus(self.diff(x_diff), b)
         rgb = centre_frames(rgb, self.rgb.input_channels)
         x_rgb = self.rgb.normalize(fold_segments(rgb, "rgb", self.rgb.in_channels))
-        x_flow = self.flow.normalize(fold_segments(flow, "flow", self.flow.in_channels))
+        x_flow = self.flow.normalize(fold_segments(flow, "flow", self.flow.input_channels))
         if self.fusion.late:
             parts["rgb"] = consensus(self.rgb(x_rgb), b)
             parts["flow"] = consensus(self.flow(x_flow), b)
@@ -264,8 +264,7 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      classes: Sequence[str] | None = None, diff: str | None = None,
                      diff_stack: int = 5, diff_weight: float = 1.0,
                      init_diff: str | Path | None = None, fusion_bn: str = "auto",
-                     kept_average: str = "logits",
-                     flow_mean_subtraction: bool = False) -> TwoStream:
+                     kept_average: str = "logits", flow_input: FlowInput = UV) -> TwoStream:
     """Build a two-stream model.
 
     rgb, flow: backbone names (`fusion.streams.STREAMS`).
@@ -287,7 +286,8 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         a bias, starting as rgb_map + flow_map, feeds the pretrained layers that follow; "on" /
         "off" force either. A projection back to the spatial channels (concat at an inner tap,
         sum / max with unequal channels) also starts as the identity.
-    flow_mean_subtraction: the flow stream subtracts each displacement field's mean (Simonyan).
+    flow_input: what the flow stream makes of u, v (`FlowInput`: uv, optionally minus each
+        field's mean as Simonyan does, or colour images as seed 001 does).
     freeze: "streams" trains only the fusion module and the fused head (the streams' BatchNorm
         statistics are frozen as well); "bn" keeps the streams' BatchNorm statistics and affine
         parameters fixed (small batches; a fusion's own BatchNorm trains); partial_bn: TSN's,
@@ -308,9 +308,9 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
     per_stream = weights if isinstance(weights, Mapping) else {"rgb": weights, "flow": weights}
     rgb_stream = build_stream(rgb, in_channels=3 * rgb_stack, num_classes=num_classes,
                               weights=per_stream.get("rgb"), dropout=dropout, modality="rgb")
-    flow_stream = build_stream(flow, in_channels=2 * flow_stack, num_classes=num_classes,
-                               weights=per_stream.get("flow"), dropout=dropout, modality="flow",
-                               subtract_mean=flow_mean_subtraction)
+    flow_stream = build_stream(flow, in_channels=flow_input.channels(flow_stack),
+                               num_classes=num_classes, weights=per_stream.get("flow"),
+                               dropout=dropout, modality="flow", flow_input=flow_input)
     if init_rgb is not None:
         load_stream_checkpoint(rgb_stream, init_rgb, "rgb", class_map=class_map,
                                classes=classes)

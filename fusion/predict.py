@@ -19,9 +19,9 @@ import torch
 from fusion.config import Config, from_dict
 from fusion.data.clips import arrange_sample
 from fusion.data.flow import FlowEstimator, quantize
-from fusion.data.sampling import clip_frames
+from fusion.data.sampling import SPREAD, clip_frames, spread_around_middle
 from fusion.data.transforms import EvalTransform
-from fusion.data.video import VideoError, iter_frames, open_video, to_gray
+from fusion.data.video import VideoError, iter_frames, open_video
 from fusion.build import model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
 from fusion.device import move
@@ -51,23 +51,29 @@ def window_starts(frames: int, size: int, stride: int) -> list[int]:
 class ClipMaker:
     """Builds one model input (1 x T x C x H x W per modality) from a window of frames."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, device: str = "auto"):
         self.config = config
         self.use_rgb = "rgb" in config.modalities
         self.use_flow = "flow" in config.modalities
-        self.estimator = FlowEstimator(config.flow_method) if self.use_flow else None
+        self.estimator = FlowEstimator(config.flow_method, raft_model=config.raft_model,
+                                       raft_weights=config.raft_weights,
+                                       device=device) if self.use_flow else None
         self.transform = EvalTransform(config.image_size, "center")
-        self.flow_cache: dict[int, np.ndarray] = {}
+        self.flow_cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def flow_at(self, k: int, frames: dict[int, np.ndarray]) -> np.ndarray:
-        """Quantised flow from absolute frame k to k + 1 (2 x H x W uint8), computed once."""
-        if k not in self.flow_cache:
-            flow = self.estimator(to_gray(frames[k]), to_gray(frames[k + 1]))
-            self.flow_cache[k] = quantize(flow, self.config.flow_bound).transpose(2, 0, 1)
-        return self.flow_cache[k]
+    def flows(self, pairs: list[tuple[int, int]], frames: dict[int, np.ndarray]) -> np.ndarray:
+        """Quantised flow between absolute frames a -> b of each pair (N x 2 x H x W uint8),
+        each pair computed once, the missing ones in one batch."""
+        missing = [p for p in dict.fromkeys(pairs) if p not in self.flow_cache]
+        if missing:
+            computed = self.estimator.many([frames[a] for a, _ in missing],
+                                           [frames[b] for _, b in missing])
+            for pair, flow in zip(missing, computed):
+                self.flow_cache[pair] = quantize(flow, self.config.flow_bound).transpose(2, 0, 1)
+        return np.stack([self.flow_cache[p] for p in pairs])
 
     def forget_before(self, k: int) -> None:
-        for key in [key for key in self.flow_cache if key < k]:
+        for key in [key for key in self.flow_cache if key[0] < k]:
             del self.flow_cache[key]
 
     def __call__(self, frames: dict[int, np.ndarray], first: int, last: int):
@@ -80,12 +86,16 @@ class ClipMaker:
             mode="val", policy=c.frame_policy, segments=c.segments, clips=1,
             flow_stack=c.flow_stack, rgb_stack=c.rgb_frames, flow_frames=count - 1,
             rgb_frames=count, use_flow=self.use_flow, use_rgb=self.use_rgb)
+        # stored flow frame k joins frames k and k + 1, or the k-th and (k+1)-th spread frames
+        joined = (spread_around_middle(count, c.flow_stack) if c.frame_policy == SPREAD
+                  else list(range(count)))
         rgb = flow = None
         if rgb_idx is not None:  # N x 3 x H x W
             rgb = torch.from_numpy(np.stack([frames[first + i] for i in rgb_idx])).permute(
                 0, 3, 1, 2)
         if flow_idx is not None:  # N x 2 x H x W
-            flow = torch.from_numpy(np.stack([self.flow_at(first + i, frames) for i in flow_idx]))
+            flow = torch.from_numpy(self.flows(
+                [(first + joined[k], first + joined[k + 1]) for k in flow_idx], frames))
         rgb, flow = arrange_sample(rgb, flow, self.transform, segments=c.segments,
                                    rgb_stack=c.rgb_frames, flow_stack=c.flow_stack,
                                    single_view=True)
@@ -131,10 +141,10 @@ def predict_video(model: torch.nn.Module, config: Config, classes: list[str], pa
         fps, note = DEFAULT_FPS, f"no frame rate in the file; assumed {DEFAULT_FPS} fps"
     size = max(2, round(window * fps))
     step = max(1, min(round(stride * fps), size))
-    maker = ClipMaker(config)
+    maker = ClipMaker(config, str(device))
     model.eval()
     results, total = [], 0
-    for frames, first, last in _windows(iter_frames(path, config.short_side), size, step):
+    for frames, first, last in _windows(iter_frames(path, config.short_side, config.pad_square), size, step):
         total = max(total, max(frames) + 1)
         rgb, flow = maker(frames, first, last)
         probabilities = model(move(rgb, device), move(flow, device)).float().softmax(-1)[0].cpu()

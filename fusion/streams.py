@@ -12,7 +12,6 @@ The last stage is always ``scores`` (the class logits), so late fusion is "fusio
 """
 from __future__ import annotations
 
-import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from fusion.choices import MODALITIES, resolve_name
-from fusion.files import load_tensors
+from fusion.choices import FLOW_FORMATS, MODALITIES, resolve_name
+from fusion.files import check_state_dict, download_weights, read_state_dict
+from fusion.flow_colours import colour_stack
 
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,6 +36,34 @@ FLOW_STD = (0.5, 0.5)
 # mean ImageNet std as TSN does; a stack of L differences is made from L + 1 frames.
 DIFF_MEAN = (0.0, 0.0, 0.0)
 DIFF_STD = (2 * sum(IMAGENET_STD) / 3,) * 3
+
+
+@dataclass(frozen=True)
+class FlowInput:
+    """What a flow stream makes of its uint8 u, v input.
+
+    format: "uv" (2 channels per flow frame) or "rgb" (seed 001: each field, stored quantised
+        with `bound`, rendered in the Middlebury colour coding and normalised with ImageNet's
+        statistics, 3 channels per flow frame).
+    subtract_mean: uv only; each displacement field minus its spatial mean (mean flow
+        subtraction, Simonyan & Zisserman 2014, section 3.1).
+    """
+
+    format: str = "uv"
+    bound: float = 20.0
+    subtract_mean: bool = False
+
+    def __post_init__(self):
+        resolve_name(self.format, FLOW_FORMATS, "flow format")
+        if self.subtract_mean and self.format != "uv":
+            raise ValueError("mean flow subtraction applies to uv flow, not to colour images")
+
+    def channels(self, flow_stack: int) -> int:
+        """The flow stream's input convolution channels for L flow frames."""
+        return (3 if self.format == "rgb" else 2) * flow_stack
+
+
+UV = FlowInput()
 
 
 @dataclass(frozen=True)
@@ -179,10 +207,10 @@ class Stream(nn.Module):
 
     def __init__(self, name: str, stages: list[tuple[str, nn.Module]], *, in_channels: int,
                  num_classes: int, modality: str, mean: tuple[float, ...], std: tuple[float, ...],
-                 feature_info: list[dict], dropout: float, subtract_mean: bool = False):
+                 feature_info: list[dict], dropout: float, flow_input: FlowInput = UV):
         super().__init__()
         self.name = name
-        self.subtract_mean = subtract_mean
+        self.flow_input = flow_input
         self.dropout = dropout
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -232,19 +260,26 @@ class Stream(nn.Module):
     @property
     def input_channels(self) -> int:
         """Channels of the uint8 input: an RGB-difference stream takes one frame more than it
-        has differences."""
-        return self.in_channels + 3 if self.modality == "rgbdiff" else self.in_channels
+        has differences; a flow stream in the rgb format takes u, v (2 channels) per flow
+        frame and renders them as 3."""
+        if self.modality == "rgbdiff":
+            return self.in_channels + 3
+        if self.flow_input.format == "rgb":
+            return self.in_channels // 3 * 2
+        return self.in_channels
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (or float in [0, 255]) `... x C x H x W` -> the float input this stream expects."""
         if x.shape[-3] != self.input_channels:
             raise ValueError(f"{self.name} ({self.modality}) expects {self.input_channels} "
                              f"channels, got input of shape {tuple(x.shape)}")
+        if self.flow_input.format == "rgb":
+            x = colour_stack(x, self.flow_input.bound)
         x = x.float() / 255.0
         if self.modality == "rgbdiff":  # frames f0, f1, ... -> f1 - f0, f2 - f1, ...
             x = x[..., 3:, :, :] - x[..., :-3, :, :]
         x = (x - self.mean) / self.std
-        if self.subtract_mean:
+        if self.flow_input.subtract_mean:
             # Simonyan & Zisserman's camera-motion compensation: each displacement field (one
             # u or v channel of one flow frame) minus its mean over the image
             x = x - x.mean(dim=(-2, -1), keepdim=True)
@@ -265,41 +300,9 @@ def _set(module: nn.Module, path: str, new: nn.Module) -> None:
     setattr(module.get_submodule(parent) if parent else module, leaf, new)
 
 
-def _download_imagenet(name: str, weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    try:
-        return weights.get_state_dict(progress=True, check_hash=True)
-    except (urllib.error.URLError, OSError) as err:
-        raise RuntimeError(
-            f"could not download the ImageNet weights for {name} from {weights.url} ({err}). "
-            f"Without network access, download that file elsewhere and pass its path instead: "
-            f"weights='/path/to/{Path(weights.url).name}'") from err
-
-
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    state = load_tensors(path, "weights file")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weights file {path} must hold a plain state dict (name -> tensor) with "
-                         f"torchvision's keys, got {type(state).__name__}")
-    return state
-
-
-def check_state_dict(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor],
-                      source: str) -> None:
-    """Fail naming the first key that is missing, unexpected, or of the wrong shape."""
-    for key, tensor in expected.items():
-        if key not in given:
-            raise ValueError(f"{source}: missing key {key!r} (shape {tuple(tensor.shape)})")
-        if given[key].shape != tensor.shape:
-            raise ValueError(f"{source}: key {key!r} has shape {tuple(given[key].shape)}, "
-                             f"expected {tuple(tensor.shape)}")
-    for key in given:
-        if key not in expected:
-            raise ValueError(f"{source}: unexpected key {key!r}")
-
-
 def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
                  weights: str | Path | None = None, dropout: float | None = None,
-                 modality: str | None = None, subtract_mean: bool = False) -> Stream:
+                 modality: str | None = None, flow_input: FlowInput = UV) -> Stream:
     """Build a stream from torchvision's model code.
 
     weights: None (random init), "imagenet" (torchvision's weights enum, downloaded), or the path
@@ -309,18 +312,21 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     modality: "rgb", "flow" or "rgbdiff", which sets the input normalisation; None means "rgb"
         for 3 input channels and "flow" otherwise. An "rgbdiff" stream has 3 L input channels
         (L differences) and `normalize` makes them from 3 (L + 1) channels of frames.
-    subtract_mean: flow only; `normalize` subtracts each displacement field's spatial mean
-        (mean flow subtraction, Simonyan & Zisserman 2014, section 3.1).
+    flow_input: flow only; `FlowInput`: uv (`in_channels` = 2 L), optionally minus each
+        field's mean, or rgb (`in_channels` = 3 L of colour images made by `normalize` from
+        2 L channels of u, v; seed 001).
     With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
     RGB and replicated over the new channels (cross-modality initialisation, TSN).
     """
     spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
     modality = modality or ("rgb" if in_channels == 3 else "flow")
     resolve_name(modality, MODALITIES, "modality")
-    if subtract_mean and modality != "flow":
-        raise ValueError(f"mean flow subtraction applies to a flow stream, not {modality!r}")
+    if flow_input != UV and modality != "flow":
+        raise ValueError(f"{flow_input} applies to a flow stream, not {modality!r}")
     mean, std = {"rgb": (spec.rgb_mean, spec.rgb_std), "flow": (FLOW_MEAN, FLOW_STD),
                  "rgbdiff": (DIFF_MEAN, DIFF_STD)}[modality]
+    if flow_input.format == "rgb":  # colour images, normalised as seed 001 does
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     if in_channels < 1 or in_channels % len(mean):
         raise ValueError(f"in_channels={in_channels} is not a multiple of {len(mean)}, "
                          f"the channels of one {modality} frame")
@@ -332,9 +338,11 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     else:
         model = spec.builder(weights=None, num_classes=1000, **kwargs)
         if str(weights) == "imagenet":
-            state, source = _download_imagenet(name, spec.imagenet_weights), "ImageNet weights"
+            state = download_weights(spec.imagenet_weights, f"the ImageNet weights for {name}",
+                                     "weights")
+            source = "ImageNet weights"
         else:
-            state, source = _read_weights_file(Path(weights)), f"weights file {weights}"
+            state, source = read_state_dict(weights, "weights file"), f"weights file {weights}"
         state = {k: v for k, v in state.items()
                  if not k.startswith(spec.ignored_weight_prefixes)}
         check_state_dict(model.state_dict(), state, f"cannot load {source} into {name}")
@@ -360,8 +368,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     stages = spec.stages(model, dropout)
     return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
                   modality=modality, mean=mean, std=std, dropout=dropout,
-                  subtract_mean=subtract_mean,
-                  feature_info=_trace_feature_info(stages, in_channels, spec.trace_size))
+                  flow_input=flow_input, feature_info=_trace_feature_info(stages, in_channels, spec.trace_size))
 
 
 def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int,

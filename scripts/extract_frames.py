@@ -2,6 +2,8 @@
 
     python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --flow tvl1 --workers 8
     python scripts/extract_frames.py --videos my_videos/ --out data/own --layout folder --flow dis
+    python scripts/extract_frames.py --videos hmdb51/ --out data/hmdb51 --flow raft \
+        --flow-pairs spread-around-middle --flow-stack 8 --pad-square --short-side 224  # seed 001
 
 --videos is searched recursively; a video's folder is its file name without the extension
 (and, for --layout folder, its parent folder is its class). Finished videos are skipped, so an
@@ -11,8 +13,9 @@ fewer frames than their container declares (truncated downloads), are listed at 
 import argparse
 import sys
 
-from fusion.data.extract import LAYOUTS, extract_all
-from fusion.data.flow import DEFAULT_BOUND, METHODS
+from fusion.data.extract import LAYOUTS, Settings, extract_all
+from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
+from fusion.data.sampling import FLOW_PAIRS
 
 
 def main(argv=None) -> int:
@@ -24,6 +27,19 @@ def main(argv=None) -> int:
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND,
                         help="flow clipped at +-bound pixels before 8-bit quantisation")
     parser.add_argument("--short-side", type=int, default=256, help="0 keeps the video size")
+    parser.add_argument("--pad-square", action="store_true",
+                        help="zero-pad each frame to a square before resizing (seed 001)")
+    parser.add_argument("--flow-pairs", choices=FLOW_PAIRS, default="consecutive",
+                        help="flow between consecutive frames, or between the --flow-stack + 1 "
+                             "frames spread around each video's middle (seed 001)")
+    parser.add_argument("--flow-stack", type=int, default=8,
+                        help="L of --flow-pairs spread-around-middle (an even number)")
+    parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large")
+    parser.add_argument("--raft-weights", default="default",
+                        help="'default' (torchvision's, downloaded once) or a local state-dict "
+                             "file of the RAFT model")
+    parser.add_argument("--device", default="auto",
+                        help="where RAFT runs: auto (a GPU if there is one) | cpu | cuda")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--ext", default="avi,mp4", help="comma-separated video extensions")
     parser.add_argument("--layout", choices=LAYOUTS, default="ucf101")
@@ -33,10 +49,14 @@ def main(argv=None) -> int:
                              "listed in the summary")
     args = parser.parse_args(argv)
     try:
-        summary = extract_all(args.videos, args.out, extensions=tuple(args.ext.split(",")),
-                              layout=args.layout, method=None if args.flow == "none" else args.flow,
-                              bound=args.bound, short_side=args.short_side, workers=args.workers,
-                              strict=args.strict)
+        settings = Settings(
+            flow_method=None if args.flow == "none" else args.flow, flow_bound=args.bound,
+            short_side=args.short_side, pad_square=args.pad_square, flow_pairs=args.flow_pairs,
+            flow_stack=args.flow_stack if args.flow_pairs != "consecutive" else 0,
+            raft_model=args.raft_model, raft_weights=args.raft_weights)
+        summary = extract_all(args.videos, args.out, settings,
+                              extensions=tuple(args.ext.split(",")), layout=args.layout,
+                              workers=args.workers, strict=args.strict, device=args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

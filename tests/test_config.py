@@ -83,6 +83,7 @@ DESCRIBED = {
                                          False),
     "seed001_stanford40_googlenet": ("googlenet", "rgb"),
     "seed001_hmdb51_frames": ("googlenet", "rgb"),
+    "seed001_hmdb51_flow": ("resnet18", "flow"),
     "seed002_ucf101_inception_scratch_flow": ("inception_v3", "inception_v3", "average",
                                               "scores", 3, 20, False),
     "seed003_ucf101_vgg19_rgbstack_conv": ("vgg19", "vgg19", "conv1x1", "conv5", 30, 100,
@@ -115,17 +116,18 @@ def test_every_shipped_config_builds_the_model_its_readme_row_describes(path):
     rows = [line for line in readme.splitlines() if line.startswith(f"| `{path.name}` |")]
     assert rows, f"README has no row for {path.name}"
     for row in rows:
-        for name in {described[0], *described[1:3]} - {"rgb"}:
+        for name in {described[0], *described[1:3]} - {"rgb", "flow"}:
             assert README_NAMES[name] in row, (name, row)
 
 
 def test_mean_flow_subtraction_and_crop_scales_reach_the_model_and_the_transform():
     from fusion.build import train_transform
     two = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--flow-stack", "2"]))
-    assert build_model(two, 3).flow.subtract_mean and not build_model(two, 3).rgb.subtract_mean
+    model = build_model(two, 3)
+    assert model.flow.flow_input.subtract_mean and not model.rgb.flow_input.subtract_mean
     alone = resolve(build_parser().parse_args(["--flow-mean-subtraction", "--fuse", "none",
                                                "--stream", "flow", "--flow-stack", "2"]))
-    assert build_model(alone, 3).stream.subtract_mean
+    assert build_model(alone, 3).stream.flow_input.subtract_mean
     # TSN's crop scales per modality (tsn-pytorch), unless the key sets them
     assert train_transform(two).scales == (1.0, 0.875, 0.75)
     rgb = resolve(build_parser().parse_args(["--fuse", "none", "--stream", "rgb"]))

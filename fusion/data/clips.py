@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from fusion.choices import FRAME_TYPES, MODES, ON_BAD, resolve_name
 from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.loader import FrameError, Sample, read_sample, seeded
-from fusion.data.sampling import POLICIES, clip_frames
+from fusion.data.sampling import POLICIES, SPREAD, clip_frames
 from fusion.data.transforms import EvalTransform, TrainTransform
 
 FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
@@ -109,7 +109,8 @@ class VideoDataset(Dataset):
     mode: "train" (random segments, `TrainTransform`), "val" (centred segments, centre crop) or
         "test" (`num_clips` clips x `crops` views per video).
     frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
-        first-middle, middle-last, random (seed 001).
+        first-middle, middle-last, random, spread-around-middle (seed 001; its flow frames
+        are extracted for it, see `fusion.data.sampling`).
     on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is replaced
         by the next readable one, which counts in no metric, and counted in `skipped`).
     """
@@ -155,6 +156,12 @@ class VideoDataset(Dataset):
         return self.num_clips * self.transform.views if self.mode == "test" else 1
 
     def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.frame_policy == SPREAD and self.use_flow and video.flow_frames != self.flow_stack:
+            raise FrameError(
+                f"video {video.video_id} has {video.flow_frames} flow frames in "
+                f"{video.flow_dirs[0]}; frame_policy {SPREAD} reads exactly flow_stack = "
+                f"{self.flow_stack}, the flow between its spread frames (extract with "
+                f"extract_frames.py --flow-pairs {SPREAD} --flow-stack {self.flow_stack})")
         rgb_idx, flow_idx = clip_frames(
             mode=self.mode, policy=self.frame_policy, segments=self.segments,
             clips=self.num_clips, flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,

@@ -5,12 +5,18 @@ Layouts:
     folder: <out>/<class>/<video>/frame000001.jpg, <out>/<class>/<video>/{u,v}/frame000001.jpg
 (the flow folders keep the name tvl1_flow whatever the method; extraction.json records it).
 
+Flow frame k joins frames k and k + 1, or, with flow_pairs = spread-around-middle (seed 001),
+frames s_k and s_{k+1} of the L + 1 frames `sampling.spread_around_middle` selects: then a video
+has exactly L flow frames, and the video is decoded twice (once to count its frames, once to
+keep the selected ones), so memory holds L + 1 frames whatever its length.
+
 A video is written under <out>/.partial/ and moved into place when complete, RGB last, so a
 killed run leaves no half video: a video counts as done when its RGB folder exists, and
 leftovers of an unfinished one are removed and redone.
 """
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import shutil
@@ -21,12 +27,53 @@ from pathlib import Path
 
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.imagefiles import write_jpeg
-from fusion.data.video import VideoError, declared_frame_count, iter_frames, to_gray
+from fusion.data.sampling import FLOW_PAIRS, SPREAD, spread_around_middle
+from fusion.data.video import VideoError, declared_frame_count, iter_frames
 from fusion.files import write_json_atomic
 
 LAYOUTS = ("ucf101", "folder")
 PARTIAL = ".partial"
 SHORT_TOLERANCE = 3  # frames a video may decode fewer than declared without a word
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How frames and flow are made; extraction.json records them (`recorded`) and training
+    checks its config against them."""
+
+    flow_method: str | None = "tvl1"  # None: RGB frames only
+    flow_bound: float = DEFAULT_BOUND
+    short_side: int = 256  # 0 keeps the video's size
+    pad_square: bool = False  # zero-pad each frame to a square before resizing (seed 001)
+    flow_pairs: str = "consecutive"  # or spread-around-middle
+    flow_stack: int = 0  # L of spread-around-middle
+    raft_model: str = "large"
+    raft_weights: str = "default"
+
+    def __post_init__(self):
+        if self.flow_pairs not in FLOW_PAIRS:
+            raise ValueError(f"--flow-pairs {self.flow_pairs!r}: expected one of "
+                             f"{', '.join(FLOW_PAIRS)}")
+        if self.flow_pairs == SPREAD:
+            spread_around_middle(1, self.flow_stack)  # an even L >= 2, or a named error
+
+    def estimator(self, device: str = "auto") -> FlowEstimator:
+        return FlowEstimator(self.flow_method, raft_model=self.raft_model,
+                             raft_weights=self.raft_weights, device=device)
+
+    def recorded(self) -> dict:
+        settings = {"flow_method": self.flow_method or "none", "flow_bound": self.flow_bound,
+                    "short_side": self.short_side, "pad_square": self.pad_square,
+                    "flow_pairs": self.flow_pairs}
+        if self.flow_pairs == SPREAD:
+            settings["flow_stack"] = self.flow_stack
+        if self.flow_method == "raft":
+            settings["raft_model"] = self.raft_model
+        return settings
+
+
+# What an extraction.json written before a key existed meant by its absence.
+RECORDED_DEFAULTS = {"pad_square": False, "flow_pairs": "consecutive"}
 
 
 @dataclass(frozen=True)
@@ -92,14 +139,15 @@ def shortfall(decoded: int, declared: int) -> str | None:
     return None
 
 
-def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | None = "tvl1",
-                  bound: float = DEFAULT_BOUND, short_side: int = 256,
-                  strict: bool = False) -> tuple[str, int, str | None]:
+def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
+                  layout: str = "ucf101", strict: bool = False,
+                  device: str = "auto") -> tuple[str, int, str | None]:
     """Extract one video: (done / skipped, frames, a note when it decoded fewer frames than
     declared). Raises VideoError for an unreadable file, and with `strict` for a short one."""
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    method = settings.flow_method
     dirs = final_dirs(out, job, layout, method is not None)
     last = list(dirs.values())[-1]
     if last.is_dir():
@@ -112,19 +160,25 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
     u_dir, v_dir = partial / "u", partial / "v"
     for d in (rgb_dir, u_dir, v_dir) if method else (rgb_dir,):
         d.mkdir(parents=True)
-    estimator = FlowEstimator(method) if method else None
+    flow = FlowWriter(settings, u_dir, v_dir, device) if method else None
     declared = declared_frame_count(job.video)
-    previous = None
+    frames = iter_frames(job.video, settings.short_side, settings.pad_square)
     count = 0
-    for count, frame in enumerate(iter_frames(job.video, short_side), 1):
+    for count, frame in enumerate(frames, 1):
         write_jpeg(rgb_dir / f"frame{count:06d}.jpg", frame)
-        if estimator is not None:
-            gray = to_gray(frame)
-            if previous is not None:  # flow frame k: from frame k to frame k + 1
-                q = quantize(estimator(previous, gray), bound)
-                write_jpeg(u_dir / f"frame{count - 1:06d}.jpg", q[..., 0])
-                write_jpeg(v_dir / f"frame{count - 1:06d}.jpg", q[..., 1])
-            previous = gray
+        if flow is not None and settings.flow_pairs == "consecutive":
+            flow.add(frame)
+    if flow is not None and settings.flow_pairs == SPREAD:
+        selected = spread_around_middle(count, settings.flow_stack)
+        chosen = {}
+        for i, frame in enumerate(iter_frames(job.video, settings.short_side,
+                                              settings.pad_square)):
+            if i in selected:
+                chosen[i] = frame
+        for i in selected:
+            flow.add(chosen[i])
+    if flow is not None:
+        flow.flush()
     note = shortfall(count, declared)
     if note and strict:
         raise VideoError(f"{job.video}: {note}")
@@ -144,35 +198,72 @@ def extract_video(job: Job, out: Path, *, layout: str = "ucf101", method: str | 
     return "done", count, note
 
 
-def _run(job, out, options):
+@functools.lru_cache(maxsize=1)
+def _estimator(settings: Settings, device: str) -> FlowEstimator:
+    """One estimator per process, shared by its videos (RAFT loads its weights once)."""
+    return settings.estimator(device)
+
+
+class FlowWriter:
+    """Takes the frames a video's flow joins, in order, and writes flow frame k (from the k-th
+    frame given to the next, 1-based files) as quantised u and v JPEGs, computing the pairs
+    in the estimator's batches."""
+
+    def __init__(self, settings: Settings, u_dir: Path, v_dir: Path, device: str):
+        self.estimator = _estimator(settings, device)
+        self.bound = settings.flow_bound
+        self.u_dir, self.v_dir = u_dir, v_dir
+        self.previous = None
+        self.pending: list[tuple[int, object, object]] = []
+        self.written = 0
+
+    def add(self, frame) -> None:
+        if self.previous is not None:
+            self.pending.append((self.written + len(self.pending) + 1, self.previous, frame))
+            if len(self.pending) >= self.estimator.batch_size:
+                self.flush()
+        self.previous = frame
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        numbers, firsts, seconds = zip(*self.pending)
+        for number, flow in zip(numbers, self.estimator.many(list(firsts), list(seconds))):
+            q = quantize(flow, self.bound)
+            write_jpeg(self.u_dir / f"frame{number:06d}.jpg", q[..., 0])
+            write_jpeg(self.v_dir / f"frame{number:06d}.jpg", q[..., 1])
+        self.written += len(self.pending)
+        self.pending = []
+
+
+def _run(job, out, settings, options):
     try:
-        return job, *extract_video(job, out, **options), None
+        return job, *extract_video(job, out, settings, **options), None
     except (VideoError, OSError, ValueError) as err:
         return job, "failed", 0, None, str(err)
 
 
-def extract_all(videos: Path, out: Path, *, extensions=("avi", "mp4"), layout="ucf101",
-                method: str | None = "tvl1", bound: float = DEFAULT_BOUND,
-                short_side: int = 256, workers: int = 1, progress: bool = True,
-                strict: bool = False) -> Summary:
+def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
+                extensions=("avi", "mp4"), layout="ucf101", workers: int = 1,
+                progress: bool = True, strict: bool = False, device: str = "auto") -> Summary:
     """Extract every video under `videos` in parallel processes; never stops on a bad file."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-    if method is not None:
-        FlowEstimator(method)  # fail now, not in every worker, on a bad method or missing cv2
+    if settings.flow_method is not None:
+        # fail now, not in every worker, on a bad method, device, weights file or missing cv2
+        settings.estimator(device)
     jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _record_settings(out, method, bound, short_side)
-    options = dict(layout=layout, method=method, bound=bound, short_side=short_side,
-                   strict=strict)
+    _record_settings(out, settings)
+    options = dict(layout=layout, strict=strict, device=device)
     summary = Summary()
     start = time.perf_counter()
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="videos", disable=not progress, dynamic_ncols=True)
     if workers <= 1:
-        results = (_run(job, out, options) for job in jobs)
+        results = (_run(job, out, settings, options) for job in jobs)
         for result in results:
             _tally(summary, *result)
             bar.update()
@@ -181,7 +272,7 @@ def extract_all(videos: Path, out: Path, *, extensions=("avi", "mp4"), layout="u
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = [pool.submit(_run, job, out, options) for job in jobs]
+            futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
             for future in as_completed(futures):
                 _tally(summary, *future.result())
                 bar.update()
@@ -203,14 +294,14 @@ def _tally(summary: Summary, job: Job, status: str, frames: int, note: str | Non
             summary.short[str(job.video)] = note
 
 
-def _record_settings(out: Path, method: str | None, bound: float, short_side: int) -> None:
+def _record_settings(out: Path, settings: Settings) -> None:
     """extraction.json: how the frames were made; training checks its config against it."""
-    settings = {"flow_method": method or "none", "flow_bound": bound, "short_side": short_side}
+    recorded = settings.recorded()
     path = out / "extraction.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old != settings:
-            raise ValueError(f"{out} was extracted with {old}; this run asks for {settings}. "
+        old = {**RECORDED_DEFAULTS, **json.loads(path.read_text())}
+        if old != recorded:
+            raise ValueError(f"{out} was extracted with {old}; this run asks for {recorded}. "
                              f"Use another --out or the same settings.")
         return
-    write_json_atomic(path, settings)
+    write_json_atomic(path, recorded)

@@ -8,6 +8,7 @@ Flow frame k is the motion from frame k to frame k + 1.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 DEFAULT_BOUND = 20.0
 
@@ -20,30 +21,38 @@ def quantize(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
     return np.round(scaled).astype(np.uint8)
 
 
-def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 (or its float copy) -> flow in pixels, float32."""
+def dequantize(q, bound: float = DEFAULT_BOUND):
+    """uint8 (or its float copy) -> flow in pixels, float32; a torch tensor stays one (on its
+    device)."""
+    if isinstance(q, torch.Tensor):
+        return q.float() * (2 * bound / 255.0) - bound
     return np.asarray(q, dtype=np.float32) * np.float32(2 * bound / 255.0) - np.float32(bound)
 
 
-METHODS = ("tvl1", "dis", "farneback")
+METHODS = ("tvl1", "dis", "farneback", "raft")
+RAFT_MODELS = ("large", "small")
 
 
 class FlowEstimator:
-    """Dense optical flow between two grayscale uint8 frames -> H x W x 2 (u, v) in pixels.
+    """Dense optical flow between RGB uint8 frames (H x W x 3) -> H x W x 2 (u, v) in pixels.
 
     tvl1: OpenCV contrib's Dual TV-L1 with its default parameters (the reference, as in the
         twostreamfusion and denseflow releases; about 1-2 s per 340 x 256 pair on one core);
     dis: DIS at the medium preset; farneback: Farneback's polynomial expansion. Both are in
-        core OpenCV and two orders of magnitude faster.
+        core OpenCV and two orders of magnitude faster. These three see grayscale frames.
+    raft: torchvision's RAFT (`raft_model` large | small, `raft_weights` "default" or a local
+        file) on the RGB frames, on `device`, `batch_size` pairs at a time (seed 001).
     """
 
-    def __init__(self, method: str = "tvl1"):
+    def __init__(self, method: str = "tvl1", *, raft_model: str = "large",
+                 raft_weights: str = "default", device: str = "auto", batch_size: int = 8):
         import cv2  # imported here: only extraction and prediction need OpenCV
 
         if method not in METHODS:
             raise ValueError(f"unknown flow method {method!r}; valid: {', '.join(METHODS)}")
         self.method = method
         self._cv2 = cv2
+        self.batch_size = 1
         if method == "tvl1":
             if not hasattr(cv2, "optflow"):
                 raise RuntimeError("TV-L1 needs OpenCV's contrib modules: pip install "
@@ -51,14 +60,34 @@ class FlowEstimator:
             self._engine = cv2.optflow.DualTVL1OpticalFlow_create()
         elif method == "dis":
             self._engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        elif method == "raft":
+            from fusion.data.raft import Raft
+
+            self._engine = Raft(raft_model, raft_weights, device=device)
+            self.batch_size = batch_size
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        if prev.ndim != 2 or prev.dtype != np.uint8 or prev.shape != nxt.shape:
-            raise ValueError(f"flow needs two grayscale uint8 frames of one size, got "
-                             f"{prev.shape} {prev.dtype} and {nxt.shape} {nxt.dtype}")
-        prev, nxt = np.ascontiguousarray(prev), np.ascontiguousarray(nxt)  # DIS needs it
+        return self.many([prev], [nxt])[0]
+
+    def many(self, firsts: list[np.ndarray], seconds: list[np.ndarray]) -> list[np.ndarray]:
+        """Flow of each pair (firsts[i] -> seconds[i]); RAFT runs them `batch_size` at a time."""
+        for a, b in zip(firsts, seconds):
+            if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape != b.shape:
+                raise ValueError(f"flow needs two RGB uint8 frames (H x W x 3) of one size, got "
+                                 f"{a.shape} {a.dtype} and {b.shape} {b.dtype}")
+        if self.method == "raft":
+            flows = []
+            for i in range(0, len(firsts), self.batch_size):
+                flows.extend(self._engine(firsts[i:i + self.batch_size],
+                                          seconds[i:i + self.batch_size]))
+            return flows
+        return [self._opencv(a, b) for a, b in zip(firsts, seconds)]
+
+    def _opencv(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        cv2 = self._cv2
+        prev, nxt = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY), cv2.cvtColor(nxt, cv2.COLOR_RGB2GRAY)
         if self.method == "farneback":
-            return self._cv2.calcOpticalFlowFarneback(prev, nxt, None, pyr_scale=0.5, levels=3,
-                                                      winsize=15, iterations=3, poly_n=5,
-                                                      poly_sigma=1.2, flags=0)
+            return cv2.calcOpticalFlowFarneback(prev, nxt, None, pyr_scale=0.5, levels=3,
+                                                winsize=15, iterations=3, poly_n=5,
+                                                poly_sigma=1.2, flags=0)
         return self._engine.calc(prev, nxt, None)

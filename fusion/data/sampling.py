@@ -7,6 +7,11 @@ is the one rule for centring, used here and by the model when a stream takes the
 of a longer RGB input. Positions run over 0 .. num_positions - 1,
 where num_positions = frames - span + 1; shorter videos loop (seed 002), so every index returned
 by `snippet_indices` is already wrapped into the video.
+
+`spread-around-middle` (seed 001) spans L + 1 frames that are not consecutive: the middle frame
+and L / 2 frames either side of it (`spread_around_middle`). Its flow frames 0 .. L-1 are the
+motion between consecutive frames of that selection, extracted for it (extract_frames.py
+--flow-pairs spread-around-middle), and its RGB frames are taken from the selection.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ import torch
 # Single-frame choices for the spatial stream (seed 001's study), as a fraction of the video.
 FRAME_POLICIES = {"first": 0.0, "first-middle": 0.25, "middle": 0.5, "middle-last": 0.75,
                   "last": 1.0}
-POLICIES = ("tsn", "random", *FRAME_POLICIES)
+SPREAD = "spread-around-middle"
+POLICIES = ("tsn", "random", *FRAME_POLICIES, SPREAD)
+FLOW_PAIRS = ("consecutive", SPREAD)  # which frames a stored flow frame joins
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -58,6 +65,24 @@ def protocol_clip_starts(num_positions: int, segments: int, clips: int) -> list[
     # floor(num_positions / segments * (t + (i + 1/2) / clips)), in integers
     return [[(2 * t * clips + 2 * i + 1) * num_positions // (2 * segments * clips)
              for t in range(segments)] for i in range(clips)]
+
+
+def spread_around_middle(frames: int, flow_stack: int) -> list[int]:
+    """Seed 001's frames: the middle frame m, L / 2 frames before it at steps of m / L (the last
+    L / 2 of the L + 1 points from frame 0 to m, m excluded) and L / 2 after it at steps of
+    (last - m) / L (the first L / 2 of the points from m to the last frame), rounded down;
+    L = 8 gives the report's 9 frames at eighths. m is the `middle` policy's frame, so a
+    spatial stream trained on middle frames sees the same frame here. A video shorter than
+    L + 1 frames repeats frames (zero flow between the repeats)."""
+    if flow_stack < 2 or flow_stack % 2:
+        raise ValueError(f"{SPREAD} needs an even flow_stack >= 2, got {flow_stack}")
+    if frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {frames}")
+    half, last = flow_stack // 2, frames - 1
+    middle = policy_start(frames, "middle")
+    before = [middle * k // flow_stack for k in range(flow_stack - half, flow_stack)]
+    after = [middle + (last - middle) * k // flow_stack for k in range(1, half + 1)]
+    return before + [middle] + after
 
 
 def centred_start(span: int, length: int) -> int:
@@ -103,8 +128,19 @@ def clip_frames(*, mode: str, policy: str, segments: int, clips: int, flow_stack
 
     mode "train": random TSN segments (or the policy's frame); "val": the segments' centres;
     "test": `clips` clips of the protocol. A single-frame `policy` (seed 001) picks its frame
-    instead of TSN segments; "random" becomes "middle" outside training.
+    instead of TSN segments; "random" becomes "middle" outside training. With
+    `spread-around-middle` the flow frames are the video's stored ones, 0 .. L-1 (see the
+    module docstring), and the RGB frames the selection's centred ones, in every clip.
     """
+    if policy == SPREAD:
+        selection = spread_around_middle(rgb_frames, flow_stack)
+        offset = centred_start(flow_stack + 1, rgb_stack)
+        if offset < 0 and use_rgb:
+            raise ValueError(f"{SPREAD} selects {flow_stack + 1} frames; an RGB stack of "
+                             f"{rgb_stack} does not fit in them")
+        flow = list(range(flow_stack)) * clips if use_flow else None
+        rgb = selection[offset:offset + rgb_stack] * clips if use_rgb else None
+        return rgb, flow
     n = positions(flow_stack=flow_stack, rgb_stack=rgb_stack, flow_frames=flow_frames,
                   rgb_frames=rgb_frames, use_flow=use_flow)
     if policy != "tsn":

@@ -49,8 +49,19 @@ def declared_frame_count(path: str | Path) -> int:
     return max(int(count), 0) if count == count else 0  # NaN: none declared
 
 
-def iter_frames(path: str | Path, short_side: int = 0) -> Iterator[np.ndarray]:
-    """RGB uint8 frames (H x W x 3) of a video, resized; a VideoError if it has none."""
+def pad_to_square(frame: np.ndarray) -> np.ndarray:
+    """H x W x 3 -> S x S x 3, S = max(H, W): the frame centred on zeros (seed 001)."""
+    import torch
+
+    from fusion.data.images import pad_square
+
+    return pad_square(torch.from_numpy(frame).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+
+
+def iter_frames(path: str | Path, short_side: int = 0,
+                square: bool = False) -> Iterator[np.ndarray]:
+    """RGB uint8 frames (H x W x 3) of a video, zero-padded to squares if `square`, then
+    resized; a VideoError if it has none."""
     import cv2
 
     capture, _ = open_video(path)
@@ -61,14 +72,9 @@ def iter_frames(path: str | Path, short_side: int = 0) -> Iterator[np.ndarray]:
             if not ok:
                 break
             count += 1
-            yield resize_short_side(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), short_side)
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield resize_short_side(pad_to_square(frame) if square else frame, short_side)
     finally:
         capture.release()
     if count == 0:
         raise VideoError(f"{path} holds no decodable frames")
-
-
-def to_gray(frame: np.ndarray) -> np.ndarray:
-    import cv2
-
-    return cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
