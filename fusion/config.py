@@ -21,6 +21,7 @@ from fusion.data.sampling import POLICIES, SPREAD
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
 from fusion.streams import STREAMS
+from fusion.timm_streams import check_name, is_timm
 
 SCHEDULES = ("step", "cyclic", "plateau", "cosine", "constant")
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range", "halve-peak")
@@ -156,10 +157,14 @@ class Config:
         choice("flow_format", FLOW_FORMATS)
         choice("fuse", (*FUSIONS, "none"))
         choice("stream", ("rgb", "flow", "rgbdiff"))
-        if self.diff:
-            choice("diff", tuple(STREAMS))
-        choice("rgb", tuple(STREAMS))
-        choice("flow", tuple(STREAMS))
+        for key in ("rgb", "flow", "diff") if self.diff else ("rgb", "flow"):
+            if is_timm(getattr(self, key)):
+                try:
+                    check_name(getattr(self, key))
+                except ValueError as err:
+                    raise ValueError(f"config key {key}: {err}") from None
+            else:
+                choice(key, (*STREAMS, "timm:<any timm model>"))
         choice("fusion_init", ("identity", "random"))
         choice("fusion_bn", FUSION_BN)
         choice("kept_average", KEPT_AVERAGES)

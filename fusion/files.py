@@ -48,7 +48,16 @@ def load_tensors(path: str | Path, what: str):
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """A plain state dict (name -> tensor) from a file, or a one-line error naming it."""
+    """A plain state dict (name -> tensor) from a file (torch.save's, or .safetensors as on
+    Hugging Face), or a one-line error naming it."""
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except SafetensorError as err:
+            raise ValueError(f"{what} {path} is not a readable safetensors file ({err})") from None
     state = load_tensors(path, what)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{what} {path} must hold a plain state dict (name -> tensor), got "

@@ -267,7 +267,7 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
                      kept_average: str = "logits", flow_input: FlowInput = UV) -> TwoStream:
     """Build a two-stream model.
 
-    rgb, flow: backbone names (`fusion.streams.STREAMS`).
+    rgb, flow: backbone names (`fusion.streams.STREAMS`, or `timm:<name>` for any timm model).
     fuse: a name in `fusion.fusers.FUSIONS`; `average` is late fusion (at="scores").
     at: the RGB tap to fuse at; at_flow: the flow tap, by default the deepest one with the same
         reduction. Flow maps are resized to the RGB map where sizes differ.
@@ -336,8 +336,10 @@ def build_two_stream(*, rgb: str, flow: str, fuse: str, at: str | None = None,
         if at is None:
             raise ValueError(f"fusion {fuse!r} needs a tap: at is one of "
                              f"{', '.join(i['name'] for i in rgb_stream.feature_info)}")
+        at = rgb_stream.resolve_tap(at)  # one spelling: a timm path features.2 is features_2
         rgb_info = rgb_stream.tap_info(at)
-        at_flow = match_flow_tap(rgb_stream, flow_stream, at) if at_flow is None else at_flow
+        at_flow = flow_stream.resolve_tap(match_flow_tap(rgb_stream, flow_stream, at)
+                                          if at_flow is None else at_flow)
         fusion = fusion_cls.build(rgb_info, flow_stream.tap_info(at_flow),
                                   last=at == rgb_stream.feature_info[-1]["name"],
                                   options=options)

@@ -24,6 +24,7 @@ from torchvision.models import WeightsEnum
 from fusion.choices import FLOW_FORMATS, MODALITIES, resolve_name
 from fusion.files import check_state_dict, download_weights, read_state_dict
 from fusion.flow_colours import colour_stack
+from fusion.timm_streams import is_timm, timm_stages
 
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -225,10 +226,13 @@ class Stream(nn.Module):
     def tap_info(self, tap: str) -> dict:
         """`feature_info` entry of a feature-map tap (not `scores`)."""
         names = [info["name"] for info in self.feature_info]
-        return self.feature_info[names.index(resolve_name(tap, names, f"{self.name} tap"))]
+        return self.feature_info[names.index(resolve_name(tap.replace(".", "_"), names,
+                                                          f"{self.name} tap"))]
 
     def resolve_tap(self, tap: str) -> str:
-        return resolve_name(tap, self.taps, f"{self.name} tap")
+        """The stage name of `tap`; a timm module path (`features.2`) names the stage
+        `features_2`."""
+        return resolve_name(tap.replace(".", "_"), self.taps, f"{self.name} tap")
 
     def truncate(self, tap: str) -> None:
         """Drop the stages after `tap`, for a tower that is not used past its fusion point."""
@@ -238,7 +242,7 @@ class Stream(nn.Module):
 
     def forward_to(self, x: torch.Tensor, tap: str) -> torch.Tensor:
         """Run the stages up to and including `tap`."""
-        self.resolve_tap(tap)
+        tap = self.resolve_tap(tap)
         for name, stage in self.stages.items():
             x = stage(x)
             if name == tap:
@@ -303,12 +307,14 @@ def _set(module: nn.Module, path: str, new: nn.Module) -> None:
 def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
                  weights: str | Path | None = None, dropout: float | None = None,
                  modality: str | None = None, flow_input: FlowInput = UV) -> Stream:
-    """Build a stream from torchvision's model code.
+    """Build a stream from torchvision's model code, or from timm's for `timm:<name>`
+    (`fusion.timm_streams`).
 
-    weights: None (random init), "imagenet" (torchvision's weights enum, downloaded), or the path
-        of a local state-dict file with torchvision's keys for the 1000-class, 3-channel model.
+    weights: None (random init), "imagenet" (torchvision's weights enum or timm's pretrained
+        weights, downloaded), or the path of a local state-dict file with the library's keys for
+        the 1000-class, 3-channel model.
     dropout: before the last Linear; None keeps torchvision's default (VGG 0.5, GoogLeNet 0.2,
-        ResNet none).
+        ResNet none; timm: none).
     modality: "rgb", "flow" or "rgbdiff", which sets the input normalisation; None means "rgb"
         for 3 input channels and "flow" otherwise. An "rgbdiff" stream has 3 L input channels
         (L differences) and `normalize` makes them from 3 (L + 1) channels of frames.
@@ -318,21 +324,37 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
     With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
     RGB and replicated over the new channels (cross-modality initialisation, TSN).
     """
-    spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
     modality = modality or ("rgb" if in_channels == 3 else "flow")
     resolve_name(modality, MODALITIES, "modality")
     if flow_input != UV and modality != "flow":
         raise ValueError(f"{flow_input} applies to a flow stream, not {modality!r}")
-    mean, std = {"rgb": (spec.rgb_mean, spec.rgb_std), "flow": (FLOW_MEAN, FLOW_STD),
+    per_frame = 2 if (modality, flow_input.format) == ("flow", "uv") else 3
+    if in_channels < 1 or in_channels % per_frame:
+        raise ValueError(f"in_channels={in_channels} is not a multiple of {per_frame}, "
+                         f"the channels of one {modality} frame")
+    if is_timm(name):
+        dropout = 0.0 if dropout is None else dropout
+        stages, feature_info, rgb_mean, rgb_std = timm_stages(
+            name, in_channels=in_channels, num_classes=num_classes, weights=weights,
+            dropout=dropout)
+    else:
+        spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
+        dropout = spec.default_dropout if dropout is None else dropout
+        stages = _torchvision_stages(spec, name, in_channels, num_classes, weights, dropout)
+        feature_info = _trace_feature_info(stages, in_channels, spec.trace_size)
+        rgb_mean, rgb_std = spec.rgb_mean, spec.rgb_std
+    mean, std = {"rgb": (rgb_mean, rgb_std), "flow": (FLOW_MEAN, FLOW_STD),
                  "rgbdiff": (DIFF_MEAN, DIFF_STD)}[modality]
     if flow_input.format == "rgb":  # colour images, normalised as seed 001 does
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if in_channels < 1 or in_channels % len(mean):
-        raise ValueError(f"in_channels={in_channels} is not a multiple of {len(mean)}, "
-                         f"the channels of one {modality} frame")
-    dropout = spec.default_dropout if dropout is None else dropout
-    kwargs = {k: (dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
+    return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
+                  modality=modality, mean=mean, std=std, dropout=dropout,
+                  flow_input=flow_input, feature_info=feature_info)
 
+
+def _torchvision_stages(spec: BackboneSpec, name: str, in_channels: int, num_classes: int,
+                        weights: str | Path | None, dropout: float):
+    kwargs = {k: (dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
     if weights is None:
         model = spec.builder(weights=None, num_classes=num_classes, **kwargs)
     else:
@@ -351,24 +373,28 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
             # Only the last Linear is resized: the video classes are not ImageNet's.
             old = _get(model, spec.last_linear)
             _set(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
-
     if in_channels != 3:
-        old = _get(model, spec.first_conv)
-        new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                        bias=old.bias is not None)
-        if weights is None:
-            spec.init_first_conv(new)
-        else:
-            with torch.no_grad():
-                new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
-                if old.bias is not None:
-                    new.bias.copy_(old.bias)
-        _set(model, spec.first_conv, new)
+        replace_first_conv(model, spec.first_conv, in_channels,
+                           spec.init_first_conv if weights is None else None)
+    return spec.stages(model, dropout)
 
-    stages = spec.stages(model, dropout)
-    return Stream(name, stages, in_channels=in_channels, num_classes=num_classes,
-                  modality=modality, mean=mean, std=std, dropout=dropout,
-                  flow_input=flow_input, feature_info=_trace_feature_info(stages, in_channels, spec.trace_size))
+
+def replace_first_conv(model: nn.Module, path: str, in_channels: int,
+                       init: Callable[[nn.Conv2d], None] | None = None) -> None:
+    """Give the input convolution at `path` `in_channels`: with `init` None, its filters are
+    averaged over the RGB channels and replicated over the new ones (cross-modality
+    initialisation, TSN); else `init` initialises it afresh."""
+    old = _get(model, path)
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    old.dilation, old.groups, bias=old.bias is not None)
+    if init is not None:
+        init(new)
+    else:
+        with torch.no_grad():
+            new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+    _set(model, path, new)
 
 
 def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int,

@@ -3,6 +3,7 @@
     python scripts/describe_model.py --stream resnet18 --in-channels 20 --num-classes 12
     python scripts/describe_model.py --rgb googlenet --flow resnet18 --fuse conv1x1 \\
         --at inception5b --flow-stack 12 --keep-spatial-head --num-classes 12
+    python scripts/describe_model.py --stream timm:inception_v4 --image-size 299
 """
 import argparse
 
@@ -11,6 +12,8 @@ import torch
 from fusion.fusers import FUSIONS
 from fusion.model import build_two_stream
 from fusion.streams import STREAMS, build_stream, count_parameters
+
+BACKBONES = ", ".join(sorted(STREAMS)) + ", or timm:<any timm model>"
 
 
 def describe_stream(stream, image_size: int, title: str = "tap") -> list[str]:
@@ -62,13 +65,13 @@ def describe_two_stream(model, image_size: int, segments: int = 1) -> list[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stream", choices=sorted(STREAMS), help="describe one stream")
+    parser.add_argument("--stream", help=f"describe one stream: {BACKBONES}")
     parser.add_argument("--in-channels", type=int, default=3,
                         help="one stream: 3 for one RGB frame, 2L for a stack of L flow frames")
     parser.add_argument("--modality", choices=["rgb", "flow"], default=None,
                         help="one stream: default rgb for 3 channels, flow otherwise")
-    parser.add_argument("--rgb", choices=sorted(STREAMS), help="two-stream: the RGB backbone")
-    parser.add_argument("--flow", choices=sorted(STREAMS), help="two-stream: the flow backbone")
+    parser.add_argument("--rgb", help=f"two-stream: the RGB backbone ({BACKBONES})")
+    parser.add_argument("--flow", help="two-stream: the flow backbone")
     parser.add_argument("--fuse", choices=sorted(FUSIONS))
     parser.add_argument("--at", default=None, help="RGB tap to fuse at")
     parser.add_argument("--at-flow", default=None, help="flow tap (default: same reduction)")

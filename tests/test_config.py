@@ -90,10 +90,19 @@ DESCRIBED = {
                                            False),
     "seed004_own_videos_three_streams": ("resnet101", "resnet101", "average", "scores", 3, 10,
                                          False),
+    "seed004_own_videos_inception_v4": ("timm:inception_v4", "timm:inception_v4", "average",
+                                        "scores", 3, 10, False),
+    "seed004_own_videos_inception_resnet_v2": ("timm:inception_resnet_v2",
+                                               "timm:inception_resnet_v2", "average", "scores", 3,
+                                               10, False),
+    "seed004_own_videos_resnest101": ("timm:resnest101e", "timm:resnest101e", "average",
+                                      "scores", 3, 10, False),
 }
 README_NAMES = {"resnet18": "ResNet-18", "resnet101": "ResNet-101", "vgg19": "VGG-19",
                 "googlenet": "GoogLeNet", "inception_v3": "Inception-v3",
-                "conv1x1": "conv", "average": "averag"}
+                "conv1x1": "conv", "average": "averag", "timm:inception_v4": "Inception-v4",
+                "timm:inception_resnet_v2": "Inception-ResNet-v2",
+                "timm:resnest101e": "ResNeSt-101"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -110,8 +119,8 @@ def test_every_shipped_config_builds_the_model_its_readme_row_describes(path):
         assert (model.rgb.name, model.flow.name, model.fusion.name, model.at,
                 model.rgb.in_channels, model.flow.in_channels,
                 model.keep_spatial_head) == described
-    if path.stem == "seed004_own_videos_three_streams":
-        assert model.diff is not None and model.diff.name == "resnet101"
+    if path.stem.startswith("seed004_own_videos"):
+        assert model.diff is not None and model.diff.name == described[0]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith(f"| `{path.name}` |")]
     assert rows, f"README has no row for {path.name}"
