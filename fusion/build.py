@@ -15,6 +15,7 @@ from fusion import distributed
 from fusion.config import Config, from_dict
 from fusion.data.extract import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
+from fusion.data.rawframes import rawframes
 from fusion.data.sampling import SPREAD
 from fusion.data.splits import VIDEO_DATASETS
 from fusion.data.images import images
@@ -99,17 +100,24 @@ def build_dataset(config: Config, subset: str, mode: str):
                    image_size=config.image_size, on_bad=config.on_bad)
     if kind == "folder":
         options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
+    elif kind == "rawframes":
+        options.update(val_fraction=config.val_fraction, class_file=config.class_names or None,
+                       templates=tuple(config.rawframe_templates),
+                       lists={"train": config.train_list, "val": config.val_list,
+                              "test": config.test_list})
     else:
         options.update(split=config.split, val_fraction=config.val_fraction)
     if mode == "train":
         options["transform"] = train_transform(config)
     if mode == "test":
         options.update(num_clips=config.eval_clips, crops=config.eval_crops)
-    return VIDEO_DATASETS[kind](root, **options)
+    return {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, **options)
 
 
 def validation_subset(config: Config) -> str:
-    return "val" if config.val_fraction > 0 else "test"
+    """Where the best epoch is chosen: a validation list or carve-out, else the test split."""
+    listed = config.dataset == "rawframes" and config.val_list
+    return "val" if config.val_fraction > 0 or listed else "test"
 
 
 def flow_input(config: Config) -> FlowInput:

@@ -6,7 +6,7 @@ listing what is valid.
 """
 from __future__ import annotations
 
-DATASET_NAMES = ("synthetic", "ucf101", "hmdb51", "folder", "images")  # config key `dataset`
+DATASET_NAMES = ("synthetic", "ucf101", "hmdb51", "folder", "rawframes", "images")  # `dataset`
 FRAME_TYPES = ("rgb", "flow")  # what a video dataset reads from disk
 MODALITIES = ("rgb", "flow", "rgbdiff")  # what a stream takes as input
 FLOW_FORMATS = ("uv", "rgb")  # how a flow stream sees a flow frame: u, v or a colour image

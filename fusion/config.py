@@ -40,9 +40,19 @@ RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = "synthetic"  # synthetic | ucf101 | hmdb51 | folder | images (still images)
+    # synthetic | ucf101 | hmdb51 | folder | rawframes (MMAction2's) | images (still images)
+    dataset: str = "synthetic"
     data_root: str = "data/synthetic"  # dataset root; synthetic data is generated there if absent
     split: int = 1  # official split 1-3 (ucf101, hmdb51, synthetic)
+    # rawframes: MMAction2 list files ("<video dir> <total_frames> <label>"; relative paths are
+    # read from data_root), an optional class-name file (one a line, in label order; else the
+    # classes are the numbers) and the RGB, flow x, flow y file names
+    train_list: str = ""
+    val_list: str = ""  # empty: val_fraction of train_list
+    test_list: str = ""
+    class_names: str = ""
+    rawframe_templates: list[str] = field(
+        default_factory=lambda: ["img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg"])
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
     max_classes: int = 0  # class subset: the first N classes; 0: all
     val_fraction: float = 0.1  # stratified part of the training list held out for validation
@@ -196,6 +206,13 @@ class Config:
         if self.frame_policy == SPREAD and (self.flow_stack % 2 or self.segments != 1):
             raise ValueError(f"config key frame_policy: {SPREAD} needs an even flow_stack and "
                              f"segments = 1, got {self.flow_stack} and {self.segments}")
+        if self.dataset == "rawframes" and not (self.train_list and self.test_list):
+            raise ValueError("config keys train_list and test_list: dataset 'rawframes' reads "
+                             "MMAction2 list files; give both (and val_list if you have one)")
+        if len(self.rawframe_templates) != 3 or any(
+                "{" not in t for t in self.rawframe_templates):
+            raise ValueError(f"config key rawframe_templates: three file names with a number "
+                             f"field (RGB, flow x, flow y), got {self.rawframe_templates}")
         if self.classes and self.max_classes:
             raise ValueError("config keys classes and max_classes: give one of them")
         self.unfreeze_steps()

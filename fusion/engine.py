@@ -243,6 +243,8 @@ def fit(config: Config, *, overrides: dict | None = None):
             print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} "
                   f"training and {len(val_set)} validation videos, {len(classes)} classes, "
                   f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
+            for note in dict.fromkeys(train_set.notes + val_set.notes):
+                print(f"note: {note}")
 
         for epoch in range(start_epoch, config.epochs):
             began = time.perf_counter()

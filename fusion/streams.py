@@ -338,7 +338,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
             name, in_channels=in_channels, num_classes=num_classes, weights=weights,
             dropout=dropout)
     else:
-        spec = STREAMS[resolve_name(name, tuple(STREAMS), "stream")]
+        spec = STREAMS[resolve_name(name, (*STREAMS, "timm:<any timm model>"), "stream")]
         dropout = spec.default_dropout if dropout is None else dropout
         stages = _torchvision_stages(spec, name, in_channels, num_classes, weights, dropout)
         feature_info = _trace_feature_info(stages, in_channels, spec.trace_size)

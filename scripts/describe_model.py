@@ -86,8 +86,11 @@ def main(argv=None):
     if (args.stream is None) == (args.fuse is None):
         parser.error("give either --stream (one stream) or --rgb/--flow/--fuse (two streams)")
     if args.stream:
-        stream = build_stream(args.stream, in_channels=args.in_channels,
-                              num_classes=args.num_classes, modality=args.modality)
+        try:
+            stream = build_stream(args.stream, in_channels=args.in_channels,
+                                  num_classes=args.num_classes, modality=args.modality)
+        except ValueError as err:
+            parser.error(str(err))
         print(f"{args.stream}: {stream.in_channels} x {args.image_size} x {args.image_size} "
               f"{stream.modality} input, {stream.num_classes} classes")
         rows = describe_stream(stream, args.image_size)
@@ -95,11 +98,14 @@ def main(argv=None):
     else:
         if not (args.rgb and args.flow):
             parser.error("--fuse needs --rgb and --flow")
-        model = build_two_stream(rgb=args.rgb, flow=args.flow, fuse=args.fuse, at=args.at,
-                                 at_flow=args.at_flow, num_classes=args.num_classes,
-                                 flow_stack=args.flow_stack, rgb_stack=args.rgb_stack,
-                                 keep_spatial_head=args.keep_spatial_head,
-                                 keep_temporal_tower=args.keep_temporal_tower)
+        try:
+            model = build_two_stream(rgb=args.rgb, flow=args.flow, fuse=args.fuse, at=args.at,
+                                     at_flow=args.at_flow, num_classes=args.num_classes,
+                                     flow_stack=args.flow_stack, rgb_stack=args.rgb_stack,
+                                     keep_spatial_head=args.keep_spatial_head,
+                                     keep_temporal_tower=args.keep_temporal_tower)
+        except ValueError as err:
+            parser.error(str(err))
         rows = describe_two_stream(model, args.image_size, args.segments)
     print("\n".join(rows))
 

@@ -332,7 +332,7 @@ def test_corrupt_and_missing_frames(ucf):
 def test_frame_index_is_cached_as_json_and_rebuilt_when_a_folder_changes(ucf):
     ucf101(ucf, subset="test")
     index = json.loads((ucf / INDEX_NAME).read_text())
-    key = os.path.join("jpegs_256", "v_YoYo_g02_c01")
+    key = os.path.join("jpegs_256", "v_YoYo_g02_c01", "frame{:06d}.jpg")
     assert index["folders"][key][1] == 22
     write_frame(ucf / "jpegs_256" / "v_YoYo_g02_c01" / "frame000023.jpg", 0, 3)
     assert ucf101(ucf, subset="test").videos[2].rgb_frames == 23

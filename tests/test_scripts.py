@@ -23,9 +23,10 @@ def test_describe_model_prints_every_tap_and_the_parameter_count(capsys, load_sc
     assert f"{count_parameters(stream):,}" in out.splitlines()[-1]
 
 
-def test_describe_model_rejects_unknown_stream(load_script):
+def test_describe_model_rejects_unknown_stream(load_script, capsys):
     with pytest.raises(SystemExit):
         load_script("describe_model").main(["--stream", "alexnet"])
+    assert "unknown stream 'alexnet'; valid: resnet18" in capsys.readouterr().err
 
 
 def test_describe_model_two_stream_shows_fused_shapes_and_parts(capsys, load_script):

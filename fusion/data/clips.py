@@ -34,17 +34,28 @@ FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 /
 
 @dataclass
 class Video:
+    """A video's frame folders and how its files are named: frame k (0-based) of a folder is
+    `template.format(first + k)`. Flow u and v may share one folder (MMAction2's rawframes:
+    flow_x_00001.jpg, flow_y_00001.jpg beside img_00001.jpg)."""
+
     video_id: str
     label: int
     rgb_dir: Path | None = None
     flow_dirs: tuple[Path, Path] | None = None
     rgb_frames: int = 0
     flow_frames: int = 0
+    rgb_template: str = FRAME_TEMPLATE
+    flow_templates: tuple[str, str] = (FRAME_TEMPLATE, FRAME_TEMPLATE)
+    rgb_first: int = 1
+    flow_first: int = 1
+    total_frames: int = 0  # what a list file says (MMAction2's rawframes), 0: not given
 
 
 def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
-                video_id: str, template: str = FRAME_TEMPLATE) -> torch.Tensor:
-    """Decode the frames at 0-based `indices` -> N x C x H x W uint8.
+                video_id: str, templates: str | Sequence[str] = FRAME_TEMPLATE,
+                first: int = 1) -> torch.Tensor:
+    """Decode the frames at 0-based `indices` -> N x C x H x W uint8; frame i of a folder is
+    its file `template.format(first + i)` (one template, or one per folder).
 
     RGB (one folder, C = 3) comes back channels-last in memory, as decoded: torch's uint8
     resize is fastest on that layout. Grayscale frames from several folders (flow u and v)
@@ -53,6 +64,7 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     snippet repeats it, straight into the output.
     """
     folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
+    templates = [templates] * len(folders) if isinstance(templates, str) else list(templates)
     if not gray and len(folders) != 1:
         raise ValueError("RGB frames come from one folder")
     out = None
@@ -62,8 +74,8 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
             out[n] = out[first_at[i]]
             continue
         first_at[i] = n
-        for c, folder in enumerate(folders):
-            path = os.path.join(folder, template.format(i + 1))
+        for c, (folder, template) in enumerate(zip(folders, templates)):
+            path = os.path.join(folder, template.format(first + i))
             try:
                 image = read_image(path, gray=gray)
             except DecodeError as err:
@@ -119,7 +131,7 @@ class VideoDataset(Dataset):
                  modalities: Sequence[str] = FRAME_TYPES, segments: int = 1, flow_stack: int = 10,
                  rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
                  transform=None, num_clips: int = 25, crops: str = "center",
-                 on_bad: str = "raise", frame_template: str = FRAME_TEMPLATE):
+                 on_bad: str = "raise"):
         resolve_name(mode, MODES, "mode")
         resolve_name(on_bad, ON_BAD, "on_bad")
         resolve_name(frame_policy, POLICIES, "frame_policy")
@@ -136,12 +148,12 @@ class VideoDataset(Dataset):
         self.use_rgb, self.use_flow = "rgb" in modalities, "flow" in modalities
         self.segments, self.flow_stack, self.rgb_stack = segments, flow_stack, rgb_stack
         self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
-        self.frame_template = frame_template
         if transform is None:
             transform = (TrainTransform(image_size) if mode == "train" else
                          EvalTransform(image_size, crops if mode == "test" else "center"))
         self.transform = transform
         self.skipped = 0
+        self.notes: list[str] = []  # what reading the dataset found, for the run's log
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -170,10 +182,10 @@ class VideoDataset(Dataset):
         rgb = flow = None
         if flow_idx is not None:  # N x 2 x H x W
             flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
-                               template=self.frame_template)
+                               templates=video.flow_templates, first=video.flow_first)
         if rgb_idx is not None:
             rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
-                              template=self.frame_template)
+                              templates=video.rgb_template, first=video.rgb_first)
         return arrange_sample(rgb, flow, self.transform, segments=self.segments,
                               rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
                               single_view=self.mode != "test")

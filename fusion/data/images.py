@@ -47,6 +47,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform if transform is not None else (
             TrainTransform(image_size) if mode == "train" else None)
         self.views_per_video, self.skipped = 1, 0
+        self.notes: list[str] = []
 
     def __len__(self) -> int:
         return len(self.items)

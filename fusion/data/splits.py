@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
-from fusion.data.clips import FRAME_TEMPLATE, Video, VideoDataset
+from fusion.data.clips import Video, VideoDataset
 from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
 
@@ -122,7 +122,7 @@ def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
     return list(items) + extra
 
 
-def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
+def finish(videos: list[Video | None], classes: list[str], subset: str, *,
             val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
             on_bad: str, group_of=None, **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
@@ -139,10 +139,10 @@ def _finish(videos: list[Video | None], classes: list[str], subset: str, *,
     for video in videos:
         problem = None
         if video.rgb_dir is not None:
-            video.rgb_frames = index.count(video.rgb_dir)
+            video.rgb_frames = index.count(video.rgb_dir, video.rgb_template)
             problem = None if video.rgb_frames else f"no frames in {video.rgb_dir}"
         if video.flow_dirs is not None and problem is None:
-            counts = [index.count(d) for d in video.flow_dirs]
+            counts = [index.count(d, t) for d, t in zip(video.flow_dirs, video.flow_templates)]
             video.flow_frames = min(counts)
             problem = None if video.flow_frames else f"no flow frames in {video.flow_dirs[0]}"
         if problem is None:
@@ -169,7 +169,7 @@ def _official_subset(subset: str, val_fraction: float) -> str:
     return "test" if subset == "test" else "train"
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
+def read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"expected the list file {path}")
     # The official files have Windows line endings and trailing spaces.
@@ -210,7 +210,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
            lists: str | Path | None = None, on_bad: str = "raise",
-           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+           **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
     and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
 
@@ -227,7 +227,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     lists = Path(lists) if lists else _require_dir(root / "ucfTrainTestlist", "UCF101 split files")
     class_file = lists / "classInd.txt"
     all_classes = []
-    for n, line in _read_lines(class_file):
+    for n, line in read_lines(class_file):
         index, _, name = line.partition(" ")
         if not index.isdigit() or int(index) != len(all_classes) + 1 or not name:
             raise ValueError(f"{class_file}:{n}: expected '<index> <class>' with indices "
@@ -239,7 +239,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     list_file = lists / f"{official}list0{split}.txt"
     rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
     videos = []
-    for n, line in _read_lines(list_file):
+    for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
         class_dir, _, filename = path.replace("\\", "/").rpartition("/")
         if class_dir.lower() not in known:
@@ -252,9 +252,9 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
         video = _make_video(Path(filename).stem, label_of[class_dir.lower()], rgb_lookup,
                             flow_lookups, on_bad)
         videos.append(video)
-    return _finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                   seed=seed, oversample_train=oversample, index=FrameIndex(root, frame_template),
-                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+    return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
+                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                   on_bad=on_bad, modalities=modalities,
                    group_of=ucf101_group, **kwargs)
 
 
@@ -262,7 +262,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
            lists: str | Path | None = None, on_bad: str = "raise",
-           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+           **kwargs) -> VideoDataset:
     """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
     train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
     Validation (`val_fraction`) is carved out of the training videos by video, per class.
@@ -284,7 +284,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     wanted = "2" if official == "test" else "1"
     videos = []
     for label, name in enumerate(chosen):
-        for n, line in _read_lines(files[name]):
+        for n, line in read_lines(files[name]):
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise ValueError(f"{files[name]}:{n}: expected '<video>.avi <tag 0|1|2>', "
@@ -292,16 +292,16 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
             if parts[1] == wanted:
                 videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
                                           on_bad))
-    return _finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                   seed=seed, oversample_train=oversample, index=FrameIndex(root, frame_template),
-                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+    return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
+                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                   on_bad=on_bad, modalities=modalities,
                    **kwargs)
 
 
 def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
     """(class, video) per line `<class>/<video>` of a folder dataset's list file."""
     entries = []
-    for n, line in _read_lines(path):
+    for n, line in read_lines(path):
         class_name, _, video = line.partition("/")
         if class_name not in classes:
             raise ValueError(f"{path}:{n}: unknown class {class_name!r}; "
@@ -314,7 +314,7 @@ def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
            modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           frame_template: str = FRAME_TEMPLATE, **kwargs) -> VideoDataset:
+           **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
     `u/` and `v/` subfolders.
 
@@ -360,9 +360,9 @@ def folder(root: str | Path, *, subset: str = "train",
                             video_dir if "rgb" in modalities else None,
                             (video_dir / "u", video_dir / "v") if "flow" in modalities
                             else None))
-    return _finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                   oversample_train=oversample, index=FrameIndex(root, frame_template),
-                   on_bad=on_bad, modalities=modalities, frame_template=frame_template,
+    return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
+                   oversample_train=oversample, index=FrameIndex(root),
+                   on_bad=on_bad, modalities=modalities,
                    **kwargs)
 
 

@@ -1,0 +1,135 @@
+"""MMAction2's rawframes, as its tools write them (build_rawframes.py / denseflow):
+
+    <root>/rawframes/<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg   (one folder)
+    list files, one video a line:  <video dir relative to rawframes/> <total_frames> <label from 0>
+
+    train = rawframes("/data/ucf101", subset="train", segments=3, flow_stack=5,
+                      lists={"train": "ucf101_train_split_1_rawframes.txt",
+                             "test": "ucf101_val_split_1_rawframes.txt"})
+
+Flow numbered from 0 (flow_x_00000.jpg) or from 1, and one flow frame fewer than RGB frames
+(flow k: frame k to k + 1) or as many, are both read as they are: each video's numbering is
+detected, and `notes` says what was found (the run's log prints it). `total_frames` is checked
+against the frames on disk (it must equal the RGB or the flow count). Classes are numbers
+("0", "1", ...) unless a class-name file (one name a line, in label order) is given.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
+from fusion.data.clips import Video, VideoDataset
+from fusion.data.index import FrameIndex
+from fusion.data.loader import FrameError
+from fusion.data.splits import finish, read_lines, select_classes
+
+TEMPLATES = ("img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")  # MMAction2's defaults
+
+
+def read_list(path: Path) -> list[tuple[str, int, int]]:
+    """(video dir, total_frames, label) per line, or an error naming the file and line."""
+    entries = []
+    for n, line in read_lines(Path(path)):
+        parts = line.rsplit(maxsplit=2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise ValueError(f"{path}:{n}: expected '<video dir> <total_frames> <label from 0>' "
+                             f"(MMAction2's rawframe list), got {line!r}")
+        entries.append((parts[0], int(parts[1]), int(parts[2])))
+    return entries
+
+
+def class_names(path: str | Path | None, labels: Sequence[int]) -> list[str]:
+    """The names of a class-name file, one a line in label order; without one, "0", "1", ..."""
+    if path is None:
+        return [str(i) for i in range(max(labels) + 1)]
+    names = [line for _, line in read_lines(Path(path))]
+    if max(labels) >= len(names):
+        raise ValueError(f"class-name file {path} names {len(names)} classes, but the lists "
+                         f"use label {max(labels)}")
+    return names
+
+
+def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str | Path],
+              class_file: str | Path | None = None, classes: int | Sequence[str] | None = None,
+              val_fraction: float = 0.0, seed: int = 0, oversample: bool = False,
+              modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
+              templates: Sequence[str] = TEMPLATES, **kwargs) -> VideoDataset:
+    """The `subset` of a rawframes dataset. `lists` maps train / val / test to list files
+    (a relative path is read from `root`); without a val list, validation is a stratified
+    `val_fraction` of the training list, by video. `templates`: RGB, flow x, flow y file names."""
+    root = Path(root)
+    resolve_name(subset, SUBSETS, "subset")
+    frames_root = root / "rawframes"
+    if not frames_root.is_dir():
+        raise FileNotFoundError(f"rawframes dataset: expected the folder {frames_root}")
+    lists = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in lists.items() if v}
+    if "train" not in lists or "test" not in lists:
+        raise ValueError("rawframes: give the training and test lists (train_list, test_list)")
+    carve = 0.0
+    source = subset
+    if subset != "test" and "val" not in lists:
+        if subset == "val" and val_fraction <= 0:
+            raise ValueError("subset 'val' of rawframes needs val_list or val_fraction > 0")
+        carve, source = val_fraction, "train"
+    entries = read_list(lists[source])
+    every_label = [label for name in lists.values() for _, _, label in read_list(name)]
+    all_classes = class_names(class_file, every_label)
+    chosen = select_classes(all_classes, classes)
+    rgb_template, x_template, y_template = templates
+    videos = []
+    for video_dir, total, label in entries:
+        if all_classes[label] not in chosen:
+            continue
+        folder = frames_root / video_dir
+        if not folder.is_dir():
+            if on_bad == "raise":
+                raise FrameError(f"video {video_dir}: expected the folder {folder} "
+                                 f"(listed in {lists[source]})")
+            videos.append(None)
+            continue
+        video = Video(video_dir, chosen.index(all_classes[label]))
+        if "rgb" in modalities:
+            video.rgb_dir, video.rgb_template = folder, rgb_template
+            video.rgb_first = first_number(folder, rgb_template)
+        if "flow" in modalities:
+            video.flow_dirs, video.flow_templates = (folder, folder), (x_template, y_template)
+            video.flow_first = first_number(folder, x_template)
+        video.total_frames = total
+        videos.append(video)
+    dataset = finish(videos, chosen, subset, val_fraction=carve, seed=seed,
+                     oversample_train=oversample, index=FrameIndex(root), on_bad=on_bad,
+                     modalities=modalities, **kwargs)
+    numbering, counts, totals_off = Counter(), Counter(), []
+    for video in {v.video_id: v for v in dataset.videos}.values():  # oversampling repeats
+        if "flow" in modalities:
+            numbering[video.flow_first] += 1
+        if "flow" in modalities and "rgb" in modalities:
+            counts[video.rgb_frames - video.flow_frames] += 1
+        if video.total_frames not in (video.rgb_frames, video.flow_frames, 0):
+            totals_off.append(f"{video.video_id} ({video.total_frames} listed, "
+                              f"{video.rgb_frames or video.flow_frames} on disk)")
+    dataset.notes = _notes(numbering, counts, totals_off, lists[source])
+    return dataset
+
+
+def first_number(folder: Path, template: str) -> int:
+    """1 if the folder's first file is numbered 1 (MMAction2's RGB), 0 if numbered 0 (flow
+    written by some denseflow builds)."""
+    return 0 if (folder / template.format(0)).is_file() else 1
+
+
+def _notes(numbering: Counter, gaps: Counter, totals_off: list[str], list_file: Path) -> list[str]:
+    notes = []
+    if numbering:
+        notes.append("rawframes flow numbered from " + ", ".join(
+            f"{first} in {n} videos" for first, n in sorted(numbering.items())))
+    if gaps:
+        notes.append("rawframes RGB minus flow frames: " + ", ".join(
+            f"{gap} in {n} videos" for gap, n in sorted(gaps.items())))
+    if totals_off:
+        notes.append(f"{len(totals_off)} videos of {list_file} list a total_frames that matches "
+                     f"neither their RGB nor their flow frames (the frames on disk are used): "
+                     + ", ".join(totals_off[:5]) + (" ..." if len(totals_off) > 5 else ""))
+    return notes
