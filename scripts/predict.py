@@ -2,6 +2,8 @@
 
     python scripts/predict.py --checkpoint runs/x/best.pt VIDEO [VIDEO ...]
         [--window 2.0] [--stride 1.0] [--json predictions.json] [--device auto]
+    python scripts/predict.py --onnx model.onnx VIDEO ...   # onnxruntime, no torch model
+
 
 Flow is computed on the fly with the method the model was trained on (its config's
 flow_method); prints one line per window (start, end, top class, probability) and the
@@ -19,7 +21,9 @@ from fusion.predict import load_for_prediction, predict_video
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a training checkpoint (best.pt)")
+    source.add_argument("--onnx", help="a model written by scripts/export.py --onnx")
     parser.add_argument("videos", nargs="+")
     parser.add_argument("--window", type=float, default=2.0, help="seconds per window")
     parser.add_argument("--stride", type=float, default=1.0, help="seconds between windows")
@@ -27,9 +31,15 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     try:
-        model, config, classes = load_for_prediction(args.checkpoint)
-        device = device_for(args.device)
-        model.to(device)
+        if args.onnx:
+            from fusion.export import OnnxModel
+
+            model = OnnxModel(args.onnx)
+            config, classes, device = model.config, model.classes, "cpu"
+        else:
+            model, config, classes = load_for_prediction(args.checkpoint)
+            device = device_for(args.device)
+            model.to(device)
         reports = []
         for video in args.videos:
             report = predict_video(model, config, classes, video, window=args.window,
