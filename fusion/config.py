@@ -71,7 +71,8 @@ class Config:
     # Simonyan's camera-motion compensation: each flow field minus its mean (in normalisation)
     flow_mean_subtraction: bool = False
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
-    flow_method: str = "tvl1"  # how the flow frames were made: tvl1 | dis | farneback | raft
+    # how the flow frames were made: tvl1 | tvl1-torch | dis | farneback | raft
+    flow_method: str = "tvl1"
     flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
     short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
     pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)

@@ -2,6 +2,8 @@
 
     python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --flow tvl1 --workers 8
     python scripts/extract_frames.py --videos my_videos/ --out data/own --layout folder --flow dis
+    python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --flow tvl1-torch \
+        --device cuda --workers 8 --shard 3/8       # one GPU of a job array of 8
     python scripts/extract_frames.py --videos hmdb51/ --out data/hmdb51 --flow raft \
         --flow-pairs spread-around-middle --flow-stack 8 --pad-square --short-side 224  # seed 001
 
@@ -13,7 +15,7 @@ fewer frames than their container declares (truncated downloads), are listed at 
 import argparse
 import sys
 
-from fusion.data.extract import LAYOUTS, Settings, extract_all
+from fusion.data.extract import LAYOUTS, Settings, extract_all, parse_shard
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 
@@ -39,8 +41,15 @@ def main(argv=None) -> int:
                         help="'default' (torchvision's, downloaded once) or a local state-dict "
                              "file of the RAFT model")
     parser.add_argument("--device", default="auto",
-                        help="where RAFT runs: auto (a GPU if there is one) | cpu | cuda")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+                        help="where tvl1-torch and RAFT run: auto (a GPU if there is one) | cpu "
+                             "| cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="tvl1-torch / RAFT: frame pairs per device batch, across videos")
+    parser.add_argument("--shard", help="K/N: extract every N-th video from the K-th, so N "
+                                        "machines (a job array) share one extraction")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="parallel processes (OpenCV methods) or decoding threads "
+                             "(tvl1-torch, raft)")
     parser.add_argument("--ext", default="avi,mp4", help="comma-separated video extensions")
     parser.add_argument("--layout", choices=LAYOUTS, default="ucf101")
     parser.add_argument("--strict", action="store_true",
@@ -56,7 +65,8 @@ def main(argv=None) -> int:
             raft_model=args.raft_model, raft_weights=args.raft_weights)
         summary = extract_all(args.videos, args.out, settings,
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
-                              workers=args.workers, strict=args.strict, device=args.device)
+                              workers=args.workers, strict=args.strict, device=args.device,
+                              batch_size=args.batch_size, shard=parse_shard(args.shard))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ def test_flow_input_is_checked():
     with pytest.raises(ValueError, match="unknown flow method 'flownet2'"):
         FlowEstimator("flownet2")
     with pytest.raises(ValueError, match=r"two RGB uint8 frames \(H x W x 3\)"):
-        FlowEstimator("dis")(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+        FlowEstimator("dis")(np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 3), np.float32))
 
 
 def test_fast_methods_agree_with_tvl1_on_real_footage():

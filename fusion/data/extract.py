@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
+from fusion.data.flow import BATCHED, DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.imagefiles import write_jpeg
 from fusion.data.sampling import FLOW_PAIRS, SPREAD, spread_around_middle
 from fusion.data.video import VideoError, declared_frame_count, iter_frames
@@ -57,9 +57,10 @@ class Settings:
         if self.flow_pairs == SPREAD:
             spread_around_middle(1, self.flow_stack)  # an even L >= 2, or a named error
 
-    def estimator(self, device: str = "auto") -> FlowEstimator:
+    def estimator(self, device: str = "auto", batch_size: int = 8) -> FlowEstimator:
         return FlowEstimator(self.flow_method, raft_model=self.raft_model,
-                             raft_weights=self.raft_weights, device=device)
+                             raft_weights=self.raft_weights, device=device,
+                             batch_size=batch_size)
 
     def recorded(self) -> dict:
         settings = {"flow_method": self.flow_method or "none", "flow_bound": self.flow_bound,
@@ -139,80 +140,116 @@ def shortfall(decoded: int, declared: int) -> str | None:
     return None
 
 
+@dataclass
+class Work:
+    """One video under way: its partial folders, then where they move when complete."""
+
+    job: Job
+    dirs: dict[str, Path]
+    partial: Path
+    with_flow: bool
+    count: int = 0
+    note: str | None = None
+
+    @property
+    def rgb_dir(self) -> Path:
+        return self.partial / "rgb"
+
+    @property
+    def u_dir(self) -> Path:
+        return self.partial / "u"
+
+    @property
+    def v_dir(self) -> Path:
+        return self.partial / "v"
+
+    @classmethod
+    def start(cls, job: Job, out: Path, layout: str, with_flow: bool) -> "Work | None":
+        """The video's work, its partial folders made afresh; None when it is already done."""
+        dirs = final_dirs(out, job, layout, with_flow)
+        if list(dirs.values())[-1].is_dir():
+            return None
+        partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
+        shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
+        for d in dirs.values():
+            shutil.rmtree(d, ignore_errors=True)  # flow moved in before a kill, without its RGB
+        work = cls(job, dirs, partial, with_flow)
+        for d in (work.rgb_dir, work.u_dir, work.v_dir) if with_flow else (work.rgb_dir,):
+            d.mkdir(parents=True)
+        return work
+
+    def decode(self, settings: Settings, strict: bool, sink) -> None:
+        """Write the RGB frames and hand `sink` the frames the flow joins, in order: every
+        frame, or the spread selection (the video decoded a second time, so memory holds
+        only the selected frames)."""
+        import cv2
+
+        cv2.setNumThreads(1)  # parallelism comes from the workers
+        declared = declared_frame_count(self.job.video)
+        frames = iter_frames(self.job.video, settings.short_side, settings.pad_square)
+        for self.count, frame in enumerate(frames, 1):
+            write_jpeg(self.rgb_dir / f"frame{self.count:06d}.jpg", frame)
+            if self.with_flow and settings.flow_pairs == "consecutive":
+                sink(frame)
+        if self.with_flow and settings.flow_pairs == SPREAD:
+            selected = spread_around_middle(self.count, settings.flow_stack)
+            chosen = {i: frame for i, frame in enumerate(
+                iter_frames(self.job.video, settings.short_side, settings.pad_square))
+                if i in selected}
+            for i in selected:
+                sink(chosen[i])
+        self.note = shortfall(self.count, declared)
+        if self.note and strict:
+            raise VideoError(f"{self.job.video}: {self.note}")
+
+    def write_flow(self, numbers, flows, bound: float) -> None:
+        """Flow frames (1-based `numbers`) as quantised u and v JPEGs."""
+        for number, flow in zip(numbers, flows):
+            q = quantize(flow, bound)
+            write_jpeg(self.u_dir / f"frame{number:06d}.jpg", q[..., 0])
+            write_jpeg(self.v_dir / f"frame{number:06d}.jpg", q[..., 1])
+
+    def finish(self, layout: str) -> None:
+        """Move the complete video into place, RGB last (the folder that marks it done)."""
+        if layout == "folder":
+            target = self.dirs["video"]
+            if self.with_flow:
+                self.u_dir.rename(self.rgb_dir / "u")
+                self.v_dir.rename(self.rgb_dir / "v")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.rgb_dir.rename(target)
+        else:
+            for key, source in (("u", self.u_dir), ("v", self.v_dir), ("rgb", self.rgb_dir)):
+                if key in self.dirs:
+                    self.dirs[key].parent.mkdir(parents=True, exist_ok=True)
+                    source.rename(self.dirs[key])
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
 def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
                   layout: str = "ucf101", strict: bool = False,
                   device: str = "auto") -> tuple[str, int, str | None]:
-    """Extract one video: (done / skipped, frames, a note when it decoded fewer frames than
-    declared). Raises VideoError for an unreadable file, and with `strict` for a short one."""
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism comes from the worker processes
-    method = settings.flow_method
-    dirs = final_dirs(out, job, layout, method is not None)
-    last = list(dirs.values())[-1]
-    if last.is_dir():
+    """Extract one video in this process: (done / skipped, frames, a note when it decoded
+    fewer frames than declared). Raises VideoError for an unreadable file, and with `strict`
+    for a short one."""
+    work = Work.start(job, out, layout, settings.flow_method is not None)
+    if work is None:
         return "skipped", 0, None
-    partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
-    shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
-    for d in dirs.values():
-        shutil.rmtree(d, ignore_errors=True)  # flow moved in before a kill, without its RGB
-    rgb_dir = partial / "rgb"
-    u_dir, v_dir = partial / "u", partial / "v"
-    for d in (rgb_dir, u_dir, v_dir) if method else (rgb_dir,):
-        d.mkdir(parents=True)
-    flow = FlowWriter(settings, u_dir, v_dir, device) if method else None
-    declared = declared_frame_count(job.video)
-    frames = iter_frames(job.video, settings.short_side, settings.pad_square)
-    count = 0
-    for count, frame in enumerate(frames, 1):
-        write_jpeg(rgb_dir / f"frame{count:06d}.jpg", frame)
-        if flow is not None and settings.flow_pairs == "consecutive":
-            flow.add(frame)
-    if flow is not None and settings.flow_pairs == SPREAD:
-        selected = spread_around_middle(count, settings.flow_stack)
-        chosen = {}
-        for i, frame in enumerate(iter_frames(job.video, settings.short_side,
-                                              settings.pad_square)):
-            if i in selected:
-                chosen[i] = frame
-        for i in selected:
-            flow.add(chosen[i])
-    if flow is not None:
-        flow.flush()
-    note = shortfall(count, declared)
-    if note and strict:
-        raise VideoError(f"{job.video}: {note}")
-    if layout == "folder":
-        target = dirs["video"]
-        if method:
-            u_dir.rename(rgb_dir / "u")
-            v_dir.rename(rgb_dir / "v")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rgb_dir.rename(target)
-    else:
-        for key, source in (("u", u_dir), ("v", v_dir), ("rgb", rgb_dir)):
-            if key in dirs:
-                dirs[key].parent.mkdir(parents=True, exist_ok=True)
-                source.rename(dirs[key])
-    shutil.rmtree(partial, ignore_errors=True)
-    return "done", count, note
+    pairs = PairStream(work, _estimator(settings, device), settings.flow_bound) \
+        if work.with_flow else None
+    work.decode(settings, strict, pairs.add if pairs else None)
+    if pairs:
+        pairs.flush()
+    work.finish(layout)
+    return "done", work.count, work.note
 
 
-@functools.lru_cache(maxsize=1)
-def _estimator(settings: Settings, device: str) -> FlowEstimator:
-    """One estimator per process, shared by its videos (RAFT loads its weights once)."""
-    return settings.estimator(device)
+class PairStream:
+    """Consecutive frames given one at a time -> flow frame k between the k-th and the next,
+    computed in the estimator's batches and written as they come (memory: one batch)."""
 
-
-class FlowWriter:
-    """Takes the frames a video's flow joins, in order, and writes flow frame k (from the k-th
-    frame given to the next, 1-based files) as quantised u and v JPEGs, computing the pairs
-    in the estimator's batches."""
-
-    def __init__(self, settings: Settings, u_dir: Path, v_dir: Path, device: str):
-        self.estimator = _estimator(settings, device)
-        self.bound = settings.flow_bound
-        self.u_dir, self.v_dir = u_dir, v_dir
+    def __init__(self, work: Work, estimator: FlowEstimator, bound: float):
+        self.work, self.estimator, self.bound = work, estimator, bound
         self.previous = None
         self.pending: list[tuple[int, object, object]] = []
         self.written = 0
@@ -225,15 +262,18 @@ class FlowWriter:
         self.previous = frame
 
     def flush(self) -> None:
-        if not self.pending:
-            return
-        numbers, firsts, seconds = zip(*self.pending)
-        for number, flow in zip(numbers, self.estimator.many(list(firsts), list(seconds))):
-            q = quantize(flow, self.bound)
-            write_jpeg(self.u_dir / f"frame{number:06d}.jpg", q[..., 0])
-            write_jpeg(self.v_dir / f"frame{number:06d}.jpg", q[..., 1])
-        self.written += len(self.pending)
-        self.pending = []
+        if self.pending:
+            numbers, firsts, seconds = zip(*self.pending)
+            self.work.write_flow(numbers, self.estimator.many(list(firsts), list(seconds)),
+                                 self.bound)
+            self.written += len(self.pending)
+            self.pending = []
+
+
+@functools.lru_cache(maxsize=1)
+def _estimator(settings: Settings, device: str) -> FlowEstimator:
+    """One estimator per process, shared by its videos (RAFT loads its weights once)."""
+    return settings.estimator(device)
 
 
 def _run(job, out, settings, options):
@@ -243,16 +283,32 @@ def _run(job, out, settings, options):
         return job, "failed", 0, None, str(err)
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """"K/N" -> (K, N), 1 <= K <= N, or an error naming --shard."""
+    if not text:
+        return None
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 3/8")
+    return int(k), int(n)
+
+
 def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
                 extensions=("avi", "mp4"), layout="ucf101", workers: int = 1,
-                progress: bool = True, strict: bool = False, device: str = "auto") -> Summary:
-    """Extract every video under `videos` in parallel processes; never stops on a bad file."""
+                progress: bool = True, strict: bool = False, device: str = "auto",
+                batch_size: int = 32, shard: tuple[int, int] | None = None) -> Summary:
+    """Extract every video under `videos` (or shard K of N of them: every N-th from the K-th,
+    so N machines share one extraction into one `out`); never stops on a bad file. OpenCV's
+    methods run a video per worker process; the batched ones (tvl1-torch, raft) run on one
+    device, fed `batch_size` pairs at a time across videos by `workers` decoding threads."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     if settings.flow_method is not None:
         # fail now, not in every worker, on a bad method, device, weights file or missing cv2
         settings.estimator(device)
     jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions))
+    if shard is not None:
+        jobs = jobs[shard[0] - 1::shard[1]]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _record_settings(out, settings)
@@ -262,7 +318,16 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="videos", disable=not progress, dynamic_ncols=True)
-    if workers <= 1:
+
+    def report(*result):
+        _tally(summary, *result)
+        bar.update()
+    if settings.flow_method in BATCHED:
+        from fusion.data.pipeline import extract_on_device
+
+        extract_on_device(jobs, out, settings, layout=layout, strict=strict, device=device,
+                          workers=max(workers, 1), batch_size=batch_size, report=report)
+    elif workers <= 1:
         results = (_run(job, out, settings, options) for job in jobs)
         for result in results:
             _tally(summary, *result)
@@ -277,7 +342,8 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
                 _tally(summary, *future.result())
                 bar.update()
     bar.close()
-    shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    if shard is None:  # other shards may still be writing theirs
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     return summary
 

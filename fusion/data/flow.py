@@ -29,7 +29,23 @@ def dequantize(q, bound: float = DEFAULT_BOUND):
     return np.asarray(q, dtype=np.float32) * np.float32(2 * bound / 255.0) - np.float32(bound)
 
 
-METHODS = ("tvl1", "dis", "farneback", "raft")
+def resolve_device(device: str) -> torch.device:
+    """auto (a GPU when there is one) | cpu | cuda | cuda:N, or an error naming the option."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this machine has no CUDA GPU (use cpu or auto)")
+    return resolved
+
+
+METHODS = ("tvl1", "tvl1-torch", "dis", "farneback", "raft")
+BATCHED = ("tvl1-torch", "raft")  # methods that run batches of pairs on a device
 RAFT_MODELS = ("large", "small")
 
 
@@ -40,6 +56,9 @@ class FlowEstimator:
         twostreamfusion and denseflow releases; about 1-2 s per 340 x 256 pair on one core);
     dis: DIS at the medium preset; farneback: Farneback's polynomial expansion. Both are in
         core OpenCV and two orders of magnitude faster. These three see grayscale frames.
+    tvl1-torch: the same Dual TV-L1 in PyTorch (`fusion.data.tvl1`, OpenCV's parameters and
+        answers) on grayscale frames, `batch_size` pairs at a time on `device`, through
+        torch.compile on a GPU.
     raft: torchvision's RAFT (`raft_model` large | small, `raft_weights` "default" or a local
         file) on the RGB frames, on `device`, `batch_size` pairs at a time (seed 001).
     """
@@ -65,27 +84,53 @@ class FlowEstimator:
 
             self._engine = Raft(raft_model, raft_weights, device=device)
             self.batch_size = batch_size
+        elif method == "tvl1-torch":
+            self.device = resolve_device(device)
+            self.batch_size = batch_size
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         return self.many([prev], [nxt])[0]
 
+    def prepare(self, frame: np.ndarray) -> np.ndarray:
+        """An RGB frame as this method reads it: grayscale (OpenCV's conversion) for the TV-L1,
+        DIS and Farneback methods, as it is for RAFT; a prepared frame is returned unchanged."""
+        if self.method == "raft" or frame.ndim == 2:
+            return frame
+        return self._cv2.cvtColor(frame, self._cv2.COLOR_RGB2GRAY)
+
     def many(self, firsts: list[np.ndarray], seconds: list[np.ndarray]) -> list[np.ndarray]:
-        """Flow of each pair (firsts[i] -> seconds[i]); RAFT runs them `batch_size` at a time."""
+        """Flow of each pair (firsts[i] -> seconds[i]) of RGB frames (or `prepare`d ones);
+        the batched methods run them `batch_size` at a time."""
         for a, b in zip(firsts, seconds):
-            if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape != b.shape:
+            rgb = a.ndim == 3 and a.shape[2] == 3
+            if not (rgb or (a.ndim == 2 and self.method != "raft")) or a.dtype != np.uint8 \
+                    or a.shape != b.shape:
                 raise ValueError(f"flow needs two RGB uint8 frames (H x W x 3) of one size, got "
                                  f"{a.shape} {a.dtype} and {b.shape} {b.dtype}")
-        if self.method == "raft":
-            flows = []
-            for i in range(0, len(firsts), self.batch_size):
-                flows.extend(self._engine(firsts[i:i + self.batch_size],
-                                          seconds[i:i + self.batch_size]))
-            return flows
-        return [self._opencv(a, b) for a, b in zip(firsts, seconds)]
+        firsts = [self.prepare(f) for f in firsts]
+        seconds = [self.prepare(f) for f in seconds]
+        if self.method not in BATCHED:
+            return [self._opencv(a, b) for a, b in zip(firsts, seconds)]
+        flows = []
+        for i in range(0, len(firsts), self.batch_size):
+            chunk = slice(i, i + self.batch_size)
+            if self.method == "raft":
+                flows.extend(self._engine(firsts[chunk], seconds[chunk]))
+            else:
+                flows.extend(self._tvl1_torch(firsts[chunk], seconds[chunk]))
+        return flows
+
+    def _tvl1_torch(self, firsts: list[np.ndarray], seconds: list[np.ndarray]) -> np.ndarray:
+        from fusion.data.tvl1 import tvl1
+
+        def stack(frames):
+            return torch.from_numpy(np.stack(frames)).to(self.device)
+        flow = tvl1(stack(firsts), stack(seconds), compile=self.device.type == "cuda")
+        return flow.permute(0, 2, 3, 1).cpu().numpy()
 
     def _opencv(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         cv2 = self._cv2
-        prev, nxt = cv2.cvtColor(prev, cv2.COLOR_RGB2GRAY), cv2.cvtColor(nxt, cv2.COLOR_RGB2GRAY)
+        prev, nxt = np.ascontiguousarray(prev), np.ascontiguousarray(nxt)  # DIS needs it
         if self.method == "farneback":
             return cv2.calcOpticalFlowFarneback(prev, nxt, None, pyr_scale=0.5, levels=3,
                                                 winsize=15, iterations=3, poly_n=5,

@@ -18,27 +18,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import optical_flow
 
+from fusion.data.flow import resolve_device
 from fusion.files import check_state_dict, download_weights, read_state_dict
 
 MODELS = {"large": (optical_flow.raft_large, optical_flow.Raft_Large_Weights.DEFAULT),
           "small": (optical_flow.raft_small, optical_flow.Raft_Small_Weights.DEFAULT)}
 MIN_SIDE = 128
 STRIDE = 8
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto (a GPU when there is one) | cpu | cuda | cuda:N, or an error naming the option."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: this machine has no CUDA GPU (use cpu or auto)")
-    return resolved
 
 
 def load_raft(model: str = "large", weights: str | Path = "default") -> torch.nn.Module:
