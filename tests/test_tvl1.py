@@ -177,3 +177,19 @@ def test_device_extraction_is_resumable_sharded_and_matches_the_estimator(tmp_pa
     assert "--shard '3/2': expected K/N with 1 <= K <= N" in capsys.readouterr().err
     assert load_script("extract_frames").main([*argv, "--device", "tpu"]) == 1
     assert "--device 'tpu'" in capsys.readouterr().err
+
+
+def test_flow_quality_reports_every_method_against_truth_and_opencv(tmp_path, capsys,
+                                                                    load_script):
+    out = tmp_path / "quality.json"
+    assert load_script("flow_quality").main(["--pairs", "1", "--size", "64x48", "--methods",
+                                             "tvl1,tvl1-torch,dis", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| tvl1-torch |" in printed and "(1 pairs of each kind at 64 x 48)" in printed
+    rows = json.loads(out.read_text())["methods"]
+    assert rows["tvl1"]["mean_abs_diff_px"] == 0 and rows["tvl1"]["within_2_levels"] == 1
+    for row in rows.values():
+        assert 0 <= row["epe_smooth"] < 1 and row["epe_piecewise"] <= row["epe_piecewise_all"]
+    # the generated truth is right: OpenCV's TV-L1 finds the smooth motion within 0.2 px
+    assert rows["tvl1"]["epe_smooth"] < 0.2
+    assert rows["tvl1-torch"]["epe_smooth"] <= 1.1 * rows["tvl1"]["epe_smooth"] + 0.01
