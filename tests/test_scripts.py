@@ -80,6 +80,7 @@ def test_bench_runs_and_reports_every_section(tmp_path, capsys, load_script):
     code = load_script("bench").main([
         "--image-size", "32", "--data-image-size", "32", "--batch-size", "2", "--steps", "1",
         "--backbones", "resnet18", "--workers", "0", "--tvl1-frames", "2", "--fast-frames", "3",
+        "--flow-size", "96x72",
         "--data-groups", "3", "--data-clips", "1",
         "--workdir", str(tmp_path / "work"), "--json", str(out)])
     assert code == 0
@@ -90,4 +91,4 @@ def test_bench_runs_and_reports_every_section(tmp_path, capsys, load_script):
     assert report["data"]["fusion_clips_per_s"] > 0 and report["data"]["pil_clips_per_s"] > 0
     (row,) = report["models"]
     assert row["backbone"] == "resnet18" and row["fusion_overhead"] > 0
-    assert [r["method"] for r in report["flow"]] == ["tvl1", "dis", "farneback"]
+    assert [r["method"] for r in report["flow"]] == ["tvl1", "tvl1-torch", "dis", "farneback"]
