@@ -192,15 +192,27 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1
         w1, wx, wy = warped[:, 0:1], warped[:, 1:2], warped[:, 2:3]
         grad = wx * wx + wy * wy
         rho_c = w1 - wx * u[:, 0:1] - wy * u[:, 1:2] - i0
-        active = torch.ones(b, 1, 1, 1, dtype=torch.bool, device=i0.device)
+        active = torch.ones(b, dtype=torch.bool, device=i0.device)
         for _ in range(params.outer):
-            if params.median > 1:
-                u = torch.where(active, median_filter(u, params.median), u)
-            for _ in range(params.inner):
-                u, p, active = step(u, p, wx, wy, grad, rho_c, active, l_t, params.theta,
-                                    taut, threshold)
-            if not bool(active.any()):  # every pair has met the stopping rule
+            # only the pairs still iterating are computed: a batch costs what its pairs need,
+            # not what its slowest pair needs
+            chosen = active.nonzero().squeeze(1)
+            if chosen.numel() == 0:
                 break
+            every = chosen.numel() == b
+            pick = (lambda t: t) if every else (lambda t: t.index_select(0, chosen))
+            us, ps = pick(u), pick(p)
+            data = [pick(t) for t in (wx, wy, grad, rho_c)]
+            if params.median > 1:
+                us = median_filter(us, params.median)
+            still = torch.ones(chosen.numel(), 1, 1, 1, dtype=torch.bool, device=i0.device)
+            for _ in range(params.inner):
+                us, ps, still = step(us, ps, *data, still, l_t, params.theta, taut, threshold)
+            if every:
+                u, p = us, ps
+            else:
+                u, p = u.index_copy(0, chosen, us), p.index_copy(0, chosen, ps)
+            active = active.index_copy(0, chosen, still.view(-1))
     return u
 
 
