@@ -99,11 +99,9 @@ def export_onnx(model: nn.Module, config: Config, classes: list[str], path: str 
     graph = program.model_proto
     fixed = [i.name for i in graph.graph.input
              if not i.type.tensor_type.shape.dim[0].dim_param]
-    if fixed:
-        culprit = ("flow_format 'rgb' colours each flow field on its own scale, one field at a "
-                   "time" if "flow" in fixed and _uses_colour(model) else describe(model))
+    if fixed:  # a Python loop over the batch in some part of the model
         raise ExportError(f"ONNX export of {describe(model)} fixes the batch of {fixed} to "
-                          f"{traced[0].shape[0]} (no dynamic batch): {culprit}")
+                          f"{traced[0].shape[0]}: some part loops over the batch in Python")
     metadata = {"config": to_toml(config), "classes": json.dumps(classes),
                 "inputs": json.dumps(list(names))}
     for key, value in metadata.items():
@@ -119,11 +117,6 @@ def export_onnx(model: nn.Module, config: Config, classes: list[str], path: str 
         raise ExportError(f"ONNX model {path} differs from PyTorch by {difference:.2e} "
                           f"(> {TOLERANCE}) on random inputs: {describe(model)}")
     return difference
-
-
-def _uses_colour(model: nn.Module) -> bool:
-    streams = [model.stream] if isinstance(model, SingleStream) else [model.flow]
-    return any(s.modality == "flow" and s.flow_input.format == "rgb" for s in streams)
 
 
 class OnnxModel:

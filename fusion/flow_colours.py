@@ -4,7 +4,7 @@ direction, saturation the length relative to the field's longest vector), by tor
 from __future__ import annotations
 
 import torch
-from torchvision.utils import flow_to_image
+from torchvision import utils
 
 from fusion.data.flow import dequantize
 
@@ -12,10 +12,16 @@ from fusion.data.flow import dequantize
 def colour_fields(pixels: torch.Tensor) -> torch.Tensor:
     """Flow in pixels `... x 2 x H x W` -> `... x 3 x H x W` uint8, each field scaled by its own
     longest vector: exactly `flow_to_image` called on one field at a time (called on a batch
-    it would scale every field by the batch's longest vector)."""
+    it would scale every field by the batch's longest vector). The fields are scaled here,
+    all at once, and coloured by the function `flow_to_image` colours with, in one call: no
+    loop over fields, so a training step launches a few kernels and ONNX keeps a dynamic
+    batch."""
     shape = pixels.shape
     fields = pixels.float().reshape(-1, 2, *shape[-2:])
-    colours = torch.stack([flow_to_image(field) for field in fields])
+    # flow_to_image's own scaling, per field: flow / (max |flow| + eps)
+    longest = torch.sum(fields.pow(2), dim=1).sqrt().amax(dim=(-2, -1)).view(-1, 1, 1, 1)
+    normalized = fields / (longest + torch.finfo(fields.dtype).eps)
+    colours = utils._normalized_flow_to_image(normalized)
     return colours.reshape(*shape[:-3], 3, *shape[-2:])
 
 

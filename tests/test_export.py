@@ -54,13 +54,32 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
         np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
-def test_a_model_onnx_cannot_express_is_named(tmp_path):
+def test_colour_coded_flow_exports_with_a_dynamic_batch(tmp_path):
+    """flow_format rgb renders every field in one batched call, so ONNX keeps the batch."""
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
                              num_classes=3, flow_stack=2, flow_input=FlowInput(format="rgb"))
     small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb")
-    with pytest.raises(ExportError, match=r"fixes the batch .* flow_format 'rgb' colours each "
-                                          r"flow field on its own scale"):
-        export_onnx(model.eval(), small, CLASSES, tmp_path / "m.onnx")
+    assert export_onnx(model.eval(), small, CLASSES, tmp_path / "m.onnx") < 1e-4
+    rgb, flow = uint8(3, 1, 3, 32, 32), uint8(3, 1, 4, 32, 32, seed=2)
+    with torch.no_grad():
+        expected = model(rgb, flow)
+    np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx")(rgb, flow).numpy(),
+                               expected.numpy(), atol=1e-4)
+
+
+def test_a_model_onnx_cannot_express_is_named_not_traced_back(tmp_path, monkeypatch):
+    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="bilinear", at="layer4",
+                             num_classes=3, flow_stack=2)
+
+    def refuses(*args, **kwargs):
+        raise RuntimeError("Failed to export the model") from NotImplementedError(
+            "aten::some_op has no ONNX symbolic\nand more lines")
+    monkeypatch.setattr(torch.onnx, "export", refuses)
+    with pytest.raises(ExportError, match=r"ONNX cannot express this model \(resnet18 \+ "
+                                          r"resnet18 \(flow_format 'uv'\), fusion 'bilinear' "
+                                          r"at layer4\): NotImplementedError: aten::some_op has "
+                                          r"no ONNX symbolic$"):
+        export_onnx(model.eval(), config(fuse="bilinear"), CLASSES, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
 
