@@ -170,8 +170,8 @@ def torchvision_model(stream: Stream) -> nn.Module:
         raise ExportError(f"{stream.name} is a timm model, not a torchvision one; save "
                           f"stream.state_dict() or use ONNX")
     spec = STREAMS[stream.name]
-    kwargs = {k: (stream.dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
-    model = spec.builder(weights=None, num_classes=stream.num_classes, **kwargs)
+    model = spec.builder(weights=None, num_classes=stream.num_classes,
+                         **spec.kwargs(stream.dropout))
     if stream.in_channels != 3:
         replace_first_conv(model, spec.first_conv, stream.in_channels, spec.init_first_conv)
     stages = nn.ModuleDict(spec.stages(model, stream.dropout))  # the model's own modules
@@ -194,10 +194,10 @@ def export_torchvision(model: nn.Module, folder: str | Path) -> dict[str, Path]:
         spec = STREAMS[stream.name]
         path = folder / f"{stream.name}_{role}.pth"
         write_atomic(path, lambda f, n=network: torch.save(n.state_dict(), f))
-        kwargs = {k: (stream.dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
         write_json_atomic(path.with_suffix(".json"), {
             "builder": f"torchvision.models.{stream.name}",
-            "kwargs": {"num_classes": stream.num_classes, **kwargs, "weights": None},
+            "kwargs": {"num_classes": stream.num_classes, **spec.kwargs(stream.dropout),
+                       "weights": None},
             "in_channels": stream.in_channels, "first_conv": spec.first_conv,
             "modality": stream.modality, "flow_format": stream.flow_input.format,
             "input_mean": stream.mean.flatten().tolist(),

@@ -85,6 +85,10 @@ class BackboneSpec:
     ignored_weight_prefixes: tuple[str, ...] = ()
     trace_size: int = 64  # input side used to read channels and reductions off the stages
 
+    def kwargs(self, dropout: float) -> dict:
+        """The builder's keyword arguments, with the stream's dropout where it takes one."""
+        return {k: (dropout if k == "dropout" else v) for k, v in self.builder_kwargs}
+
 
 STREAMS: dict[str, BackboneSpec] = {}
 
@@ -354,7 +358,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
 
 def _torchvision_stages(spec: BackboneSpec, name: str, in_channels: int, num_classes: int,
                         weights: str | Path | None, dropout: float):
-    kwargs = {k: (dropout if k == "dropout" else v) for k, v in spec.builder_kwargs}
+    kwargs = spec.kwargs(dropout)
     if weights is None:
         model = spec.builder(weights=None, num_classes=num_classes, **kwargs)
     else:
