@@ -82,7 +82,7 @@ def _flat_modules(model: nn.Module, taps: list[str]) -> list[tuple[str, nn.Modul
 
 
 def _create(timm, model_name: str, weights, in_channels: int, num_classes: int,
-            dropout: float, option_name: str) -> nn.Module:
+            dropout: float) -> nn.Module:
     if weights is None:
         return timm.create_model(model_name, pretrained=False, num_classes=num_classes,
                                  in_chans=in_channels, drop_rate=dropout)
@@ -96,7 +96,7 @@ def _create(timm, model_name: str, weights, in_channels: int, num_classes: int,
                 f"could not download timm's pretrained weights for {model_name} from {where} "
                 f"({type(err).__name__}: {str(err)[:200]}). Without network access, download "
                 f"the weights file (model.safetensors or a .pth state dict) elsewhere and pass "
-                f"its path instead: {option_name}='/path/to/file'") from err
+                f"its path instead: weights='/path/to/file'") from err
     else:
         model = timm.create_model(model_name, pretrained=False, drop_rate=dropout)
         state = read_state_dict(weights, "weights file")
@@ -119,7 +119,7 @@ def timm_stages(name: str, *, in_channels: int, num_classes: int, weights: str |
     downloaded) or a local state-dict file (.pth or .safetensors) with timm's keys."""
     timm = _timm()
     model_name = check_name(name)
-    model = _create(timm, model_name, weights, in_channels, num_classes, dropout, "weights")
+    model = _create(timm, model_name, weights, in_channels, num_classes, dropout)
     taps = [info["module"] for info in model.feature_info]
     flat = _flat_modules(model, taps)
     names = [n for n, _ in flat]
@@ -134,42 +134,43 @@ def timm_stages(name: str, *, in_channels: int, num_classes: int, weights: str |
     for tap, end in zip(taps, positions):  # a stage name cannot hold a dot: features_2
         stages.append((tap.replace(".", "_"), nn.Sequential(*[m for _, m in flat[start:end + 1]])))
         start = end + 1
-    tail, head = _split_tail(model, flat[start:], in_channels)
+    x = torch.randn(2, in_channels, CHECK_SIZE, CHECK_SIZE,
+                    generator=torch.Generator().manual_seed(0))
+    tail, head, expected = _split_tail(model, flat[start:], x)
     stages.append(("scores", TimmHead(tail, head, model.forward_head)))
-    _check_staged(model, stages, in_channels, model_name)
-    feature_info = [{"name": tap.replace(".", "_"), "channels": info["num_chs"], "reduction": info["reduction"]}
-                    for tap, info in zip(taps, model.feature_info)]
+    _check_staged(stages, x, expected, model_name)
+    model.train()
+    feature_info = [{"name": tap.replace(".", "_"), "channels": info["num_chs"],
+                     "reduction": info["reduction"]} for tap, info in zip(taps, model.feature_info)]
     cfg = model.pretrained_cfg
     return stages, feature_info, tuple(cfg["mean"]), tuple(cfg["std"])
 
 
-def _split_tail(model, rest, in_channels):
+def _split_tail(model, rest, x: torch.Tensor):
     """Which of the modules after the last feature map `forward_features` runs (in the order
-    it runs them); the others belong to `forward_head`."""
+    it runs them; the others belong to `forward_head`), and the model's output on `x` (timm's
+    forward is forward_head(forward_features(x))), from one run."""
     ran: list[str] = []
     hooks = [m.register_forward_hook(lambda *_, n=n: ran.append(n)) for n, m in rest]
     try:
         with torch.no_grad():
             model.eval()
-            model.forward_features(torch.zeros(2, in_channels, CHECK_SIZE, CHECK_SIZE))
+            features = model.forward_features(x)
     finally:
         for hook in hooks:
             hook.remove()
+    with torch.no_grad():
+        expected = model.forward_head(features)
     modules = dict(rest)
     tail = [(n.replace(".", "_"), modules[n]) for n in dict.fromkeys(ran)]
     head = [(n.replace(".", "_"), m) for n, m in rest if n not in ran]
-    return tail, head
+    return tail, head, expected
 
 
-def _check_staged(model, stages, in_channels, model_name) -> None:
-    x = torch.randn(2, in_channels, CHECK_SIZE, CHECK_SIZE,
-                    generator=torch.Generator().manual_seed(0))
+def _check_staged(stages, x: torch.Tensor, expected: torch.Tensor, model_name: str) -> None:
     with torch.no_grad():
-        model.eval()
-        expected = model(x)
         for _, stage in stages:
             x = stage(x)
-    model.train()
     if not torch.allclose(x, expected, rtol=1e-4, atol=1e-4):
         raise ValueError(f"timm's {model_name}: running its modules in order does not give its "
                          f"forward (its forward does more than a sequence of modules), so it "
