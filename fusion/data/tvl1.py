@@ -54,14 +54,6 @@ class TVL1Params:
 MIN_SIDE = 16  # OpenCV drops pyramid levels smaller than this
 
 
-def _sample(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, mode: str,
-            padding: str) -> torch.Tensor:
-    """x (B x C x H x W) at pixel coordinates (xs, ys) (B x H' x W'), pixel centres at integers."""
-    h, w = x.shape[-2:]
-    grid = torch.stack((xs * (2.0 / max(w - 1, 1)) - 1.0, ys * (2.0 / max(h - 1, 1)) - 1.0), -1)
-    return F.grid_sample(x, grid, mode=mode, padding_mode=padding, align_corners=True)
-
-
 def _coordinates(h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
                             torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
@@ -105,11 +97,13 @@ def remap_cubic(x: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Te
 def resize(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]) -> torch.Tensor:
     """OpenCV's INTER_LINEAR resize of B x C x H x W to `size`, source pixel (d + 0.5) / scale
     - 0.5 per axis, edges replicated."""
+    h, w = x.shape[-2:]
     xs, ys = _coordinates(*size, x.device)
-    xs = (xs + 0.5) / scale[1] - 0.5
-    ys = (ys + 0.5) / scale[0] - 0.5
-    b = x.shape[0]
-    return _sample(x, xs.expand(b, -1, -1), ys.expand(b, -1, -1), "bilinear", "border")
+    # grid_sample's normalised coordinates with align_corners: -1 and 1 are the edge pixels
+    xs = ((xs + 0.5) / scale[1] - 0.5) * (2.0 / max(w - 1, 1)) - 1.0
+    ys = ((ys + 0.5) / scale[0] - 0.5) * (2.0 / max(h - 1, 1)) - 1.0
+    grid = torch.stack((xs, ys), -1).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def centred_gradient(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,6 +210,7 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1
     return u
 
 
+@torch.no_grad()
 def tvl1(first: torch.Tensor, second: torch.Tensor, params: TVL1Params = TVL1Params(), *,
          compile: bool = False) -> torch.Tensor:
     """Flow from `first` to `second` (B x H x W grey levels, 0..255) -> B x 2 x H x W (u, v) in
@@ -224,22 +219,17 @@ def tvl1(first: torch.Tensor, second: torch.Tensor, params: TVL1Params = TVL1Par
         raise ValueError(f"tvl1 takes two B x H x W batches of one size, got "
                          f"{tuple(first.shape)} and {tuple(second.shape)}")
     step = _stepper(compile)
-    levels = [(first.float()[:, None], second.float()[:, None])]
+    levels = [torch.stack((first, second), 1).float()]  # B x 2 x H x W: both images at once
     for _ in range(1, params.scales):
-        h, w = levels[-1][0].shape[-2:]
+        h, w = levels[-1].shape[-2:]
         size = (round(h * params.scale_step), round(w * params.scale_step))
         if min(size) < MIN_SIDE:
             break
-        scale = (params.scale_step, params.scale_step)
-        levels.append((resize(levels[-1][0], size, scale), resize(levels[-1][1], size, scale)))
-    b = first.shape[0]
-    u = torch.zeros(b, 2, *levels[-1][0].shape[-2:], device=first.device)
+        levels.append(resize(levels[-1], size, (params.scale_step, params.scale_step)))
+    u = torch.zeros(first.shape[0], 2, *levels[-1].shape[-2:], device=first.device)
     for s in range(len(levels) - 1, -1, -1):
-        i0, i1 = levels[s]
-        with torch.no_grad():
-            u = _one_scale(i0, i1, u, params, step)
+        u = _one_scale(levels[s][:, 0:1], levels[s][:, 1:2], u, params, step)
         if s:
-            h, w = levels[s - 1][0].shape[-2:]
-            scale = (h / u.shape[-2], w / u.shape[-1])
-            u = resize(u, (h, w), scale) / params.scale_step
+            h, w = levels[s - 1].shape[-2:]
+            u = resize(u, (h, w), (h / u.shape[-2], w / u.shape[-1])) / params.scale_step
     return u
