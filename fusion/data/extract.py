@@ -303,9 +303,12 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
     device, fed `batch_size` pairs at a time across videos by `workers` decoding threads."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-    if settings.flow_method is not None:
-        # fail now, not in every worker, on a bad method, device, weights file or missing cv2
-        settings.estimator(device)
+    # fail now, not in every worker, on a bad method, device, weights file or missing cv2; the
+    # estimator made here is the one that runs (batched methods, or one worker in-process)
+    if settings.flow_method in BATCHED:
+        estimator = settings.estimator(device, batch_size=batch_size)
+    elif settings.flow_method is not None:
+        _estimator(settings, device)
     jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions))
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
@@ -325,8 +328,8 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
     if settings.flow_method in BATCHED:
         from fusion.data.pipeline import extract_on_device
 
-        extract_on_device(jobs, out, settings, layout=layout, strict=strict, device=device,
-                          workers=max(workers, 1), batch_size=batch_size, report=report)
+        extract_on_device(jobs, out, settings, estimator, layout=layout, strict=strict,
+                          workers=max(workers, 1), report=report)
     elif workers <= 1:
         results = (_run(job, out, settings, options) for job in jobs)
         for result in results:

@@ -12,6 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from fusion.data.extract import Job, Settings, Work
+from fusion.data.flow import FlowEstimator
 from fusion.data.video import VideoError
 
 
@@ -23,10 +24,11 @@ class _Video:
     writes: list[Future] = field(default_factory=list)
 
 
-def extract_on_device(jobs: list[Job], out, settings: Settings, *, layout: str, strict: bool,
-                      device: str, workers: int, batch_size: int, report) -> None:
-    """Extract `jobs`, calling `report(job, status, frames, note, error)` for each."""
-    estimator = settings.estimator(device, batch_size=batch_size)
+def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowEstimator, *,
+                      layout: str, strict: bool, workers: int, report) -> None:
+    """Extract `jobs` with `settings`' batched `estimator` (its `batch_size` pairs a batch),
+    calling `report(job, status, frames, note, error)` for each."""
+    batch_size = estimator.batch_size
     limit = 2 * workers + 2  # videos decoding or waiting for the device at once: bounds memory
     pending = deque(jobs)
     decoding: dict[Future, Job] = {}

@@ -73,8 +73,9 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
         if subset == "val" and val_fraction <= 0:
             raise ValueError("subset 'val' of rawframes needs val_list or val_fraction > 0")
         carve, source = val_fraction, "train"
-    entries = read_list(lists[source])
-    every_label = [label for name in lists.values() for _, _, label in read_list(name)]
+    listed = {key: read_list(path) for key, path in lists.items()}  # every list: the labels
+    entries = listed[source]
+    every_label = [label for items in listed.values() for _, _, label in items]
     all_classes = class_names(class_file, every_label)
     chosen = select_classes(all_classes, classes)
     rgb_template, x_template, y_template = templates
