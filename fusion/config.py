@@ -17,6 +17,7 @@ from pathlib import Path
 from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FREEZE_MODES, FUSION_BN,
                             KEPT_AVERAGES)
 from fusion.data.flow import METHODS, RAFT_MODELS
+from fusion.data.rawframes import TEMPLATES as RAWFRAME_TEMPLATES
 from fusion.data.sampling import POLICIES, SPREAD
 from fusion.data.transforms import CROP_MODES
 from fusion.fusers import FUSIONS
@@ -51,8 +52,7 @@ class Config:
     val_list: str = ""  # empty: val_fraction of train_list
     test_list: str = ""
     class_names: str = ""
-    rawframe_templates: list[str] = field(
-        default_factory=lambda: ["img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg"])
+    rawframe_templates: list[str] = field(default_factory=lambda: list(RAWFRAME_TEMPLATES))
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
     max_classes: int = 0  # class subset: the first N classes; 0: all
     val_fraction: float = 0.1  # stratified part of the training list held out for validation
