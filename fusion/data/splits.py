@@ -123,8 +123,8 @@ def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
 
 
 def finish(videos: list[Video | None], classes: list[str], subset: str, *,
-            val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
-            on_bad: str, group_of=None, **kwargs) -> VideoDataset:
+           val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
+           on_bad: str, group_of=None, **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
     (val_fraction > 0; by `group_of(video_id)` where given, else by video), frame counts,
     checks. `None` stands for a listed video whose folder is missing (skipped and counted)."""
@@ -253,9 +253,8 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
                             flow_lookups, on_bad)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
-                   on_bad=on_bad, modalities=modalities,
-                   group_of=ucf101_group, **kwargs)
+                  seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                  on_bad=on_bad, modalities=modalities, group_of=ucf101_group, **kwargs)
 
 
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
@@ -293,9 +292,8 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                 videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
                                           on_bad))
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
-                   on_bad=on_bad, modalities=modalities,
-                   **kwargs)
+                  seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                  on_bad=on_bad, modalities=modalities, **kwargs)
 
 
 def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
@@ -361,9 +359,8 @@ def folder(root: str | Path, *, subset: str = "train",
                             (video_dir / "u", video_dir / "v") if "flow" in modalities
                             else None))
     return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                   oversample_train=oversample, index=FrameIndex(root),
-                   on_bad=on_bad, modalities=modalities,
-                   **kwargs)
+                  oversample_train=oversample, index=FrameIndex(root),
+                  on_bad=on_bad, modalities=modalities, **kwargs)
 
 
 VIDEO_DATASETS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}
