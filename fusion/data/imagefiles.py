@@ -21,22 +21,60 @@ class DecodeError(ValueError):
     """A file that is missing, empty, truncated or not an image."""
 
 
-def read_image(path: str, *, gray: bool) -> np.ndarray:
-    """H x W (gray) or H x W x 3 (RGB) uint8."""
+def read_bytes(path: str) -> bytes:
+    """A frame file's bytes, as stored (the one place frame files are read, decoded here or
+    on the device); missing, empty and truncated JPEG files are a `DecodeError`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
         raise DecodeError(err.strerror or str(err)) from err
+    if not data:
+        raise DecodeError("empty file")
     # libjpeg decodes a truncated JPEG with a warning and grey rows; OpenCV passes that on as a
     # valid image. The end-of-image marker cannot occur inside entropy-coded data (0xFF is
     # stuffed there), so a JPEG without one was cut short.
     if data.startswith(_JPEG_START) and data.rfind(_JPEG_END) < 0:
         raise DecodeError("the JPEG is truncated (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS[gray]) if data else None
+    return data
+
+
+def read_image(path: str, *, gray: bool) -> np.ndarray:
+    """H x W (gray) or H x W x 3 (RGB) uint8."""
+    image = cv2.imdecode(np.frombuffer(read_bytes(path), np.uint8), _FLAGS[gray])
     if image is None:
-        raise DecodeError("empty file" if not data else "not a decodable image")
+        raise DecodeError("not a decodable image")
     return image
+
+
+# Start-of-frame markers (baseline, extended, progressive, lossless; not DHT C4, JPG C8, DAC CC)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header, without decoding it; a file that is not a
+    JPEG, or whose header is cut or damaged, is a `DecodeError`."""
+    if not data.startswith(_JPEG_START):
+        raise DecodeError("not a JPEG (decoding on the device reads JPEG frames only)")
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            break
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in _SOF and at + 9 <= len(data):
+            height = int.from_bytes(data[at + 5:at + 7], "big")
+            width = int.from_bytes(data[at + 7:at + 9], "big")
+            if height and width:
+                return height, width
+            break
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            break
+        at += 2 + length
+    raise DecodeError("not a decodable image (no JPEG frame header)")
 
 
 def write_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:

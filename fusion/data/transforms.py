@@ -6,7 +6,7 @@ twostreamfusion and MMAction2 do); photometric changes apply to RGB only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torchvision.transforms.v2 as v2
@@ -37,19 +37,37 @@ def fixed_crop_offsets(height: int, width: int, crop_h: int, crop_w: int) -> lis
     return [(i * h, j * w) for i, j in grid]
 
 
-def resized_crop(x: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """`F.resized_crop` for N x C x H x W uint8 frames, 4 channels per image where possible:
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """N x C x H x W uint8 frames -> N x C x size x size, 4 channels per image where possible:
     resizing treats channels independently, and torch's fast uint8 path takes up to 4."""
     n, c, h, w = x.shape
     if c < 3 and (n * c) % 4 == 0:
-        grouped = F.resized_crop(x.reshape(n * c // 4, 4, h, w), *box, [size, size],
-                                 antialias=True)
+        grouped = F.resize(x.reshape(n * c // 4, 4, h, w), [size, size], antialias=True)
         return grouped.reshape(n, c, size, size)
-    return F.resized_crop(x, *box, [size, size], antialias=True)
+    return F.resize(x, [size, size], antialias=True)
+
+
+def resized_crop(x: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """`F.resized_crop` for N x C x H x W uint8 frames (`resize_square` of the crop)."""
+    return resize_square(F.crop(x, *box), size)
 
 
 def _randint(high: int) -> int:
     return int(torch.randint(high, (1,)).item())
+
+
+@dataclass(frozen=True)
+class CropFlip:
+    """A training sample's drawn geometry: the crop box (top, left, height, width) in its
+    frames, resized to the input side, then mirrored if `flip`."""
+
+    box: tuple[int, int, int, int]
+    flip: bool
+
+
+# The TrainTransform options that decoding on the device reproduces (it crops, resizes and
+# flips: `fusion.data.device_decode`); any other option set is refused there.
+DEVICE_OPTIONS = ("image_size", "scales", "max_distort", "flip_p")
 
 
 @dataclass
@@ -103,10 +121,22 @@ class TrainTransform:
         top, left = offsets[_randint(len(offsets))]
         return top, left, crop_h, crop_w
 
+    def draw(self, height: int, width: int) -> CropFlip:
+        """The sample's crop and flip for frames of height x width, drawn from torch's generator
+        in this order: the one drawing of both paths (decoding on the device draws it in the
+        loader, from the sample's seed, as this transform does)."""
+        box = self.crop_box(height, width)
+        return CropFlip(box, torch.rand(()).item() < self.flip_p)
+
+    def device_unsupported(self) -> list[str]:
+        """The options set here that decoding on the device cannot reproduce exactly."""
+        return [f.name for f in fields(self)
+                if f.name not in DEVICE_OPTIONS and getattr(self, f.name) != f.default]
+
     def __call__(self, rgb: torch.Tensor | None, flow: torch.Tensor | None):
         height, width = (rgb if rgb is not None else flow).shape[-2:]
-        box = self.crop_box(height, width)
-        flip = torch.rand(()).item() < self.flip_p
+        drawn = self.draw(height, width)
+        box, flip = drawn.box, drawn.flip
         if rgb is not None:
             rgb = resized_crop(rgb, box, self.image_size)
             rgb = F.horizontal_flip(rgb) if flip else rgb
@@ -163,3 +193,14 @@ class EvalTransform:
     def __call__(self, rgb: torch.Tensor | None, flow: torch.Tensor | None):
         return (None if rgb is None else self._views(rgb, is_flow=False),
                 None if flow is None else self._views(flow, is_flow=True))
+
+
+def device_unsupported(transform) -> list[str]:
+    """Why decoding on the device cannot reproduce `transform` exactly: the options of a
+    `TrainTransform` beyond crop, resize and flip, or a transform of another kind; [] when it
+    can (`EvalTransform`'s views are deterministic)."""
+    if type(transform) is EvalTransform:
+        return []
+    if type(transform) is TrainTransform:
+        return transform.device_unsupported()
+    return [f"transform {type(transform).__name__}"]
