@@ -13,6 +13,7 @@ FLOW_FORMATS = ("uv", "rgb")  # how a flow stream sees a flow frame: u, v or a c
 MODES = ("train", "val", "test")  # how a dataset samples and transforms
 SUBSETS = ("train", "val", "test")  # which part of a split a dataset holds
 ON_BAD = ("raise", "skip")  # what an unreadable frame does
+DECODE_PLACES = ("cpu", "device")  # where a video dataset's JPEG frames are decoded
 FREEZE_MODES = ("none", "streams", "bn")  # what training holds fixed
 KEPT_AVERAGES = ("logits", "softmax")  # how kept heads join the fused scores
 FUSION_BN = ("auto", "on", "off")  # conv fusions: BatchNorm + ReLU after the conv?

@@ -4,6 +4,8 @@ Every dataset yields a `Sample` `(rgb, flow, label, video_id, counted, skipped)`
     rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
     flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
 In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
+With decode="device" it yields an `EncodedSample` instead: the same frames' JPEG bytes and the
+same drawn crop, decoded and augmented a batch at a time on the device (`device_decode`).
 
     train = VideoDataset(videos, classes, mode="train", segments=3, flow_stack=10)
 (`fusion.data.splits` makes the videos of UCF101, HMDB51 and folder datasets.)
@@ -21,11 +23,12 @@ import torchvision.transforms.v2.functional as TF
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from fusion.choices import FRAME_TYPES, MODES, ON_BAD, resolve_name
-from fusion.data.imagefiles import DecodeError, read_image
-from fusion.data.loader import FrameError, Sample, read_sample, seeded
+from fusion.choices import DECODE_PLACES, FRAME_TYPES, MODES, ON_BAD, resolve_name
+from fusion.data.imagefiles import DecodeError, jpeg_size, read_bytes, read_image
+from fusion.data.loader import (ClipLayout, EncodedFrames, EncodedSample, FrameError, Sample,
+                                read_sample, seeded)
 from fusion.data.sampling import POLICIES, SPREAD, clip_frames
-from fusion.data.transforms import EvalTransform, TrainTransform
+from fusion.data.transforms import EvalTransform, TrainTransform, device_unsupported
 
 FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
 
@@ -51,6 +54,17 @@ class Video:
     total_frames: int = 0  # what a list file says (MMAction2's rawframes), 0: not given
 
 
+def frame_path(folder: str, template: str, first: int, i: int) -> str:
+    """The file of 0-based frame i of a folder."""
+    return os.path.join(folder, template.format(first + i))
+
+
+def _folders(folders: Path | Sequence[Path], templates: str | Sequence[str]):
+    folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
+    templates = [templates] * len(folders) if isinstance(templates, str) else list(templates)
+    return folders, templates
+
+
 def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
                 video_id: str, templates: str | Sequence[str] = FRAME_TEMPLATE,
                 first: int = 1) -> torch.Tensor:
@@ -63,8 +77,7 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     which the transform resizes four at a time. Each file is decoded once, even where a looping
     snippet repeats it, straight into the output.
     """
-    folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
-    templates = [templates] * len(folders) if isinstance(templates, str) else list(templates)
+    folders, templates = _folders(folders, templates)
     if not gray and len(folders) != 1:
         raise ValueError("RGB frames come from one folder")
     out = None
@@ -75,7 +88,7 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
             continue
         first_at[i] = n
         for c, (folder, template) in enumerate(zip(folders, templates)):
-            path = os.path.join(folder, template.format(first + i))
+            path = frame_path(folder, template, first, i)
             try:
                 image = read_image(path, gray=gray)
             except DecodeError as err:
@@ -95,24 +108,63 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     return frames if gray else frames.permute(0, 3, 1, 2)
 
 
+def read_encoded(folders: Path | Sequence[Path], indices: Sequence[int], *, video_id: str,
+                 templates: str | Sequence[str] = FRAME_TEMPLATE,
+                 first: int = 1) -> EncodedFrames:
+    """`read_frames` without decoding, for decoding on the device: the same files' bytes, each
+    read once, checked as far as the bytes and JPEG headers tell (missing, empty, truncated,
+    not a JPEG, another size than the first frame: a `FrameError` naming the file)."""
+    folders, templates = _folders(folders, templates)
+    distinct: dict[int, int] = {}
+    order = [distinct.setdefault(i, len(distinct)) for i in indices]
+    chunks, names, size = [], [], None
+    for i in distinct:
+        for folder, template in zip(folders, templates):
+            path = frame_path(folder, template, first, i)
+            try:
+                data = read_bytes(path)
+                shape = jpeg_size(data)
+            except DecodeError as err:
+                raise FrameError(f"cannot read frame {path} of video {video_id}: {err}") from err
+            size = size or shape
+            if shape != size:
+                raise FrameError(f"frame {path} of video {video_id} is {shape}, the video's "
+                                 f"first frame {size}")
+            chunks.append(data)
+            names.append(path)
+    data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+    return EncodedFrames(data, [len(c) for c in chunks], names, len(folders), order, size)
+
+
+def match_flow_size(rgb: torch.Tensor | None, flow: torch.Tensor | None) -> torch.Tensor | None:
+    """Flow frames resized to the RGB frames' size where the two differ (`... x H x W`)."""
+    if rgb is not None and flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
+        return TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
+    return flow
+
+
+def arrange_frames(x: torch.Tensor | None, stack: int, *, segments: int,
+                   single_view: bool) -> torch.Tensor | None:
+    """One modality's transformed frames -> model input: N x C x H x W (training) ->
+    T x (L C) x H x W; V x N x C x H x W (evaluation) -> (V clips) x T x (L C) x H x W, or
+    its first view with `single_view`."""
+    if x is None:
+        return None
+    if x.dim() == 4:  # training: N x C x H x W
+        return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
+    # evaluation: V x N x C x H x W; views and clips both become the leading axis
+    clips = x.shape[1] // (segments * stack)
+    x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
+    return x[0] if single_view else x
+
+
 def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
                    segments: int, rgb_stack: int, flow_stack: int, single_view: bool):
     """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
     T x (L C) x H x W, or V x T x (L C) x H x W with views x clips first in the test protocol."""
-    if rgb is not None and flow is not None and flow.shape[-2:] != rgb.shape[-2:]:
-        flow = TF.resize(flow, list(rgb.shape[-2:]), antialias=True)
-    rgb, flow = transform(rgb, flow)
-
-    def arrange(x, stack):
-        if x is None:
-            return None
-        if x.dim() == 4:  # training: N x C x H x W
-            return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
-        # evaluation: V x N x C x H x W; views and clips both become the leading axis
-        clips = x.shape[1] // (segments * stack)
-        x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
-        return x[0] if single_view else x
-    return arrange(rgb, rgb_stack), arrange(flow, flow_stack)
+    rgb, flow = transform(rgb, match_flow_size(rgb, flow))
+    return (arrange_frames(rgb, rgb_stack, segments=segments, single_view=single_view),
+            arrange_frames(flow, flow_stack, segments=segments, single_view=single_view))
 
 
 class VideoDataset(Dataset):
@@ -125,15 +177,18 @@ class VideoDataset(Dataset):
         are extracted for it, see `fusion.data.sampling`).
     on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is replaced
         by the next readable one, which counts in no metric, and counted in `skipped`).
+    decode: "cpu" (decoded and augmented here) or "device" (`EncodedSample`s: bytes and the
+        drawn crop, for `device_decode.decode_batch`; only for transforms it reproduces).
     """
 
     def __init__(self, videos: list[Video], classes: list[str], *, mode: str = "train",
                  modalities: Sequence[str] = FRAME_TYPES, segments: int = 1, flow_stack: int = 10,
                  rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
                  transform=None, num_clips: int = 25, crops: str = "center",
-                 on_bad: str = "raise"):
+                 on_bad: str = "raise", decode: str = "cpu"):
         resolve_name(mode, MODES, "mode")
         resolve_name(on_bad, ON_BAD, "on_bad")
+        resolve_name(decode, DECODE_PLACES, "decode")
         resolve_name(frame_policy, POLICIES, "frame_policy")
         for m in modalities:
             resolve_name(m, FRAME_TYPES, "modality")
@@ -152,6 +207,14 @@ class VideoDataset(Dataset):
             transform = (TrainTransform(image_size) if mode == "train" else
                          EvalTransform(image_size, crops if mode == "test" else "center"))
         self.transform = transform
+        self.decode = decode
+        if decode == "device":
+            unsupported = device_unsupported(transform)
+            if unsupported:
+                raise ValueError(f"decode 'device' cannot reproduce the {mode} transform's "
+                                 f"{', '.join(unsupported)} exactly; decode on the CPU")
+            self.layout = ClipLayout(transform.image_size, segments, rgb_stack, flow_stack,
+                                     single_view=mode != "test", on_bad=on_bad)
         self.skipped = 0
         self.notes: list[str] = []  # what reading the dataset found, for the run's log
 
@@ -167,18 +230,22 @@ class VideoDataset(Dataset):
         """Model inputs per video: clips x crops in the test protocol, else 1."""
         return self.num_clips * self.transform.views if self.mode == "test" else 1
 
-    def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def frame_indices(self, video: Video):
+        """(RGB indices, flow indices) of the video's clip: `clip_frames` (draws in training)."""
         if self.frame_policy == SPREAD and self.use_flow and video.flow_frames != self.flow_stack:
             raise FrameError(
                 f"video {video.video_id} has {video.flow_frames} flow frames in "
                 f"{video.flow_dirs[0]}; frame_policy {SPREAD} reads exactly flow_stack = "
                 f"{self.flow_stack}, the flow between its spread frames (extract with "
                 f"extract_frames.py --flow-pairs {SPREAD} --flow-stack {self.flow_stack})")
-        rgb_idx, flow_idx = clip_frames(
+        return clip_frames(
             mode=self.mode, policy=self.frame_policy, segments=self.segments,
             clips=self.num_clips, flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,
             flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
             use_rgb=self.use_rgb)
+
+    def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        rgb_idx, flow_idx = self.frame_indices(video)
         rgb = flow = None
         if flow_idx is not None:  # N x 2 x H x W
             flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
@@ -190,6 +257,22 @@ class VideoDataset(Dataset):
                               rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
                               single_view=self.mode != "test")
 
+    def encode(self, video: Video):
+        """`load` up to decoding: (RGB, flow) `EncodedFrames` and the view, the crop and flip
+        drawn as `load` draws them (training) or the evaluation transform."""
+        rgb_idx, flow_idx = self.frame_indices(video)
+        rgb = flow = None
+        if flow_idx is not None:
+            flow = read_encoded(video.flow_dirs, flow_idx, video_id=video.video_id,
+                                templates=video.flow_templates, first=video.flow_first)
+        if rgb_idx is not None:
+            rgb = read_encoded(video.rgb_dir, rgb_idx, video_id=video.video_id,
+                               templates=video.rgb_template, first=video.rgb_first)
+        if not isinstance(self.transform, TrainTransform):
+            return rgb, flow, self.transform
+        # the crop is drawn for the RGB frames' size: the flow is resized to it first
+        return rgb, flow, self.transform.draw(*(rgb if rgb is not None else flow).size)
+
     def __getitem__(self, key) -> Sample:
         """`dataset[i]`, or `dataset[(seed, i, counted)]` from `SeededSampler`: the sample's
         random crops and flips then come from that seed alone, whichever worker or rank loads
@@ -198,6 +281,9 @@ class VideoDataset(Dataset):
 
     def sample(self, seed: int | None, i: int) -> Sample:
         video = self.videos[i]
+        if self.decode == "device":
+            rgb, flow, view = seeded(seed, self.encode, video)
+            return EncodedSample(rgb, flow, video.label, video.video_id, view, self.layout)
         rgb, flow = seeded(seed, self.load, video)
         return Sample(rgb, flow, video.label, video.video_id)
 

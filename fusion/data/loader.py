@@ -3,6 +3,10 @@ seeded (and padded) distributed sampler, and reading an item with the skip polic
 
     loader = DataLoader(dataset, batch_size=8, sampler=SeededSampler(len(dataset), shuffle=True),
                         collate_fn=collate_clips)
+
+A dataset that leaves decoding to the device (`VideoDataset(decode="device")`) yields
+`EncodedSample`s instead, collated into an `EncodedBatch` that
+`fusion.data.device_decode.decode_batch` turns into a `Batch` on the device.
 """
 from __future__ import annotations
 
@@ -38,6 +42,52 @@ class Sample(NamedTuple):
     skipped: Skipped | None = None
 
 
+@dataclass(frozen=True)
+class EncodedFrames:
+    """One modality of a clip as stored, for decoding on the device: the bytes of each distinct
+    frame file (a looping snippet repeats files), and which of them each frame takes.
+
+    data: the files' bytes one after another (uint8, 1-D), `lengths` bytes each; names: the
+        files (for errors). A frame is `planes` consecutive files (RGB: 1, flow: 2, u and v).
+    order: frame n (clips x segments x stack, as `clip_frames` lists them) -> distinct frame.
+    size: (height, width) of every file, from their JPEG headers.
+    """
+
+    data: torch.Tensor
+    lengths: list[int]
+    names: list[str]
+    planes: int
+    order: list[int]
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ClipLayout:
+    """How a dataset arranges its samples, for decoding on the device: the input side, TSN
+    segments and stacks, one view (train, val) or views x clips (test), what a bad frame does."""
+
+    image_size: int
+    segments: int
+    rgb_stack: int
+    flow_stack: int
+    single_view: bool
+    on_bad: str
+
+
+class EncodedSample(NamedTuple):
+    """A `Sample` not yet decoded: its frames' JPEG bytes and how to crop them, `view`: the
+    drawn `CropFlip` in training, else the dataset's `EvalTransform`."""
+
+    rgb: EncodedFrames | None
+    flow: EncodedFrames | None
+    label: int
+    video_id: str
+    view: object
+    layout: ClipLayout
+    counted: bool = True
+    skipped: Skipped | None = None
+
+
 class Batch(NamedTuple):
     rgb: torch.Tensor | None
     flow: torch.Tensor | None
@@ -47,8 +97,26 @@ class Batch(NamedTuple):
     counted: torch.Tensor  # bool per sample: counts in the metrics
 
 
-def collate_clips(samples: list[Sample]) -> Batch:
-    """Stack samples, listing the unreadable ones that stand-ins replaced."""
+class EncodedBatch(NamedTuple):
+    """A batch of `EncodedSample`s; `decode_batch` makes it a `Batch`."""
+
+    samples: list[EncodedSample]
+    label: torch.Tensor
+    video_id: list[str]
+    skipped: list[Skipped]
+    counted: torch.Tensor
+
+
+def collate_clips(samples: list[Sample] | list[EncodedSample]) -> Batch | EncodedBatch:
+    """Stack samples, listing the unreadable ones that stand-ins replaced; encoded samples
+    stay a list (they are decoded as a batch on the device)."""
+    if isinstance(samples[0], EncodedSample):
+        return EncodedBatch(list(samples),
+                            torch.tensor([s.label for s in samples], dtype=torch.long),
+                            [s.video_id for s in samples],
+                            [s.skipped for s in samples if s.skipped],
+                            torch.tensor([s.counted for s in samples], dtype=torch.bool))
+
     def stack(i):
         return None if samples[0][i] is None else torch.stack([s[i] for s in samples])
     return Batch(stack(0), stack(1), torch.tensor([s.label for s in samples], dtype=torch.long),
