@@ -1,0 +1,167 @@
+"""Decoding and augmenting on the device (config key `decode`, DESIGN §8).
+
+With decode = device the loader's workers only read each clip's JPEG bytes and draw its crop and
+flip (`VideoDataset.encode`: the CPU path's draws, from the same seed). The training loop then
+decodes the whole batch on its device, one `torchvision.io.decode_jpeg` call per modality (nvJPEG
+on CUDA), and crops, resizes and flips it there with the CPU path's own functions, all samples
+of a crop size in one call. What follows, the input normalisation (and the flow's mean
+subtraction or colour coding), is the model's first step and runs on the device either way
+(`Stream.normalize`). The CPU path stays the reference: the two agree to within the JPEG
+decoders' difference (README, Performance).
+
+    batch = decode_batch(batch, device)   # EncodedBatch -> Batch on `device`; a Batch as it is
+
+A file that the device cannot decode fails like a frame that the CPU path cannot read: a
+`FrameError` naming the file and the video, or with on_bad = skip a stand-in that counts in no
+metric, here the next readable clip of the same batch.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections import defaultdict
+
+import torch
+import torchvision.transforms.v2.functional as F
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from fusion.data.clips import arrange_frames, match_flow_size
+from fusion.data.loader import (Batch, EncodedBatch, EncodedFrames, EncodedSample, FrameError,
+                                Skipped)
+from fusion.data.transforms import CropFlip, flip_flow, resize_square
+
+
+def decode_files(files: list[torch.Tensor], *, gray: bool,
+                 device: torch.device) -> list[torch.Tensor | RuntimeError]:
+    """JPEG bytes (1-D uint8 CPU tensors) -> C x H x W uint8 images on `device` (C = 1 gray,
+    else 3), in one call; if that call fails, one file at a time, a failing file giving its
+    error in its place."""
+    mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its codec for TorchCodec; its batched nvJPEG decoding is
+        # why it is used here (the CPU path decodes with OpenCV)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_jpeg(files, mode=mode, device=device)
+        except RuntimeError:
+            pass
+        images = []
+        for data in files:
+            try:
+                images.append(decode_jpeg(data, mode=mode, device=device))
+            except RuntimeError as err:
+                images.append(err)
+        return images
+
+
+def decode_frames(samples: list[EncodedSample], modality: str,
+                  device: torch.device) -> list[torch.Tensor | FrameError | None]:
+    """One modality of every sample -> N x C x H x W uint8 on `device` (frames in
+    `clip_frames`' order; flow: u, v planes), the `FrameError` of the sample's first unreadable
+    file, or None where the modality is off."""
+    encoded: list[EncodedFrames | None] = [getattr(s, modality) for s in samples]
+    files = [part for e in encoded if e is not None for part in torch.split(e.data, e.lengths)]
+    if not files:
+        return [None] * len(samples)
+    images = decode_files(files, gray=modality == "flow", device=device)
+    out, at = [], 0
+    for sample, e in zip(samples, encoded):
+        if e is None:
+            out.append(None)
+            continue
+        mine, at = images[at:at + len(e.lengths)], at + len(e.lengths)
+        bad = next((k for k, image in enumerate(mine) if isinstance(image, Exception)), None)
+        if bad is not None:
+            # "decode_jpeg, <source file>:<line>, Invalid JPEG file structure: ..." -> the reason
+            reason = re.sub(r"^decode_jpeg\S*, \S+:\d+, ", "", str(mine[bad]))
+            out.append(FrameError(f"cannot read frame {e.names[bad]} of video "
+                                  f"{sample.video_id}: {reason}"))
+            continue
+        # files -> distinct frames (planes files each) -> the clip's frames
+        frames = torch.cat(mine).view(len(mine) // e.planes, -1, *e.size)
+        if e.order != list(range(len(frames))):
+            frames = frames[torch.tensor(e.order, device=device)]
+        out.append(frames)
+    return out
+
+
+def _train_views(rgb: list, flow: list, views: list[CropFlip], size: int):
+    """Crop, resize and flip each sample's N x C x H x W frames as its drawn `CropFlip` says:
+    the samples of one crop size are resized in one call."""
+    groups = defaultdict(list)  # crop height, width -> samples
+    for i, view in enumerate(views):
+        groups[view.box[2:]].append(i)
+    out_rgb, out_flow = [None] * len(views), [None] * len(views)
+    for members in groups.values():
+        flips = [k for k, i in enumerate(members) if views[i].flip]
+        for frames, out, flip in ((rgb, out_rgb, F.horizontal_flip), (flow, out_flow, flip_flow)):
+            if frames[members[0]] is None:
+                continue
+            crops = torch.stack([F.crop(frames[i], *views[i].box) for i in members])
+            g, n, c, h, w = crops.shape  # G x N x C x h x w -> (G N) x C x S x S
+            resized = resize_square(crops.view(g * n, c, h, w), size).view(g, n, c, size, size)
+            if flips:
+                resized[flips] = flip(resized[flips])
+            for k, i in enumerate(members):
+                out[i] = resized[k]
+    return out_rgb, out_flow
+
+
+def _eval_views(rgb: list, flow: list, transforms: list):
+    """The evaluation views of each sample (V x N x C x S x S), the samples of one frame size
+    through the dataset's `EvalTransform` in one call."""
+    groups = defaultdict(list)  # frame sizes -> samples
+    for i in range(len(transforms)):
+        groups[tuple(None if x[i] is None else x[i].shape for x in (rgb, flow))].append(i)
+    out_rgb, out_flow = [None] * len(transforms), [None] * len(transforms)
+    for members in groups.values():
+        stacked = [None if x[members[0]] is None else torch.stack([x[i] for i in members])
+                   for x in (rgb, flow)]  # G x N x C x H x W
+        views = transforms[members[0]](*stacked)  # V x G x N x C x S x S
+        for x, out in zip(views, (out_rgb, out_flow)):
+            if x is not None:
+                for k, i in enumerate(members):
+                    out[i] = x[:, k]
+    return out_rgb, out_flow
+
+
+def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Batch:
+    """An `EncodedBatch` decoded and augmented on `device`: the `Batch` the CPU path would
+    have made (uint8 frames on `device`; labels and flags stay on the CPU). A `Batch` is
+    returned as it is."""
+    if not isinstance(batch, EncodedBatch):
+        return batch
+    device = torch.device(device)
+    samples, layout = batch.samples, batch.samples[0].layout
+    rgb, flow = (decode_frames(samples, m, device) for m in ("rgb", "flow"))
+    errors = {i: e for i, e in enumerate(rgb) if isinstance(e, FrameError)}
+    errors.update((i, e) for i, e in enumerate(flow) if isinstance(e, FrameError) and i not in errors)
+    if errors and layout.on_bad == "raise":
+        raise errors[min(errors)]
+    good = [i for i in range(len(samples)) if i not in errors]
+    if not good:
+        raise FrameError(f"no clip of the batch can be read; the first: {errors[min(errors)]}")
+    rgb = [rgb[i] for i in good]
+    flow = [match_flow_size(r, f) for r, f in zip(rgb, (flow[i] for i in good))]
+    views = [samples[i].view for i in good]
+    if isinstance(views[0], CropFlip):
+        rgb, flow = _train_views(rgb, flow, views, layout.image_size)
+    else:
+        rgb, flow = _eval_views(rgb, flow, views)
+    args = dict(segments=layout.segments, single_view=layout.single_view)
+    rgb = [arrange_frames(x, layout.rgb_stack, **args) for x in rgb]
+    flow = [arrange_frames(x, layout.flow_stack, **args) for x in flow]
+    # on_bad = skip: an unreadable clip's place goes to the next readable one of the batch,
+    # counted in no metric (as the CPU path's stand-in from the dataset)
+    source = [i if i in good else next((j for j in good if j > i), good[0])
+              for i in range(len(samples))]
+    position = {i: k for k, i in enumerate(good)}
+    counted, skipped = batch.counted.clone(), list(batch.skipped)
+    for i, err in sorted(errors.items()):
+        counted[i] = False
+        skipped.append(Skipped(samples[i].video_id, str(err)))
+
+    def stack(frames):
+        return None if frames[0] is None else torch.stack([frames[position[i]] for i in source])
+    return Batch(stack(rgb), stack(flow), batch.label[source], [batch.video_id[i] for i in source],
+                 skipped, counted)
