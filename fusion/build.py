@@ -20,7 +20,8 @@ from fusion.data.sampling import SPREAD
 from fusion.data.splits import VIDEO_DATASETS
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
-from fusion.data.transforms import TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform
+from fusion.data.transforms import (TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform,
+                                    device_unsupported)
 from fusion.checkpoint import load_stream_checkpoint
 from fusion.model import SingleStream, build_two_stream
 from fusion.streams import UV, FlowInput, build_stream
@@ -79,15 +80,42 @@ def check_extraction(config: Config, root: Path) -> None:
                              f"the data was extracted with {key} = {recorded[key]!r}")
 
 
-def build_dataset(config: Config, subset: str, mode: str):
-    """The dataset of a config for subset train / val / test, read in mode train / val / test."""
+def resolve_decode(config: Config, device: torch.device | None) -> tuple[str, str]:
+    """Where the frames of a config's datasets are decoded, "cpu" or "device", and why (for the
+    run's log; "" when there is nothing to say). decode = device fails naming the config key
+    that it cannot reproduce; auto then decodes on the CPU, saying why."""
+    on_cuda = device is not None and device.type == "cuda"
+    if config.decode == "cpu" or (config.decode == "auto" and not on_cuda):
+        return "cpu", ""
+    if config.dataset == "images":
+        blocker = "dataset 'images' (still images, padded to squares on the CPU)"
+    else:
+        unsupported = device_unsupported(train_transform(config))
+        blocker = unsupported and (f"augment = {config.augment!r} "
+                                   f"({', '.join(unsupported)})")
+    if blocker and config.decode == "device":
+        raise ValueError(f"config key decode: 'device' cannot reproduce {blocker} exactly; "
+                         f"use decode = 'cpu' (or 'auto', which falls back to it)")
+    if blocker:
+        return "cpu", f"decode = auto: JPEG frames decoded on the CPU, since the device " \
+                      f"path cannot reproduce {blocker} exactly"
+    return "device", f"decode = {config.decode}: JPEG frames decoded and cropped on " \
+                     f"{device if device is not None else 'the CPU'}"
+
+
+def build_dataset(config: Config, subset: str, mode: str, *, device: torch.device | None = None):
+    """The dataset of a config for subset train / val / test, read in mode train / val / test;
+    `device`: where the model runs, which decode = auto decodes on when it is a GPU (the
+    batches then need `device_decode.decode_batch`, which the training loop and the test
+    protocol call)."""
+    decode, why = resolve_decode(config, device)
     root = Path(config.data_root)
     kind = "ucf101" if config.dataset == "synthetic" else config.dataset
     if config.dataset == "synthetic":
         ensure_synthetic(root)
     check_extraction(config, root)
     if kind == "images":
-        return images(root, subset=subset, mode=mode,
+        return images(root, subset=subset, mode=mode,  # decoded on the CPU: resolve_decode
                       classes=config.classes or config.max_classes or None,
                       val_fraction=config.val_fraction if config.val_fraction > 0 else 0.1,
                       seed=config.seed, oversample=config.oversample,
@@ -111,7 +139,10 @@ def build_dataset(config: Config, subset: str, mode: str):
         options["transform"] = train_transform(config)
     if mode == "test":
         options.update(num_clips=config.eval_clips, crops=config.eval_crops)
-    return {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, **options)
+    dataset = {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, decode=decode, **options)
+    if why:
+        dataset.notes.append(why)
+    return dataset
 
 
 def validation_subset(config: Config) -> str:

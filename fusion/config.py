@@ -33,9 +33,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 BEST_RULES = ("both", "loss", "accuracy")
 AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
+DECODES = ("auto", "cpu", "device")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
-             "channels_last")
+             "channels_last", "decode")
 
 
 @dataclass
@@ -82,6 +83,12 @@ class Config:
     # Middlebury colour coding, 3 channels, ImageNet-normalised; seed 001)
     flow_format: str = "uv"
     workers: int = 2  # DataLoader worker processes
+    # where JPEG frames are decoded and cropped: cpu (in the loader's workers, the reference) |
+    # device (workers only read bytes and draw the crops; the batch is decoded on the training
+    # device, nvJPEG on CUDA; an error for augmentations it cannot reproduce, e.g. augment =
+    # seed001, and for dataset images) | auto (device when training on CUDA and possible,
+    # else cpu, saying why)
+    decode: str = "auto"
     # --- model ---
     fuse: str = "conv1x1"  # average, sum, max, concat, conv1x1, conv3d, bilinear, or none
     stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow | rgbdiff)
@@ -189,6 +196,7 @@ class Config:
         choice("best_rule", BEST_RULES)
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
+        choice("decode", DECODES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
                  "flow_bound", "short_side", "diff_stack", "diff_weight",
                  "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")

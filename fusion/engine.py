@@ -26,6 +26,7 @@ from fusion.build import (build_dataset, build_model, make_loader, training_runn
 from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resume_config,
                                save_atomic)
 from fusion.config import Config, to_toml
+from fusion.data.device_decode import decode_batch
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import flow_colours, rgb_beside_flow
@@ -91,6 +92,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
 
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(bar):
+            batch = decode_batch(batch, device)  # decode = device: JPEG bytes -> frames here
             skipped += len(batch.skipped)
             rgb, flow, labels, counted = to_device(batch, device)
             with autocast(device, dtype):
@@ -216,8 +218,8 @@ def fit(config: Config, *, overrides: dict | None = None):
         dtype = amp_dtype(config.amp, device)
         torch.manual_seed(config.seed)
 
-        train_set = build_dataset(config, "train", "train")
-        val_set = build_dataset(config, validation_subset(config), "val")
+        train_set = build_dataset(config, "train", "train", device=device)
+        val_set = build_dataset(config, validation_subset(config), "val", device=device)
         if config.val_fraction == 0 and main:
             print("note: val_fraction = 0, so the best checkpoint is chosen on the test split")
         classes = train_set.classes

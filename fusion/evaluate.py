@@ -17,6 +17,7 @@ from fusion import distributed
 from fusion.build import build_dataset, model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
 from fusion.config import from_dict
+from fusion.data.device_decode import decode_batch
 from fusion.data.loader import collate_clips
 from fusion.device import amp_dtype, autocast, move
 from fusion.figures import confusion_figure, per_class_figure, save_png
@@ -49,6 +50,7 @@ def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, w
     scores: dict[str, list[torch.Tensor]] = {}
     labels, ids, skipped = [], [], []
     for batch in tqdm(loader, desc="test", leave=False, dynamic_ncols=True, disable=None):
+        batch = decode_batch(batch, device)  # decode = device: JPEG bytes -> frames here
         skipped += [s.video_id for s in batch.skipped]
         rgb, flow = move(batch.rgb, device), move(batch.flow, device)
         b, v = batch.label.shape[0], (rgb if rgb is not None else flow).shape[1]
@@ -113,7 +115,7 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
     checkpoint = load_checkpoint(path)
     config = from_dict({**checkpoint["config"], **(overrides or {})})
     device = distributed.device_for(device) if isinstance(device, str) else device
-    dataset = build_dataset(config, "test", "test")
+    dataset = build_dataset(config, "test", "test", device=device)
     if dataset.classes != checkpoint["classes"]:
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "
                          f"checkpoint's {checkpoint['classes']}")
