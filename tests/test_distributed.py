@@ -36,10 +36,12 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
                           min_frames=6, max_frames=10, seed=4)
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()
+    # the processes decode their batches themselves (decode = device, here on the CPU): the
+    # same training as the one process decoding in its loader
     printed = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                    "--nproc_per_node=2", str(WORKER), str(tmp_path / "ddp"),
-                   *flags(data, tmp_path / "ddp", 2)], cwd=tmp_path)
-    assert "2 processes" in printed
+                   *flags(data, tmp_path / "ddp", 2), "--decode", "device"], cwd=tmp_path)
+    assert "2 processes" in printed and "decode = device" in printed
     run([sys.executable, str(WORKER), str(tmp_path / "one"), *flags(data, tmp_path / "one", 4)],
         cwd=tmp_path)
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt")
