@@ -26,7 +26,7 @@ from fusion.build import (build_dataset, build_model, make_loader, training_runn
 from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resume_config,
                                save_atomic)
 from fusion.config import Config, to_toml
-from fusion.data.device_decode import decode_batch
+from fusion.data.device_decode import DecodeAhead
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import flow_colours, rgb_beside_flow
@@ -68,7 +68,8 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
     seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+    # decode = device: batches of JPEG bytes, decoded here one batch ahead
+    bar = tqdm(DecodeAhead(loader, device), desc=desc, leave=False, dynamic_ncols=True,
                disable=None if context.main else True)
 
     def read():
@@ -92,7 +93,6 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
 
     with torch.set_grad_enabled(training):
         for step, batch in enumerate(bar):
-            batch = decode_batch(batch, device)  # decode = device: JPEG bytes -> frames here
             skipped += len(batch.skipped)
             rgb, flow, labels, counted = to_device(batch, device)
             with autocast(device, dtype):

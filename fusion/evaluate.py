@@ -17,7 +17,7 @@ from fusion import distributed
 from fusion.build import build_dataset, model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
 from fusion.config import from_dict
-from fusion.data.device_decode import decode_batch
+from fusion.data.device_decode import DecodeAhead
 from fusion.data.loader import collate_clips
 from fusion.device import amp_dtype, autocast, move
 from fusion.figures import confusion_figure, per_class_figure, save_png
@@ -49,8 +49,9 @@ def predict_videos(model, dataset, device, *, dtype=None, batch_size: int = 2, w
                         collate_fn=collate_clips)
     scores: dict[str, list[torch.Tensor]] = {}
     labels, ids, skipped = [], [], []
-    for batch in tqdm(loader, desc="test", leave=False, dynamic_ncols=True, disable=None):
-        batch = decode_batch(batch, device)  # decode = device: JPEG bytes -> frames here
+    # decode = device: batches of JPEG bytes, decoded here one batch ahead
+    for batch in tqdm(DecodeAhead(loader, device), desc="test", leave=False, dynamic_ncols=True,
+                      disable=None):
         skipped += [s.video_id for s in batch.skipped]
         rgb, flow = move(batch.rgb, device), move(batch.flow, device)
         b, v = batch.label.shape[0], (rgb if rgb is not None else flow).shape[1]

@@ -10,6 +10,7 @@ subtraction or colour coding), is the model's first step and runs on the device 
 decoders' difference (README, Performance).
 
     batch = decode_batch(batch, device)   # EncodedBatch -> Batch on `device`; a Batch as it is
+    for batch in DecodeAhead(loader, device):  # the next batch decoded while this one trains
 
 A file that the device cannot decode fails like a frame that the CPU path cannot read: a
 `FrameError` naming the file and the video, or with on_bad = skip a stand-in that counts in no
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torchvision.transforms.v2.functional as F
@@ -165,3 +167,33 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
         return None if frames[0] is None else torch.stack([frames[position[i]] for i in source])
     return Batch(stack(rgb), stack(flow), batch.label[source], [batch.video_id[i] for i in source],
                  skipped, counted)
+
+
+class DecodeAhead:
+    """The batches of `loader` through `decode_batch`, each decoded in a background thread
+    while the caller works on the one before (the decoder releases the GIL, and nvJPEG works
+    on its own stream): what the training loop and the test protocol iterate. Batches come
+    in order, errors at the batch they belong to; a loader of plain `Batch`es is iterated as
+    it is."""
+
+    def __init__(self, loader, device: torch.device | str):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        first = next(batches, None)
+        if not isinstance(first, EncodedBatch):  # decoded in the loader: nothing to do here
+            if first is not None:
+                yield first
+                yield from batches
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            pending = pool.submit(decode_batch, first, self.device)
+            for batch in batches:
+                ahead = pool.submit(decode_batch, batch, self.device)
+                yield pending.result()
+                pending = ahead
+            yield pending.result()
