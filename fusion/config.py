@@ -88,7 +88,7 @@ class Config:
     # device, nvJPEG on CUDA; an error for augmentations it cannot reproduce, e.g. augment =
     # seed001, and for dataset images) | auto (device when training on CUDA and possible,
     # else cpu, saying why)
-    decode: str = "auto"
+    decode: str = "cpu"
     # --- model ---
     fuse: str = "conv1x1"  # average, sum, max, concat, conv1x1, conv3d, bilinear, or none
     stream: str = "rgb"  # with fuse = none: the stream to train alone (rgb | flow | rgbdiff)
