@@ -1,8 +1,6 @@
 """Decoding on the device (decode = device) against the CPU path, the device path run on the
 CPU: the same samples within the JPEG decoders' difference (on the CPU both are libjpeg-turbo),
 the same errors. nvJPEG's difference on a GPU is measured, not tested (README, Performance)."""
-import io
-
 import numpy as np
 import pytest
 import torch

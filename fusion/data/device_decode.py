@@ -32,6 +32,12 @@ from fusion.data.loader import (Batch, EncodedBatch, EncodedFrames, EncodedSampl
                                 Skipped)
 from fusion.data.transforms import CropFlip, flip_flow, resize_square
 
+# torchvision 0.29 deprecates its codec for TorchCodec, warning at every call; its batched nvJPEG
+# decoding is why it is used here (the CPU path decodes with OpenCV). A filter set once, not
+# `catch_warnings`, which is not thread-safe and decoding runs in a background thread.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
+                        "TorchVision are deprecated", category=DeprecationWarning)
+
 
 def decode_files(files: list[torch.Tensor], *, gray: bool,
                  device: torch.device) -> list[torch.Tensor | RuntimeError]:
@@ -39,21 +45,17 @@ def decode_files(files: list[torch.Tensor], *, gray: bool,
     else 3), in one call; if that call fails, one file at a time, a failing file giving its
     error in its place."""
     mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its codec for TorchCodec; its batched nvJPEG decoding is
-        # why it is used here (the CPU path decodes with OpenCV)
-        warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        return decode_jpeg(files, mode=mode, device=device)
+    except RuntimeError:
+        pass
+    images = []
+    for data in files:
         try:
-            return decode_jpeg(files, mode=mode, device=device)
-        except RuntimeError:
-            pass
-        images = []
-        for data in files:
-            try:
-                images.append(decode_jpeg(data, mode=mode, device=device))
-            except RuntimeError as err:
-                images.append(err)
-        return images
+            images.append(decode_jpeg(data, mode=mode, device=device))
+        except RuntimeError as err:
+            images.append(err)
+    return images
 
 
 def decode_frames(samples: list[EncodedSample], modality: str,
@@ -136,8 +138,10 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
     device = torch.device(device)
     samples, layout = batch.samples, batch.samples[0].layout
     rgb, flow = (decode_frames(samples, m, device) for m in ("rgb", "flow"))
-    errors = {i: e for i, e in enumerate(rgb) if isinstance(e, FrameError)}
-    errors.update((i, e) for i, e in enumerate(flow) if isinstance(e, FrameError) and i not in errors)
+    errors = {}  # sample -> the error of its first unreadable file (flow first, as on the CPU)
+    for i, frames in enumerate(zip(flow, rgb)):
+        for error in (x for x in frames if isinstance(x, FrameError)):
+            errors.setdefault(i, error)
     if errors and layout.on_bad == "raise":
         raise errors[min(errors)]
     good = [i for i in range(len(samples)) if i not in errors]
