@@ -7,7 +7,9 @@ Prints a Markdown table per section and writes all figures to --json (default be
 Ratios are measured within the run, so they hold even on a noisy machine:
   - loader: the project's (uint8 JPEG decode, one transform per clip) vs a PIL-per-frame loader
     as in the older two-stream repositories (open, crop, resize, flip, ToTensor, Normalize per
-    frame), same clips, same workers;
+    frame), same clips, same workers; and with decode = device, clips/s per worker of the
+    workers' share (reading bytes, drawing crops) and with the batches decoded on --device in
+    the main process (`DecodeAhead`, as run_epoch does);
   - training: clips/s of the RGB stream alone, the flow stream alone and the two-stream model
     (conv1x1 at the last tap) per backbone, and the fusion overhead t(two) / (t(rgb) + t(flow));
     the two-stream model also through the project's training loop (engine.run_epoch), and,
@@ -35,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from fusion.data.device_decode import DecodeAhead
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
 from fusion.data.splits import ucf101
 from fusion.data.sampling import clip_frames
@@ -97,8 +100,10 @@ class PILBaseline(Dataset):
                       video.label, video.video_id)
 
 
-def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4) -> float:
-    """Clips/s over the last epochs; the first epoch warms up the (persistent) workers."""
+def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4,
+                       decode_on: torch.device | None = None) -> float:
+    """Clips/s over the last epochs; the first epoch warms up the (persistent) workers.
+    `decode_on`: batches of JPEG bytes (decode = device) are decoded there, as in run_epoch."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         sampler=SeededSampler(len(dataset), shuffle=True),
                         collate_fn=collate_clips, persistent_workers=workers > 0)
@@ -106,12 +111,15 @@ def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4) 
     for epoch in range(epochs + 1):
         loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        clips = sum(len(batch.label) for batch in loader)
+        batches = loader if decode_on is None else DecodeAhead(loader, decode_on)
+        clips = sum(len(batch.label) for batch in batches)
+        if decode_on is not None and decode_on.type == "cuda":
+            torch.cuda.synchronize()
         timings.append(clips / (time.perf_counter() - start))
     return float(np.mean(timings[1:]))
 
 
-def bench_data(args, root: Path) -> dict:
+def bench_data(args, root: Path, device: torch.device) -> dict:
     data = root / f"frames_{args.data_groups}x{args.data_clips}"
     if not (data / "ucfTrainTestlist").is_dir():
         # jpegs_256-sized frames: 256 x 340, as in Feichtenhofer's release
@@ -121,8 +129,20 @@ def bench_data(args, root: Path) -> dict:
                      image_size=args.data_image_size)
     ours = loader_clips_per_s(dataset, args.workers, args.batch_size)
     pil = loader_clips_per_s(PILBaseline(dataset), args.workers, args.batch_size)
+    encoded = ucf101(data, subset="train", segments=args.segments, flow_stack=args.flow_stack,
+                     image_size=args.data_image_size, decode="device")
+    device_loader = loader_clips_per_s(encoded, args.workers, args.batch_size)
+    decoded = loader_clips_per_s(encoded, args.workers, args.batch_size, decode_on=device)
+    per = max(args.workers, 1)  # 0 workers: the main process loads
     return {"videos": len(dataset), "workers": args.workers, "fusion_clips_per_s": ours,
-            "pil_clips_per_s": pil, "speedup": ours / pil}
+            "pil_clips_per_s": pil, "speedup": ours / pil,
+            "decode": [
+                {"path": "decode = cpu (workers decode and crop)", "clips_per_s": ours,
+                 "clips_per_s_per_worker": ours / per},
+                {"path": "decode = device: the workers' share (bytes, drawn crops)",
+                 "clips_per_s": device_loader, "clips_per_s_per_worker": device_loader / per},
+                {"path": f"decode = device: with the batches decoded on {device.type}",
+                 "clips_per_s": decoded, "clips_per_s_per_worker": decoded / per}]}
 
 
 # ---------------------------------------------------------------------------- model steps
@@ -360,7 +380,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         if "data" not in args.skip:
-            data = bench_data(args, root)
+            data = bench_data(args, root, device)
             report["data"] = data
             print(f"\n## data loading ({data['videos']} clips of {args.segments} x "
                   f"(1 RGB + {args.flow_stack} flow) frames at 256 x 340 -> "
@@ -368,6 +388,11 @@ def main(argv=None) -> int:
             print(markdown([data], [("fusion loader clips/s", "fusion_clips_per_s", ".1f"),
                                     ("PIL-per-frame clips/s", "pil_clips_per_s", ".1f"),
                                     ("speed-up", "speedup", ".2f")]))
+            print(f"\n## decode = device ({data['workers']} workers; the same clips)\n")
+            print(markdown(data["decode"], [("path", "path", ""),
+                                            ("clips/s", "clips_per_s", ".1f"),
+                                            ("clips/s per worker", "clips_per_s_per_worker",
+                                             ".1f")]))
         if "models" not in args.skip:
             rows = bench_models(args, device)
             report["models"] = rows

@@ -89,6 +89,8 @@ def test_bench_runs_and_reports_every_section(tmp_path, capsys, load_script):
         assert heading in printed
     report = json.loads(out.read_text())
     assert report["data"]["fusion_clips_per_s"] > 0 and report["data"]["pil_clips_per_s"] > 0
+    assert "## decode = device" in printed
+    assert [row["clips_per_s_per_worker"] > 0 for row in report["data"]["decode"]] == [True] * 3
     (row,) = report["models"]
     assert row["backbone"] == "resnet18" and row["fusion_overhead"] > 0
     assert [r["method"] for r in report["flow"]] == ["tvl1", "tvl1-torch", "dis", "farneback"]
