@@ -1,4 +1,5 @@
-"""Reading and writing image files through OpenCV (libjpeg-turbo): the project's one codec.
+"""Reading and writing image files through OpenCV (libjpeg-turbo): the project's one codec on the
+CPU (decode = device decodes on the device: `fusion.data.device_decode`).
 
 OpenCV rather than torchvision.io: torchvision deprecated its codec in 0.29, and reading with
 Python's `open` and decoding with `cv2.imdecode` skips torchvision's per-call Python wrappers,
