@@ -143,19 +143,20 @@ def match_flow_size(rgb: torch.Tensor | None, flow: torch.Tensor | None) -> torc
     return flow
 
 
-def arrange_frames(x: torch.Tensor | None, stack: int, *, segments: int,
+def arrange_frames(x: torch.Tensor | None, stack: int, *, views: bool, segments: int,
                    single_view: bool) -> torch.Tensor | None:
-    """One modality's transformed frames -> model input: N x C x H x W (training) ->
-    T x (L C) x H x W; V x N x C x H x W (evaluation) -> (V clips) x T x (L C) x H x W, or
-    its first view with `single_view`."""
+    """One modality's transformed frames -> model input, for a sample or a batch (leading
+    axes ...): ... N x C x H x W (training) -> ... T x (L C) x H x W; with `views` (evaluation)
+    ... V x N x C x H x W -> ... (V clips) x T x (L C) x H x W, or its first view with
+    `single_view`."""
     if x is None:
         return None
-    if x.dim() == 4:  # training: N x C x H x W
-        return rearrange(x, "(t l) c h w -> t (l c) h w", l=stack)
-    # evaluation: V x N x C x H x W; views and clips both become the leading axis
-    clips = x.shape[1] // (segments * stack)
-    x = rearrange(x, "v (k t l) c h w -> (v k) t (l c) h w", k=clips, l=stack)
-    return x[0] if single_view else x
+    if not views:
+        return rearrange(x, "... (t l) c h w -> ... t (l c) h w", l=stack)
+    # views and clips both become one axis
+    clips = x.shape[-4] // (segments * stack)
+    x = rearrange(x, "... v (k t l) c h w -> ... (v k) t (l c) h w", k=clips, l=stack)
+    return x.select(-5, 0) if single_view else x
 
 
 def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transform, *,
@@ -163,8 +164,9 @@ def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transfor
     """Decoded snippet frames (N x C x H x W, N = clips x T x L) -> transformed model input:
     T x (L C) x H x W, or V x T x (L C) x H x W with views x clips first in the test protocol."""
     rgb, flow = transform(rgb, match_flow_size(rgb, flow))
-    return (arrange_frames(rgb, rgb_stack, segments=segments, single_view=single_view),
-            arrange_frames(flow, flow_stack, segments=segments, single_view=single_view))
+    views = (rgb if rgb is not None else flow).dim() == 5  # V x N x C x H x W
+    args = dict(views=views, segments=segments, single_view=single_view)
+    return arrange_frames(rgb, rgb_stack, **args), arrange_frames(flow, flow_stack, **args)
 
 
 class VideoDataset(Dataset):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import defaultdict
+from itertools import accumulate
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -64,28 +65,38 @@ def decode_frames(samples: list[EncodedSample], modality: str,
     `clip_frames`' order; flow: u, v planes), the `FrameError` of the sample's first unreadable
     file, or None where the modality is off."""
     encoded: list[EncodedFrames | None] = [getattr(s, modality) for s in samples]
-    files = [part for e in encoded if e is not None for part in torch.split(e.data, e.lengths)]
+    present = [e for e in encoded if e is not None]
+    files = [part for e in present for part in torch.split(e.data, e.lengths)]
     if not files:
         return [None] * len(samples)
     images = decode_files(files, gray=modality == "flow", device=device)
-    out, at = [], 0
+    starts = [0, *accumulate(len(e.lengths) for e in present)]  # each sample's first file
+    shapes = {getattr(image, "shape", None) for image in images}  # None: unreadable
+    if len(shapes) == 1 and None not in shapes and len({len(e.order) for e in present}) == 1:
+        # the usual batch, every file read and of one size: one stack, one gather
+        planes = present[0].planes  # files per frame; distinct frame k of a sample: its files
+        frames = torch.stack(images).view(len(images) // planes, -1, *images[0].shape[-2:])
+        index = [start // planes + k for start, e in zip(starts, present) for k in e.order]
+        gathered = frames.index_select(0, torch.tensor(index, device=device))
+        each = iter(gathered.view(len(present), -1, *frames.shape[1:]).unbind(0))
+        return [None if e is None else next(each) for e in encoded]
+    out, mine = [], iter(zip(starts, present))
     for sample, e in zip(samples, encoded):
         if e is None:
             out.append(None)
             continue
-        mine, at = images[at:at + len(e.lengths)], at + len(e.lengths)
-        bad = next((k for k, image in enumerate(mine) if isinstance(image, Exception)), None)
+        start, _ = next(mine)
+        files_of = images[start:start + len(e.lengths)]
+        bad = next((k for k, image in enumerate(files_of) if isinstance(image, Exception)), None)
         if bad is not None:
             # "decode_jpeg, <source file>:<line>, Invalid JPEG file structure: ..." -> the reason
-            reason = re.sub(r"^decode_jpeg\S*, \S+:\d+, ", "", str(mine[bad]))
+            reason = re.sub(r"^decode_jpeg\S*, \S+:\d+, ", "", str(files_of[bad]))
             out.append(FrameError(f"cannot read frame {e.names[bad]} of video "
                                   f"{sample.video_id}: {reason}"))
             continue
         # files -> distinct frames (planes files each) -> the clip's frames
-        frames = torch.cat(mine).view(len(mine) // e.planes, -1, *e.size)
-        if e.order != list(range(len(frames))):
-            frames = frames[torch.tensor(e.order, device=device)]
-        out.append(frames)
+        frames = torch.cat(files_of).view(len(files_of) // e.planes, -1, *e.size)
+        out.append(frames[torch.tensor(e.order, device=device)])
     return out
 
 
@@ -154,9 +165,6 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
         rgb, flow = _train_views(rgb, flow, views, layout.image_size)
     else:
         rgb, flow = _eval_views(rgb, flow, views)
-    args = dict(segments=layout.segments, single_view=layout.single_view)
-    rgb = [arrange_frames(x, layout.rgb_stack, **args) for x in rgb]
-    flow = [arrange_frames(x, layout.flow_stack, **args) for x in flow]
     # on_bad = skip: an unreadable clip's place goes to the next readable one of the batch,
     # counted in no metric (as the CPU path's stand-in from the dataset)
     source = [i if i in good else next((j for j in good if j > i), good[0])
@@ -167,10 +175,15 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
         counted[i] = False
         skipped.append(Skipped(samples[i].video_id, str(err)))
 
-    def stack(frames):
-        return None if frames[0] is None else torch.stack([frames[position[i]] for i in source])
-    return Batch(stack(rgb), stack(flow), batch.label[source], [batch.video_id[i] for i in source],
-                 skipped, counted)
+    args = dict(views=not isinstance(views[0], CropFlip), segments=layout.segments,
+                single_view=layout.single_view)
+
+    def stack(frames, length):  # B x N x C x S x S (B x V x N x ... with views) -> model input
+        if frames[0] is None:
+            return None
+        return arrange_frames(torch.stack([frames[position[i]] for i in source]), length, **args)
+    return Batch(stack(rgb, layout.rgb_stack), stack(flow, layout.flow_stack),
+                 batch.label[source], [batch.video_id[i] for i in source], skipped, counted)
 
 
 class DecodeAhead:
