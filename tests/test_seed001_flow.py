@@ -32,16 +32,30 @@ SPREAD = "spread-around-middle"
 @pytest.mark.parametrize("frames, expected", [
     # odd: middle 50; before 50 k / 8 for k = 4..7; after 50 + 50 k / 8 for k = 1..4, floored
     (101, [25, 31, 37, 43, 50, 56, 62, 68, 75]),
-    # even: middle round(49.5) = 50 (the `middle` policy's frame); after 50 + 49 k / 8
+    # even: middle 100 // 2 = 50 (the `middle` policy's frame); after 50 + 49 k / 8
     (100, [25, 31, 37, 43, 50, 56, 62, 68, 74]),
-    # middle round(4.5) = 4; before 4 k / 8 = 2, 2, 3, 3; after 4 + 5 k / 8 = 4, 5, 5, 6
-    (10, [2, 2, 3, 3, 4, 4, 5, 5, 6]),
+    # middle 10 // 2 = 5 (the notebook's frame_count // 2); before 5 k / 8 = 2, 3, 3, 4;
+    # after 5 + 4 k / 8 = 5, 6, 6, 7
+    (10, [2, 3, 3, 4, 5, 5, 6, 6, 7]),
     # shorter than 9: frames repeat (zero flow between repeats)
     (5, [1, 1, 1, 1, 2, 2, 2, 2, 3]),
     (1, [0] * 9),
 ])
 def test_spread_around_middle_against_a_hand_computation(frames, expected):
     assert spread_around_middle(frames, 8) == expected
+
+
+def test_the_middle_frame_is_the_notebooks_frame_count_halved():
+    """Seed 001 picks frame_count // 2 wherever it means the middle; round() would pick the
+    earlier of two middles for even counts (10 -> 4)."""
+    from fusion.data.sampling import policy_start
+    for n in range(1, 400):
+        assert policy_start(n, "middle") == n // 2
+        assert spread_around_middle(n, 8)[4] == n // 2
+        rgb, _ = clip_frames(mode="val", policy="middle", segments=1, clips=1, flow_stack=1,
+                             rgb_stack=1, flow_frames=0, rgb_frames=n, use_flow=False,
+                             use_rgb=True)
+        assert rgb == [n // 2]
 
 
 def test_spread_needs_an_even_stack_and_takes_the_rgb_frame_at_the_middle():
@@ -64,7 +78,7 @@ def test_the_dataset_reads_the_spread_flow_and_refuses_flow_extracted_otherwise(
     data = ucf101(root, subset="test", mode="val", flow_stack=8, frame_policy=SPREAD,
                   image_size=16)
     rgb, flow = data[0][:2]
-    assert rgb_index(rgb[0]) == 14  # the middle of 30 frames: round(14.5) = 14
+    assert rgb_index(rgb[0]) == 15  # the middle of 30 frames: 30 // 2, as seed 001 takes it
     assert [flow_index(flow[0, 2 * k]) for k in range(8)] == list(range(8))
     with pytest.raises(FrameError, match="v_YoYo_g02_c01 has 29 flow frames .* reads exactly "
                                          "flow_stack = 8"):

@@ -51,6 +51,10 @@ def policy_start(num_positions: int, policy: str, *,
     """One snippet chosen by a single-frame policy (`middle`, `first`, ..., `random`)."""
     if policy == "random":
         return _randint(max(num_positions, 1), generator)
+    if policy == "middle":
+        # seed 001's notebooks take frame_count // 2 (the later of two middles; round() would
+        # round half to even and pick the earlier one for 98 of the lengths 9 .. 399)
+        return max(num_positions, 1) // 2
     fraction = FRAME_POLICIES[policy]
     return round(fraction * max(num_positions - 1, 0))
 
