@@ -100,3 +100,34 @@ def test_a_rawframes_tree_trains_and_tests(tmp_path, flow_from, capsys, load_scr
     assert f"note: rawframes flow numbered from {flow_from} in 4 videos" in printed
     metrics = json.loads((tmp_path / "runs" / "mm" / "metrics.json").read_text())
     assert metrics["protocol"]["videos"] == 2 and metrics["classes"] == ["0", "1"]
+
+
+def test_ucf101_names_carve_validation_by_group_in_rawframes_and_folder_layouts(tmp_path):
+    """A (class, group) pair never sits on both sides of a carve-out, whichever reader found
+    the UCF101 videos (two clips per group, 7 groups per class)."""
+    from fusion.data.splits import folder
+    lines = []
+    for label, cls in enumerate(CLASSES):
+        for g in range(7):
+            for c in (1, 2):
+                name = f"{cls}/v_{cls}_g{g:02d}_c{c:02d}"
+                for k in range(1, 4):
+                    write_frame(tmp_path / "mm" / "rawframes" / name / f"img_{k:05d}.jpg", k, 3)
+                    write_frame(tmp_path / "own" / name / f"frame{k:06d}.jpg", k, 3)
+                lines.append(f"{name} 3 {label}")
+    (tmp_path / "mm" / "train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mm" / "test.txt").write_text("\n".join(lines[:2]) + "\n")
+
+    def pairs(data):
+        return {(v.label, v.video_id.split("_")[-2]) for v in data.videos}
+    for seed in range(3):
+        options = dict(modalities=("rgb",), image_size=16, seed=seed)
+        lists = {"train": "train.txt", "test": "test.txt"}
+        train = rawframes(tmp_path / "mm", subset="train", lists=lists, val_fraction=0.3,
+                          **options)
+        val = rawframes(tmp_path / "mm", subset="val", lists=lists, val_fraction=0.3,
+                        **options)
+        assert len(train) + len(val) == 28 and not pairs(train) & pairs(val)
+        parts = [pairs(folder(tmp_path / "own", subset=s, val_fraction=0.3,
+                              test_fraction=0.3, **options)) for s in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])

@@ -58,7 +58,8 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
               templates: Sequence[str] = TEMPLATES, **kwargs) -> VideoDataset:
     """The `subset` of a rawframes dataset. `lists` maps train / val / test to list files
     (a relative path is read from `root`); without a val list, validation is a stratified
-    `val_fraction` of the training list, by video. `templates`: RGB, flow x, flow y file names."""
+    `val_fraction` of the training list, by UCF101 group when the videos carry UCF101 names
+    (`..._gXX_cYY`), else by video. `templates`: RGB, flow x, flow y file names."""
     root = Path(root)
     resolve_name(subset, SUBSETS, "subset")
     frames_root = root / "rawframes"

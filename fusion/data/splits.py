@@ -109,6 +109,15 @@ def ucf101_group(video_id: str) -> str:
     return match.group(1)
 
 
+def ucf101_groups(video_ids: Sequence[str]) -> list[str] | None:
+    """The UCF101 groups of videos that all carry UCF101 names (`..._gXX_cYY`, whatever the
+    reader that found them: the official layout, MMAction2's rawframes, a folder dataset), so
+    that a validation carve-out keeps groups apart; None when any name is not UCF101's."""
+    if not video_ids or not all(_UCF101_GROUP.search(v) for v in video_ids):
+        return None
+    return [ucf101_group(v) for v in video_ids]
+
+
 def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
     """Add random duplicates of the smaller classes until every class is as large as the
     largest (seed 001); done after splitting, so no sample crosses splits."""
@@ -126,12 +135,14 @@ def finish(videos: list[Video | None], classes: list[str], subset: str, *,
            val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
            on_bad: str, group_of=None, **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
-    (val_fraction > 0; by `group_of(video_id)` where given, else by video), frame counts,
-    checks. `None` stands for a listed video whose folder is missing (skipped and counted)."""
+    (val_fraction > 0; by `group_of(video_id)` where given, else by UCF101 group when every
+    video carries a UCF101 name, else by video), frame counts, checks. `None` stands for a
+    listed video whose folder is missing (skipped and counted)."""
     missing = sum(v is None for v in videos)
     videos = [v for v in videos if v is not None]
     if val_fraction > 0:
-        groups = None if group_of is None else [group_of(v.video_id) for v in videos]
+        ids = [v.video_id for v in videos]
+        groups = ucf101_groups(ids) if group_of is None else [group_of(i) for i in ids]
         train, val, _ = stratified_split([v.label for v in videos], val_fraction=val_fraction,
                                          seed=seed, groups=groups)
         videos = [videos[i] for i in (train if subset == "train" else val)]
@@ -342,7 +353,7 @@ def folder(root: str | Path, *, subset: str = "train",
                  if d.is_dir()]
         split = stratified_split([all_classes.index(c) for c, _ in every],
                                  val_fraction=val_fraction, test_fraction=test_fraction,
-                                 seed=seed)
+                                 seed=seed, groups=ucf101_groups([name for _, name in every]))
         entries = [every[i] for i in split[SUBSETS.index(subset)]]
     videos = []
     for class_name, name in entries:
