@@ -35,24 +35,19 @@ def ensure_synthetic(root: Path) -> None:
 
 def crop_scales(config: Config) -> tuple[float, ...]:
     """The multi-scale crop sizes (fractions of the short side): `crop_scales`, else TSN's per
-    modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream alone, 1, .875, .75 when the
-    input holds flow or RGB differences (one crop serves every stream of a sample)."""
+    modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream cropped alone, 1, .875, .75
+    when the crop also serves flow or RGB differences (one crop serves every stream of a
+    sample)."""
     if config.crop_scales:
         return tuple(config.crop_scales)
-    rgb_alone = config.modalities == ("rgb",) and not config.uses_rgbdiff
+    flow_cropped = "flow" in config.modalities and config.augment_flow == "tsn"
+    rgb_alone = not flow_cropped and not config.uses_rgbdiff
     return TSN_RGB_SCALES if rgb_alone else TSN_FLOW_SCALES
 
 
 def train_transform(config: Config) -> TrainTransform:
-    scales = crop_scales(config)
-    if config.augment == "seed001":
-        rgb_only = config.modalities == ("rgb",)
-        return TrainTransform(config.image_size, scales=scales, flip_p=0.25,
-                              color_jitter=(0.4, 0.4, 0.4, 0.3), grayscale_p=0.1,
-                              autocontrast_p=0.1, sharpness_p=0.1,
-                              rotation=15.0 if rgb_only else 0.0,
-                              perspective_p=0.1 if rgb_only else 0.0)
-    return TrainTransform(config.image_size, scales=scales)
+    return TrainTransform(config.image_size, rgb=config.augment, flow=config.augment_flow,
+                          scales=crop_scales(config))
 
 
 def check_extraction(config: Config, root: Path) -> None:
@@ -109,8 +104,9 @@ def build_dataset(config: Config, subset: str, mode: str):
         options.update(split=config.split, val_fraction=config.val_fraction)
     if mode == "train":
         options["transform"] = train_transform(config)
+    options["crops"] = config.eval_crops  # validation takes its single view from it
     if mode == "test":
-        options.update(num_clips=config.eval_clips, crops=config.eval_crops)
+        options["num_clips"] = config.eval_clips
     return {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, **options)
 
 

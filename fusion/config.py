@@ -19,7 +19,7 @@ from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FREEZE_MODES, FUSION_BN
 from fusion.data.flow import METHODS, RAFT_MODELS
 from fusion.data.rawframes import TEMPLATES as RAWFRAME_TEMPLATES
 from fusion.data.sampling import POLICIES, SPREAD
-from fusion.data.transforms import CROP_MODES
+from fusion.data.transforms import CROP_MODES, FLOW_AUGMENTS, RGB_AUGMENTS
 from fusion.fusers import FUSIONS
 from fusion.streams import STREAMS
 from fusion.timm_streams import check_name, is_timm
@@ -31,7 +31,6 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
-AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
@@ -64,7 +63,12 @@ class Config:
     # (seed 001: the flow between L + 1 frames spread around the middle, extracted for it)
     frame_policy: str = "tsn"
     image_size: int = 224  # network input side
-    augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
+    # training augmentation of the RGB stream (and RGB differences): tsn (multi-scale crop +
+    # flip) | seed001 (seed 001's photometric and geometric list on the whole frame, no crop) |
+    # none (the whole frame)
+    augment: str = "tsn"
+    # of the flow stream: tsn | none (the whole frame). Both tsn: one crop and flip for both
+    augment_flow: str = "tsn"
     # multi-scale crop sides as fractions of the short side; empty: TSN's per modality (1, .875,
     # .75, .66 for an RGB stream alone; 1, .875, .75 with flow or RGB differences)
     crop_scales: list[float] = field(default_factory=list)
@@ -145,7 +149,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     eval_clips: int = 25  # test protocol: clips per video (Simonyan: 25)
-    eval_crops: str = "center"  # center | three | ten
+    # center | three | ten | full (the whole frame, seed 001); validation takes full where this
+    # is full, else the centre crop
+    eval_crops: str = "center"
     aggregate: str = "mean-softmax"  # clip -> video: mean-softmax | sum-logits | vote
 
     def validate(self) -> "Config":
@@ -161,7 +167,8 @@ class Config:
         choice("dataset", DATASET_NAMES)
         choice("split", (1, 2, 3))
         choice("frame_policy", POLICIES)
-        choice("augment", AUGMENTS)
+        choice("augment", RGB_AUGMENTS)
+        choice("augment_flow", FLOW_AUGMENTS)
         choice("on_bad", ("raise", "skip"))
         choice("flow_method", METHODS)
         choice("raft_model", RAFT_MODELS)

@@ -20,7 +20,7 @@ from fusion.config import Config, from_dict
 from fusion.data.clips import arrange_sample
 from fusion.data.flow import FlowEstimator, quantize
 from fusion.data.sampling import SPREAD, clip_frames, spread_around_middle
-from fusion.data.transforms import EvalTransform
+from fusion.data.transforms import EvalTransform, single_view
 from fusion.data.video import VideoError, iter_frames, open_video
 from fusion.build import model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
@@ -58,7 +58,7 @@ class ClipMaker:
         self.estimator = FlowEstimator(config.flow_method, raft_model=config.raft_model,
                                        raft_weights=config.raft_weights,
                                        device=device) if self.use_flow else None
-        self.transform = EvalTransform(config.image_size, "center")
+        self.transform = EvalTransform(config.image_size, single_view(config.eval_crops))
         self.flow_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def flows(self, pairs: list[tuple[int, int]], frames: dict[int, np.ndarray]) -> np.ndarray:

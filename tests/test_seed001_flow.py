@@ -256,3 +256,35 @@ def test_raft_extraction_between_spread_frames_trains_and_refuses_other_configs(
     err = capsys.readouterr().err
     assert "config key frame_policy: 'tsn', but" in err
     assert "extracted with flow_pairs = 'spread-around-middle'" in err
+
+
+@pytest.mark.parametrize("name, rgb, flow", [
+    ("seed001_hmdb51_frames.toml", "seed001", None),
+    ("seed001_hmdb51_flow.toml", None, "none"),
+    ("hmdb51_seed001_googlenet_resnet18.toml", "seed001", "none")])
+def test_seed001_configs_augment_and_test_as_the_notebooks(name, rgb, flow, tmp_path):
+    """Flow unaugmented, RGB with the notebook's list on the whole frame, and validation and
+    test on the whole frame (no centre crop) in every seed 001 config."""
+    from fusion.build import build_dataset
+    config = from_dict(load_toml(ROOT / "configs" / name))
+    assert config.eval_crops == "full"
+    transform = TrainTransform_of(config)
+    if rgb:
+        assert config.augment == rgb and transform.rgb == rgb
+    if flow:
+        assert config.augment_flow == flow and transform.flow == flow
+    root = write_ucf101(tmp_path / "ucf", {"v_YoYo_g01_c01": (30, 8), "v_YoYo_g02_c01": (30, 8)},
+                        ["YoYo"], [], ["YoYo/v_YoYo_g01_c01.avi", "YoYo/v_YoYo_g02_c01.avi"])
+    small = from_dict({**load_toml(ROOT / "configs" / name), "dataset": "ucf101",
+                       "data_root": str(root), "classes": [], "image_size": 16,
+                       "init_rgb": "", "class_map": [], "flow_format": "uv"})
+    for mode in ("val", "test"):
+        data = build_dataset(small, "test", mode)
+        assert data.transform.crops == "full"
+        rgb_in, flow_in = data[0][:2]  # a flow stream alone reads its spread flow too
+        assert (rgb_in if rgb_in is not None else flow_in).shape[-2:] == (16, 16)
+
+
+def TrainTransform_of(config):
+    from fusion.build import train_transform
+    return train_transform(config)

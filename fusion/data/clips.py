@@ -25,7 +25,7 @@ from fusion.choices import FRAME_TYPES, MODES, ON_BAD, resolve_name
 from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.loader import FrameError, Sample, read_sample, seeded
 from fusion.data.sampling import POLICIES, SPREAD, clip_frames
-from fusion.data.transforms import EvalTransform, TrainTransform
+from fusion.data.transforms import EvalTransform, TrainTransform, single_view
 
 FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
 
@@ -118,7 +118,8 @@ def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transfor
 class VideoDataset(Dataset):
     """Clips from a list of videos: segment / stack sampling, then one transform per sample.
 
-    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, centre crop) or
+    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, one view:
+        the whole frame when `crops` is "full", else the centre crop) or
         "test" (`num_clips` clips x `crops` views per video).
     frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
         first-middle, middle-last, random, spread-around-middle (seed 001; its flow frames
@@ -150,7 +151,7 @@ class VideoDataset(Dataset):
         self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
         if transform is None:
             transform = (TrainTransform(image_size) if mode == "train" else
-                         EvalTransform(image_size, crops if mode == "test" else "center"))
+                         EvalTransform(image_size, crops if mode == "test" else single_view(crops)))
         self.transform = transform
         self.skipped = 0
         self.notes: list[str] = []  # what reading the dataset found, for the run's log

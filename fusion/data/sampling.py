@@ -137,14 +137,15 @@ def clip_frames(*, mode: str, policy: str, segments: int, clips: int, flow_stack
     module docstring), and the RGB frames the selection's centred ones, in every clip.
     """
     if policy == SPREAD:
+        flow = list(range(flow_stack)) * clips if use_flow else None
+        if not use_rgb:  # a flow stream alone knows no RGB frame count
+            return None, flow
         selection = spread_around_middle(rgb_frames, flow_stack)
         offset = centred_start(flow_stack + 1, rgb_stack)
-        if offset < 0 and use_rgb:
+        if offset < 0:
             raise ValueError(f"{SPREAD} selects {flow_stack + 1} frames; an RGB stack of "
                              f"{rgb_stack} does not fit in them")
-        flow = list(range(flow_stack)) * clips if use_flow else None
-        rgb = selection[offset:offset + rgb_stack] * clips if use_rgb else None
-        return rgb, flow
+        return selection[offset:offset + rgb_stack] * clips, flow
     n = positions(flow_stack=flow_stack, rgb_stack=rgb_stack, flow_frames=flow_frames,
                   rgb_frames=rgb_frames, use_flow=use_flow)
     if policy != "tsn":
