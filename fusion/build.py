@@ -61,8 +61,10 @@ def check_extraction(config: Config, root: Path) -> None:
     expected = {"short_side": config.short_side, "pad_square": config.pad_square}
     if "flow" in config.modalities and recorded["flow_method"] != "none":
         spread = config.frame_policy == SPREAD
-        expected.update(flow_method=config.flow_method, flow_bound=config.flow_bound,
+        expected.update(flow_method=config.flow_method, flow_format=config.flow_format,
                         flow_pairs=SPREAD if spread else "consecutive")
+        if config.flow_format == "uv":  # colour images are made from the float flow
+            expected["flow_bound"] = config.flow_bound
         if spread:
             expected["flow_stack"] = config.flow_stack
         if config.flow_method == "raft":
@@ -93,6 +95,8 @@ def build_dataset(config: Config, subset: str, mode: str):
                    segments=config.segments, flow_stack=config.flow_stack,
                    rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
                    image_size=config.image_size, on_bad=config.on_bad)
+    if kind != "rawframes":
+        options["flow_format"] = config.flow_format
     if kind == "folder":
         options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
     elif kind == "rawframes":

@@ -82,8 +82,9 @@ class Config:
     pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)
     raft_model: str = "large"  # flow_method raft: torchvision's raft_large | raft_small
     raft_weights: str = "default"  # "default" (torchvision's) | path of a RAFT state-dict file
-    # what the flow stream sees: uv (2 channels per flow frame) | rgb (each field in the
-    # Middlebury colour coding, 3 channels, ImageNet-normalised; seed 001)
+    # what the flow stream sees: uv (2 channels per flow frame) | rgb (seed 001: each field as
+    # a colour image in the Middlebury coding on its video's one scale, 3 channels,
+    # ImageNet-normalised; extracted with --flow-format rgb, unaugmented)
     flow_format: str = "uv"
     workers: int = 2  # DataLoader worker processes
     # --- model ---
@@ -211,6 +212,17 @@ class Config:
         if self.flow_format == "rgb" and self.flow_mean_subtraction:
             raise ValueError("config key flow_mean_subtraction: applies to uv flow, not to "
                              "flow_format = 'rgb' (colour-coded fields)")
+        if self.flow_format == "rgb" and "flow" in self.modalities and (
+                self.augment_flow != "none" or self.eval_crops == "ten"):
+            # mirroring a colour-coded field would need its hues remapped, not its pixels
+            raise ValueError("config keys augment_flow / eval_crops: flow_format = 'rgb' "
+                             "(colour images) cannot be flipped; use augment_flow = 'none' (as "
+                             "seed 001) and eval_crops center, three or full")
+        if self.flow_format == "rgb" and self.dataset == "rawframes" and \
+                "flow" in self.modalities:
+            raise ValueError("config key flow_format: MMAction2's rawframes hold flow_x / "
+                             "flow_y images; flow_format = 'rgb' reads the colour images of "
+                             "extract_frames.py --flow-format rgb")
         if self.frame_policy == SPREAD and (self.flow_stack % 2 or self.segments != 1):
             raise ValueError(f"config key frame_policy: {SPREAD} needs an even flow_stack and "
                              f"segments = 1, got {self.flow_stack} and {self.segments}")

@@ -67,7 +67,8 @@ def example_inputs(model: nn.Module, config: Config, batch: int = 2) -> list[tor
     """Random uint8 inputs of the shapes the datasets produce for this model and config."""
     g = torch.Generator().manual_seed(0)
     size = config.image_size
-    channels = {"rgb": 3 * config.rgb_frames, "flow": 2 * config.flow_stack}
+    per_flow_frame = 3 if config.flow_format == "rgb" else 2  # colour images or u, v
+    channels = {"rgb": 3 * config.rgb_frames, "flow": per_flow_frame * config.flow_stack}
     return [torch.randint(0, 256, (batch, config.segments, channels[name], size, size),
                           generator=g, dtype=torch.uint8) for name in input_names(model)]
 

@@ -55,12 +55,13 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
 
 
 def test_colour_coded_flow_exports_with_a_dynamic_batch(tmp_path):
-    """flow_format rgb renders every field in one batched call, so ONNX keeps the batch."""
+    """flow_format rgb: the flow stream reads 3 channels (a colour image) per flow frame."""
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
                              num_classes=3, flow_stack=2, flow_input=FlowInput(format="rgb"))
-    small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb")
+    small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb",
+                   augment_flow="none")
     assert export_onnx(model.eval(), small, CLASSES, tmp_path / "m.onnx") < 1e-4
-    rgb, flow = uint8(3, 1, 3, 32, 32), uint8(3, 1, 4, 32, 32, seed=2)
+    rgb, flow = uint8(3, 1, 3, 32, 32), uint8(3, 1, 6, 32, 32, seed=2)
     with torch.no_grad():
         expected = model(rgb, flow)
     np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx")(rgb, flow).numpy(),

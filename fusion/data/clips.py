@@ -2,7 +2,8 @@
 
 Every dataset yields a `Sample` `(rgb, flow, label, video_id, counted, skipped)`:
     rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
-    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
+    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off), or
+          T x 3*L x H x W with flow stored as colour images (flow_format "rgb")
 In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
 
     train = VideoDataset(videos, classes, mode="train", segments=3, flow_stack=10)
@@ -28,6 +29,13 @@ from fusion.data.sampling import POLICIES, SPREAD, clip_frames
 from fusion.data.transforms import EvalTransform, TrainTransform, single_view
 
 FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
+COLOUR_FLOW_TEMPLATE = "frame{:06d}.png"  # flow_format rgb: lossless colour images
+
+
+def flow_components(flow_format: str) -> tuple[str, ...]:
+    """The folders a video's flow is stored in, by flow format: u and v, or rgb, the colour
+    images (named flow_rgb inside a folder-layout video, rgb beside u and v in tvl1_flow/)."""
+    return ("rgb",) if flow_format == "rgb" else ("u", "v")
 
 # Seed report 001's 12 HMDB51 classes (matched to 12 Stanford 40 actions).
 
@@ -41,11 +49,11 @@ class Video:
     video_id: str
     label: int
     rgb_dir: Path | None = None
-    flow_dirs: tuple[Path, Path] | None = None
+    flow_dirs: tuple[Path, ...] | None = None  # u, v; or one folder of colour images
     rgb_frames: int = 0
     flow_frames: int = 0
     rgb_template: str = FRAME_TEMPLATE
-    flow_templates: tuple[str, str] = (FRAME_TEMPLATE, FRAME_TEMPLATE)
+    flow_templates: tuple[str, ...] = (FRAME_TEMPLATE, FRAME_TEMPLATE)
     rgb_first: int = 1
     flow_first: int = 1
     total_frames: int = 0  # what a list file says (MMAction2's rawframes), 0: not given
@@ -181,9 +189,12 @@ class VideoDataset(Dataset):
             flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
             use_rgb=self.use_rgb)
         rgb = flow = None
-        if flow_idx is not None:  # N x 2 x H x W
-            flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
-                               templates=video.flow_templates, first=video.flow_first)
+        if flow_idx is not None:  # N x 2 x H x W (u, v), or N x 3 x H x W (colour images)
+            colour = len(video.flow_dirs) == 1
+            flow = read_frames(video.flow_dirs[0] if colour else video.flow_dirs, flow_idx,
+                               gray=not colour, video_id=video.video_id,
+                               templates=video.flow_templates[0] if colour
+                               else video.flow_templates, first=video.flow_first)
         if rgb_idx is not None:
             rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
                               templates=video.rgb_template, first=video.rgb_first)

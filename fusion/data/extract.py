@@ -4,6 +4,11 @@ Layouts:
     ucf101: <out>/jpegs_256/<video>/frame000001.jpg, <out>/tvl1_flow/{u,v}/<video>/frame000001.jpg
     folder: <out>/<class>/<video>/frame000001.jpg, <out>/<class>/<video>/{u,v}/frame000001.jpg
 (the flow folders keep the name tvl1_flow whatever the method; extraction.json records it).
+With flow_format "rgb" (seed 001) the flow is stored as colour images instead of u and v:
+    ucf101: <out>/tvl1_flow/rgb/<video>/frame000001.png; folder: <out>/<class>/<video>/flow_rgb/
+each video's float fields coloured together on the video's one scale (`colour_video`, seed
+001's call of flow_to_image) and written losslessly as PNG; a video's fields are held in memory
+until its last one is computed (about 0.7 MB per 340 x 256 field).
 
 Flow frame k joins frames k and k + 1, or, with flow_pairs = spread-around-middle (seed 001),
 frames s_k and s_{k+1} of the L + 1 frames `sampling.spread_around_middle` selects: then a video
@@ -25,8 +30,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion.choices import FLOW_FORMATS, resolve_name
+from fusion.data.clips import COLOUR_FLOW_TEMPLATE, flow_components
 from fusion.data.flow import BATCHED, DEFAULT_BOUND, FlowEstimator, quantize
-from fusion.data.imagefiles import write_jpeg
+from fusion.data.flow_colours import colour_video
+from fusion.data.imagefiles import write_jpeg, write_png
 from fusion.data.sampling import FLOW_PAIRS, SPREAD, spread_around_middle
 from fusion.data.video import VideoError, declared_frame_count, iter_frames
 from fusion.files import write_json_atomic
@@ -49,8 +57,10 @@ class Settings:
     flow_stack: int = 0  # L of spread-around-middle
     raft_model: str = "large"
     raft_weights: str = "default"
+    flow_format: str = "uv"  # uv (quantised u, v JPEGs) | rgb (colour PNGs, one scale a video)
 
     def __post_init__(self):
+        resolve_name(self.flow_format, FLOW_FORMATS, "flow format")
         if self.flow_pairs not in FLOW_PAIRS:
             raise ValueError(f"--flow-pairs {self.flow_pairs!r}: expected one of "
                              f"{', '.join(FLOW_PAIRS)}")
@@ -70,11 +80,13 @@ class Settings:
             settings["flow_stack"] = self.flow_stack
         if self.flow_method == "raft":
             settings["raft_model"] = self.raft_model
+        if self.flow_method is not None:
+            settings["flow_format"] = self.flow_format
         return settings
 
 
 # What an extraction.json written before a key existed meant by its absence.
-RECORDED_DEFAULTS = {"pad_square": False, "flow_pairs": "consecutive"}
+RECORDED_DEFAULTS = {"pad_square": False, "flow_pairs": "consecutive", "flow_format": "uv"}
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,8 @@ def find_videos(videos: Path, extensions: tuple[str, ...]) -> list[Job]:
     return jobs
 
 
-def final_dirs(out: Path, job: Job, layout: str, with_flow: bool) -> dict[str, Path]:
+def final_dirs(out: Path, job: Job, layout: str, with_flow: bool,
+               flow_format: str = "uv") -> dict[str, Path]:
     """Where a finished video's folders live, RGB last (the one that marks it done)."""
     if layout == "folder":
         if not job.group:
@@ -124,8 +137,8 @@ def final_dirs(out: Path, job: Job, layout: str, with_flow: bool) -> dict[str, P
         return {"video": out / job.group / job.name}
     dirs = {}
     if with_flow:
-        dirs["u"] = out / "tvl1_flow" / "u" / job.name
-        dirs["v"] = out / "tvl1_flow" / "v" / job.name
+        for c in flow_components(flow_format):
+            dirs[c + "_flow"] = out / "tvl1_flow" / c / job.name
     dirs["rgb"] = out / "jpegs_256" / job.name
     return dirs
 
@@ -148,33 +161,37 @@ class Work:
     dirs: dict[str, Path]
     partial: Path
     with_flow: bool
+    flow_format: str = "uv"
     count: int = 0
     note: str | None = None
+    colour_fields: dict[int, object] = field(default_factory=dict)  # rgb: number -> float field
 
     @property
     def rgb_dir(self) -> Path:
         return self.partial / "rgb"
 
-    @property
-    def u_dir(self) -> Path:
-        return self.partial / "u"
+    def flow_dir(self, component: str) -> Path:
+        """The partial folder of flow component u, v or rgb (the colour images)."""
+        return self.partial / ("flow_rgb" if component == "rgb" else component)
 
     @property
-    def v_dir(self) -> Path:
-        return self.partial / "v"
+    def flow_dirs(self) -> list[Path]:
+        return [self.flow_dir(c) for c in flow_components(self.flow_format)] \
+            if self.with_flow else []
 
     @classmethod
-    def start(cls, job: Job, out: Path, layout: str, with_flow: bool) -> "Work | None":
+    def start(cls, job: Job, out: Path, layout: str, with_flow: bool,
+              flow_format: str = "uv") -> "Work | None":
         """The video's work, its partial folders made afresh; None when it is already done."""
-        dirs = final_dirs(out, job, layout, with_flow)
+        dirs = final_dirs(out, job, layout, with_flow, flow_format)
         if list(dirs.values())[-1].is_dir():
             return None
         partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
         shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)  # flow moved in before a kill, without its RGB
-        work = cls(job, dirs, partial, with_flow)
-        for d in (work.rgb_dir, work.u_dir, work.v_dir) if with_flow else (work.rgb_dir,):
+        work = cls(job, dirs, partial, with_flow, flow_format)
+        for d in (work.rgb_dir, *work.flow_dirs):
             d.mkdir(parents=True)
         return work
 
@@ -203,26 +220,41 @@ class Work:
             raise VideoError(f"{self.job.video}: {self.note}")
 
     def write_flow(self, numbers, flows, bound: float) -> None:
-        """Flow frames (1-based `numbers`) as quantised u and v JPEGs."""
+        """Flow frames (1-based `numbers`) as quantised u and v JPEGs; in the rgb format they
+        are kept until the video's last one (`finish` colours them together)."""
         for number, flow in zip(numbers, flows):
+            if self.flow_format == "rgb":
+                self.colour_fields[number] = flow
+                continue
             q = quantize(flow, bound)
-            write_jpeg(self.u_dir / f"frame{number:06d}.jpg", q[..., 0])
-            write_jpeg(self.v_dir / f"frame{number:06d}.jpg", q[..., 1])
+            write_jpeg(self.flow_dir("u") / f"frame{number:06d}.jpg", q[..., 0])
+            write_jpeg(self.flow_dir("v") / f"frame{number:06d}.jpg", q[..., 1])
+
+    def write_colour_flow(self) -> None:
+        """The video's fields coloured on its one scale, as lossless PNGs."""
+        numbers = sorted(self.colour_fields)
+        if numbers:
+            images = colour_video([self.colour_fields[n] for n in numbers])
+            for number, image in zip(numbers, images):
+                write_png(self.flow_dir("rgb") / COLOUR_FLOW_TEMPLATE.format(number), image)
+        self.colour_fields.clear()
 
     def finish(self, layout: str) -> None:
         """Move the complete video into place, RGB last (the folder that marks it done)."""
+        if self.with_flow and self.flow_format == "rgb":
+            self.write_colour_flow()
         if layout == "folder":
             target = self.dirs["video"]
-            if self.with_flow:
-                self.u_dir.rename(self.rgb_dir / "u")
-                self.v_dir.rename(self.rgb_dir / "v")
+            for d in self.flow_dirs:
+                d.rename(self.rgb_dir / d.name)
             target.parent.mkdir(parents=True, exist_ok=True)
             self.rgb_dir.rename(target)
         else:
-            for key, source in (("u", self.u_dir), ("v", self.v_dir), ("rgb", self.rgb_dir)):
-                if key in self.dirs:
-                    self.dirs[key].parent.mkdir(parents=True, exist_ok=True)
-                    source.rename(self.dirs[key])
+            components = flow_components(self.flow_format) if self.with_flow else ()
+            moves = [(c + "_flow", self.flow_dir(c)) for c in components]
+            for key, source in (*moves, ("rgb", self.rgb_dir)):
+                self.dirs[key].parent.mkdir(parents=True, exist_ok=True)
+                source.rename(self.dirs[key])
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
@@ -232,7 +264,7 @@ def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
     """Extract one video in this process: (done / skipped, frames, a note when it decoded
     fewer frames than declared). Raises VideoError for an unreadable file, and with `strict`
     for a short one."""
-    work = Work.start(job, out, layout, settings.flow_method is not None)
+    work = Work.start(job, out, layout, settings.flow_method is not None, settings.flow_format)
     if work is None:
         return "skipped", 0, None
     pairs = PairStream(work, _estimator(settings, device), settings.flow_bound) \

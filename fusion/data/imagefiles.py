@@ -39,6 +39,12 @@ def read_image(path: str, *, gray: bool) -> np.ndarray:
     return image
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """H x W x 3 RGB uint8 -> a lossless PNG file (flow colour images)."""
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")
+
+
 def write_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
     """H x W (gray) or H x W x 3 (RGB) uint8 -> a JPEG file."""
     if image.ndim == 3:

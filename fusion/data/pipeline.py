@@ -36,7 +36,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
     queued: dict[tuple, list] = defaultdict(list)  # frame size -> (video, number, a, b)
 
     def decode(job: Job):
-        work = Work.start(job, out, layout, with_flow=True)
+        work = Work.start(job, out, layout, with_flow=True, flow_format=settings.flow_format)
         if work is None:
             return None, []
         frames = []

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
-from fusion.data.clips import Video, VideoDataset
+from fusion.data.clips import COLOUR_FLOW_TEMPLATE, Video, VideoDataset, flow_components
 from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
 
@@ -188,15 +188,31 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
             if line.strip()]
 
 
-def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str]):
+def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str],
+                    flow_format: str):
     rgb_lookup = _FolderLookup(_require_dir(root / rgb, "RGB frames")) \
         if "rgb" in modalities else None
-    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, f"flow {c} frames"))
-                         for c in ("u", "v")) if "flow" in modalities else None
+    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, _flow_what(c)))
+                         for c in flow_components(flow_format)) \
+        if "flow" in modalities else None
     return rgb_lookup, flow_lookups
 
 
-def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str) -> Video | None:
+def _flow_what(component: str) -> str:
+    if component == "rgb":
+        return ("flow colour images (flow_format = 'rgb': extract them with extract_frames.py "
+                "--flow-format rgb)")
+    return f"flow {component} frames"
+
+
+def flow_files(video: Video, flow_format: str) -> None:
+    """Name the video's flow files by format: u, v JPEGs, or the colour PNGs."""
+    if video.flow_dirs is not None and flow_format == "rgb":
+        video.flow_templates = (COLOUR_FLOW_TEMPLATE,)
+
+
+def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str,
+                flow_format: str = "uv") -> Video | None:
     """The video with its folders; None (skip policy) when one is missing."""
     video = Video(video_id, label)
     if rgb_lookup is not None:
@@ -214,13 +230,14 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
                 raise FrameError(f"video {video_id}: expected its flow in {missing}")
             return None
         video.flow_dirs = dirs
+        flow_files(video, flow_format)
     return video
 
 
 def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
-           lists: str | Path | None = None, on_bad: str = "raise",
+           lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
     and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
@@ -248,7 +265,8 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     label_of = {name.lower(): i for i, name in enumerate(chosen)}
     known = {name.lower() for name in all_classes}
     list_file = lists / f"{official}list0{split}.txt"
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+                                               flow_format)
     videos = []
     for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
@@ -261,7 +279,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
         if class_dir.lower() not in label_of:
             continue  # outside the class subset
         video = _make_video(Path(filename).stem, label_of[class_dir.lower()], rgb_lookup,
-                            flow_lookups, on_bad)
+                            flow_lookups, on_bad, flow_format)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
@@ -271,7 +289,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
-           lists: str | Path | None = None, on_bad: str = "raise",
+           lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            **kwargs) -> VideoDataset:
     """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
     train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
@@ -290,7 +308,8 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     if not files:
         raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
     chosen = select_classes(sorted(files), classes)
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+                                               flow_format)
     wanted = "2" if official == "test" else "1"
     videos = []
     for label, name in enumerate(chosen):
@@ -301,7 +320,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                                  f"got {line!r}")
             if parts[1] == wanted:
                 videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
-                                          on_bad))
+                                          on_bad, flow_format))
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
                   on_bad=on_bad, modalities=modalities, **kwargs)
@@ -323,9 +342,9 @@ def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
            modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           **kwargs) -> VideoDataset:
+           flow_format: str = "uv", **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
-    `u/` and `v/` subfolders.
+    `u/` and `v/` subfolders (flow_format "rgb": colour images in `flow_rgb/`).
 
     `<root>/train.txt` and `<root>/test.txt` (lines `<class>/<video>`) fix the split, and
     `<root>/val.txt` the validation videos; without val.txt, validation is a stratified
@@ -365,10 +384,13 @@ def folder(root: str | Path, *, subset: str = "train",
                 raise FrameError(f"video {class_name}/{name}: expected the folder {video_dir}")
             videos.append(None)
             continue
-        videos.append(Video(f"{class_name}/{name}", chosen.index(class_name),
-                            video_dir if "rgb" in modalities else None,
-                            (video_dir / "u", video_dir / "v") if "flow" in modalities
-                            else None))
+        video = Video(f"{class_name}/{name}", chosen.index(class_name),
+                      video_dir if "rgb" in modalities else None,
+                      tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
+                            for c in flow_components(flow_format))
+                      if "flow" in modalities else None)
+        flow_files(video, flow_format)
+        videos.append(video)
     return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
                   oversample_train=oversample, index=FrameIndex(root),
                   on_bad=on_bad, modalities=modalities, **kwargs)
