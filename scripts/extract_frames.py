@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.report())
-    return 0
+    return 1 if summary.failed else 0  # a failed video is a failed run, whatever else worked
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ leftovers of an unfinished one are removed and redone.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import multiprocessing
@@ -117,7 +118,10 @@ class Summary:
         return "\n".join(lines)
 
 
-def find_videos(videos: Path, extensions: tuple[str, ...]) -> list[Job]:
+def find_videos(videos: Path, extensions: tuple[str, ...], layout: str = "ucf101") -> list[Job]:
+    """Every video under `videos`; two that would share an output folder (clip.avi and
+    clip.mp4 in one class folder; under the ucf101 layout, one name in two folders) are an
+    error naming both, before any work starts."""
     if not videos.is_dir():
         raise FileNotFoundError(f"expected a folder of videos at {videos}")
     jobs = []
@@ -125,6 +129,18 @@ def find_videos(videos: Path, extensions: tuple[str, ...]) -> list[Job]:
         if path.is_file() and path.suffix.lower().lstrip(".") in extensions:
             group = path.parent.name if path.parent != videos else ""
             jobs.append(Job(path, path.stem, group))
+    seen: dict[str, Path] = {}
+    clashes = []
+    for job in jobs:
+        key = f"{job.group}/{job.name}" if layout == "folder" else job.name
+        if key in seen:
+            clashes.append(f"{seen[key]} and {job.video}")
+        seen.setdefault(key, job.video)
+    if clashes:
+        raise ValueError(f"{len(clashes)} pairs of videos would be written to one folder (a "
+                         f"video's folder is its file name without the extension): "
+                         + "; ".join(clashes[:5]) + (" ..." if len(clashes) > 5 else "")
+                         + ". Rename one of each pair.")
     return jobs
 
 
@@ -308,11 +324,18 @@ def _estimator(settings: Settings, device: str) -> FlowEstimator:
     return settings.estimator(device)
 
 
+def failure(err: Exception) -> str:
+    """What went wrong, the OS's reason kept: a full disk says so."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"disk full: {err}"
+    return str(err)
+
+
 def _run(job, out, settings, options):
     try:
         return job, *extract_video(job, out, settings, **options), None
     except (VideoError, OSError, ValueError) as err:
-        return job, "failed", 0, None, str(err)
+        return job, "failed", 0, None, failure(err)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -341,7 +364,7 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         estimator = settings.estimator(device, batch_size=batch_size)
     elif settings.flow_method is not None:
         _estimator(settings, device)
-    jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions))
+    jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions), layout)
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
     out = Path(out)

@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from fusion.data.extract import Job, Settings, Work
+from fusion.data.extract import Job, Settings, Work, failure
 from fusion.data.flow import FlowEstimator
 from fusion.data.video import VideoError
 
@@ -58,7 +58,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
         try:
             work, frames = future.result()
         except (VideoError, OSError, ValueError) as err:
-            report(job, "failed", 0, None, str(err))
+            report(job, "failed", 0, None, failure(err))
             return
         if work is None:
             report(job, "skipped", 0, None, None)
@@ -90,7 +90,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
                 videos.remove(video)
                 errors = [w.exception() for w in video.writes if w.exception()]
                 if errors:
-                    report(video.work.job, "failed", 0, None, str(errors[0]))
+                    report(video.work.job, "failed", 0, None, failure(errors[0]))
                     continue
                 video.work.finish(layout)
                 report(video.work.job, "done", video.work.count, video.work.note, None)
