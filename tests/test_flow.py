@@ -287,3 +287,47 @@ def test_a_full_disk_is_named_and_fails_the_run(tmp_path, capsys, load_script, m
     report = capsys.readouterr().out
     assert "0 videos extracted" in report and "1 failed" in report
     assert "disk full: [Errno 28] No space left on device" in report
+
+
+def test_workers_die_with_a_killed_extraction(tmp_path):
+    """SIGKILL to extract_frames.py (no cleanup runs) takes its worker processes with it:
+    they neither go on writing nor sit idle forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    for k in range(4):
+        shutil.copy(BIKES, videos / f"v_Biking_g0{k}_c01.mp4")
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, str(root / "scripts" / "extract_frames.py"), "--videos",
+         str(videos.parent), "--out", str(tmp_path / "out"), "--flow", "tvl1",
+         "--short-side", "64", "--workers", "2"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+    def children(pid):
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+    workers = []
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "out" / ".partial").exists():
+        time.sleep(0.2)  # the workers have started writing
+    workers = children(parent.pid)
+    assert workers, "no worker processes were started"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    alive = workers
+    for _ in range(50):
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "Z" not in Path(f"/proc/{w}/stat").read_text().split(")")[1][:3]]
+        if not alive:
+            break
+        time.sleep(0.1)
+    for w in alive:  # leave nothing behind, whatever the outcome
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived the killed extraction"

@@ -25,7 +25,10 @@ import errno
 import functools
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -338,6 +341,30 @@ def _run(job, out, settings, options):
         return job, "failed", 0, None, failure(err)
 
 
+def die_with_parent() -> None:
+    """A worker process's initializer: end with the process that started it, also when that
+    one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting into a
+    folder a rerun is about to clean). Linux: the kernel's parent-death signal; elsewhere a
+    thread that notices the parent is gone."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0:  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     """"K/N" -> (K, N), 1 <= K <= N, or an error naming --shard."""
     if not text:
@@ -394,7 +421,8 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools in
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=die_with_parent) as pool:
             futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
             for future in as_completed(futures):
                 _tally(summary, *future.result())
