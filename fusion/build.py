@@ -102,6 +102,7 @@ def build_dataset(config: Config, subset: str, mode: str):
     elif kind == "rawframes":
         options.update(val_fraction=config.val_fraction, class_file=config.class_names or None,
                        templates=tuple(config.rawframe_templates),
+                       frames_dir=config.rawframes_dir,
                        lists={"train": config.train_list, "val": config.val_list,
                               "test": config.test_list})
     else:

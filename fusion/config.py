@@ -51,6 +51,7 @@ class Config:
     val_list: str = ""  # empty: val_fraction of train_list
     test_list: str = ""
     class_names: str = ""
+    rawframes_dir: str = "rawframes"  # the frames folder under data_root (MMAction2's data_prefix)
     rawframe_templates: list[str] = field(default_factory=lambda: list(RAWFRAME_TEMPLATES))
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
     max_classes: int = 0  # class subset: the first N classes; 0: all
