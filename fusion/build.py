@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from fusion import distributed
 from fusion.config import Config, from_dict
-from fusion.data.extract import RECORDED_DEFAULTS
+from fusion.data.jobs import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
 from fusion.data.rawframes import rawframes
 from fusion.data.sampling import SPREAD

@@ -22,7 +22,8 @@ from torch import nn
 from fusion.config import Config, from_dict, to_toml
 from fusion.files import write_atomic, write_json_atomic
 from fusion.model import SingleStream, TwoStream
-from fusion.streams import STREAMS, Stream, replace_first_conv
+from fusion.streams import STREAMS, Stream
+from fusion.surgery import replace_first_conv
 from fusion.timm_streams import is_timm
 
 TOLERANCE = 1e-3  # max |ONNX - PyTorch| on the logits above which an export is refused

@@ -23,6 +23,7 @@ from torchvision.models import WeightsEnum
 
 from fusion.choices import FLOW_FORMATS, MODALITIES, resolve_name
 from fusion.files import check_state_dict, download_weights, read_state_dict
+from fusion.surgery import replace_first_conv, set_module
 from fusion.timm_streams import is_timm, timm_stages
 
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
@@ -293,15 +294,6 @@ class Stream(nn.Module):
         return [m for m in self.stages["scores"].modules() if isinstance(m, nn.Linear)][-1]
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)
-
-
-def _set(module: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, leaf, new)
-
-
 def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
                  weights: str | Path | None = None, dropout: float | None = None,
                  modality: str | None = None, flow_input: FlowInput = UV) -> Stream:
@@ -368,30 +360,12 @@ def _torchvision_stages(spec: BackboneSpec, name: str, in_channels: int, num_cla
         model.load_state_dict(state)
         if num_classes != 1000:
             # Only the last Linear is resized: the video classes are not ImageNet's.
-            old = _get(model, spec.last_linear)
-            _set(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
+            old = model.get_submodule(spec.last_linear)
+            set_module(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
     if in_channels != 3:
         replace_first_conv(model, spec.first_conv, in_channels,
                            spec.init_first_conv if weights is None else None)
     return spec.stages(model, dropout)
-
-
-def replace_first_conv(model: nn.Module, path: str, in_channels: int,
-                       init: Callable[[nn.Conv2d], None] | None = None) -> None:
-    """Give the input convolution at `path` `in_channels`: with `init` None, its filters are
-    averaged over the RGB channels and replicated over the new ones (cross-modality
-    initialisation, TSN); else `init` initialises it afresh."""
-    old = _get(model, path)
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                    old.dilation, old.groups, bias=old.bias is not None)
-    if init is not None:
-        init(new)
-    else:
-        with torch.no_grad():
-            new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-    _set(model, path, new)
 
 
 def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int,

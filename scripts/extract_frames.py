@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from fusion.choices import FLOW_FORMATS
-from fusion.data.extract import LAYOUTS, Settings, extract_all, parse_shard
+from fusion.data.extract import extract_all, parse_shard
+from fusion.data.jobs import LAYOUTS, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 

