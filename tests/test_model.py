@@ -171,9 +171,10 @@ def cycled(h_flow, channels):
     ("googlenet", "resnet18", "conv1x1"), ("resnet18", "googlenet", "max")])
 def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
         rgb_net, flow_net, fuse, cached_streams):
-    """Feichtenhofer's conv fusion: a conv with bias initialised as [I I] and no BatchNorm, so
-    in training mode the fused network starts as the spatial tower applied to
-    rgb_map + flow_map. Projections back to the spatial channels start as the identity."""
+    """Feichtenhofer's conv fusion: a conv with bias initialised as [I I], a ReLU and no
+    BatchNorm, so in training mode the fused network starts as the spatial tower applied to
+    rgb_map + flow_map (conv3d: that sum smoothed by the released code's 3x3x3 Gaussian).
+    Projections back to the spatial channels start as the identity."""
     torch.manual_seed(0)
     model = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=INNER_TAP[rgb_net],
                              num_classes=CLASSES, flow_stack=FLOW_STACK, dropout=0.0).train()
@@ -181,10 +182,16 @@ def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
     if fuse == "max":
         def combine(h_rgb, h_flow):
             return torch.maximum(h_rgb, cycled(h_flow, h_rgb.shape[1]))
-    elif fuse == "conv3d":  # per segment the sum, then the max over the segments
+    elif fuse == "conv3d":  # the sum smoothed over segments x H x W, then the max over time
         def combine(h_rgb, h_flow):
             summed = h_rgb + cycled(h_flow, h_rgb.shape[1])
-            return summed.view(B, T, *summed.shape[1:]).amax(1)
+            x = summed.view(B, T, *summed.shape[1:]).transpose(1, 2)  # B C T H W
+            taps = torch.arange(-1.0, 2.0)
+            g = torch.exp(-(taps.view(3, 1, 1) ** 2 + taps.view(1, 3, 1) ** 2
+                            + taps.view(1, 1, 3) ** 2) / 2)
+            smoothed = torch.nn.functional.conv3d(x.reshape(-1, 1, *x.shape[2:]),
+                                                  (g / g.sum())[None, None], padding=1)
+            return smoothed.view(x.shape).clamp(min=0).amax(2)
     else:
         def combine(h_rgb, h_flow):
             return h_rgb + cycled(h_flow, h_rgb.shape[1])
