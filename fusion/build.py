@@ -21,9 +21,11 @@ from fusion.data.splits import VIDEO_DATASETS
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform
-from fusion.checkpoint import load_stream_checkpoint
-from fusion.model import SingleStream, build_two_stream
-from fusion.streams import UV, FlowInput, build_stream
+from fusion.fusers import FusionOptions
+from fusion.model import SingleStream
+from fusion.parts import FusionSpec, StreamSpec, assemble
+from fusion.policy import hold_for_training
+from fusion.streams import UV, FlowInput
 
 
 def ensure_synthetic(root: Path) -> None:
@@ -126,42 +128,48 @@ def flow_input(config: Config) -> FlowInput:
                      subtract_mean=config.flow_mean_subtraction)
 
 
-def build_model(config: Config, num_classes: int,
-                classes: list[str] | None = None) -> torch.nn.Module:
-    """The model of a config; `classes` (the dataset's) are needed for `class_map`."""
-    weights = None if config.weights == "none" else config.weights
-    dropout = None if config.dropout == -1 else config.dropout
-    class_map = config.class_mapping() or None
+def stream_spec(config: Config, modality: str, classes: list[str] | None = None) -> StreamSpec:
+    """The config's stream of `modality` (rgb, flow or rgbdiff), its sentinels translated."""
+    backbone, frames, init = {
+        "rgb": (config.rgb, config.rgb_stack, config.init_rgb),
+        "flow": (config.flow, config.flow_stack, config.init_flow),
+        "rgbdiff": (config.diff or config.rgb, config.diff_stack, config.init_diff),
+    }[modality]
+    class_map = (config.class_mapping() or None) if modality == "rgb" else None
     if class_map and classes is None:
         raise ValueError("config key class_map needs the dataset's class names")
+    return StreamSpec(backbone, modality, frames=frames,
+                      flow_input=flow_input(config) if modality == "flow" else UV,
+                      weights=None if config.weights == "none" else config.weights,
+                      init=init or None, class_map=class_map,
+                      classes=tuple(classes) if classes else None,
+                      dropout=None if config.dropout == -1 else config.dropout)
+
+
+def fusion_spec(config: Config) -> FusionSpec:
+    options = FusionOptions(init=config.fusion_init,
+                            weights=tuple(config.fusion_weights) or None,
+                            batchnorm=config.fusion_bn)
+    return FusionSpec(config.fuse, at=config.at or None, at_flow=config.at_flow or None,
+                      options=options, keep_spatial_head=config.keep_spatial_head,
+                      keep_temporal_tower=config.keep_temporal_tower,
+                      kept_average=config.kept_average, diff_weight=config.diff_weight,
+                      head_dropout=None if config.dropout == -1 else config.dropout)
+
+
+def build_model(config: Config, num_classes: int,
+                classes: list[str] | None = None) -> torch.nn.Module:
+    """The model of a config, assembled from its parts, with the config's training policy
+    (freeze, partial BN) applied; `classes` (the dataset's) are needed for `class_map`."""
     if config.fuse == "none":
-        backbone, channels, init = {
-            "rgb": (config.rgb, 3 * config.rgb_stack, config.init_rgb),
-            "flow": (config.flow, flow_input(config).channels(config.flow_stack),
-                     config.init_flow),
-            "rgbdiff": (config.diff or config.rgb, 3 * config.diff_stack, config.init_diff),
-        }[config.stream]
-        stream = build_stream(backbone, num_classes=num_classes, in_channels=channels,
-                              weights=weights, dropout=dropout, modality=config.stream,
-                              flow_input=flow_input(config) if config.stream == "flow" else UV)
-        if init:
-            load_stream_checkpoint(stream, init, config.stream,
-                                   class_map=class_map if config.stream == "rgb" else None,
-                                   classes=classes)
-        return SingleStream(stream, partial_bn=config.partial_bn, freeze=config.freeze)
-    return build_two_stream(
-        rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
-        at_flow=config.at_flow or None, num_classes=num_classes, flow_stack=config.flow_stack,
-        rgb_stack=config.rgb_stack, weights=weights, dropout=dropout,
-        keep_spatial_head=config.keep_spatial_head,
-        keep_temporal_tower=config.keep_temporal_tower, fusion_init=config.fusion_init,
-        fusion_weights=config.fusion_weights or None, freeze=config.freeze,
-        partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
-        init_flow=config.init_flow or None, class_map=class_map, classes=classes,
-        diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
-        init_diff=config.init_diff or None, fusion_bn=config.fusion_bn,
-        kept_average=config.kept_average,
-        flow_input=flow_input(config))
+        model = SingleStream(stream_spec(config, config.stream, classes).build(num_classes))
+    else:
+        diff = stream_spec(config, "rgbdiff").build(num_classes) if config.diff else None
+        model = assemble(stream_spec(config, "rgb", classes).build(num_classes),
+                         stream_spec(config, "flow").build(num_classes), fusion_spec(config),
+                         num_classes=num_classes, diff=diff)
+    hold_for_training(model, freeze=config.freeze, partial_bn=config.partial_bn)
+    return model
 
 
 def make_loader(dataset, config: Config, *, training: bool,

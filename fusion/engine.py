@@ -29,7 +29,7 @@ from fusion.config import Config, to_toml
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import first_flow_picture, rgb_beside_flow
-from fusion.model import freeze_until
+from fusion.policy import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
 

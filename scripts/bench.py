@@ -43,7 +43,8 @@ from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
 from fusion.device import amp_dtype, autocast, to_channels_last
 from fusion.engine import run_epoch
-from fusion.model import SingleStream, build_two_stream
+from fusion.model import SingleStream
+from fusion.parts import build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
 LAST_TAP = {"resnet18": "layer4", "resnet50": "layer4", "resnet101": "layer4",

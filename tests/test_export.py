@@ -8,7 +8,8 @@ import torchvision
 
 from fusion.config import Config
 from fusion.export import ExportError, OnnxModel, export_onnx, export_torchvision
-from fusion.model import SingleStream, build_two_stream
+from fusion.model import SingleStream
+from fusion.parts import FusionSpec, StreamSpec, assemble, build_two_stream
 from fusion.streams import FlowInput, build_stream
 
 CLASSES = ["a", "b", "c"]
@@ -30,8 +31,9 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
                                           modality="flow"))
         keys = dict(fuse="none", stream="flow")
     elif kind == "three":
-        model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="average", at="scores",
-                                 num_classes=3, flow_stack=2, diff="resnet18", diff_stack=2)
+        streams = [StreamSpec("resnet18", m, frames=1 if m == "rgb" else 2).build(3)
+                   for m in ("rgb", "flow", "rgbdiff")]
+        model = assemble(*streams[:2], FusionSpec("average"), num_classes=3, diff=streams[2])
         keys = dict(fuse="average", at="scores", diff="resnet18", diff_stack=2)
     else:
         at = "scores" if kind == "average" else "layer4"
@@ -56,8 +58,10 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
 
 def test_colour_coded_flow_exports_with_a_dynamic_batch(tmp_path):
     """flow_format rgb: the flow stream reads 3 channels (a colour image) per flow frame."""
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=3, flow_stack=2, flow_input=FlowInput(format="rgb"))
+    model = assemble(StreamSpec("resnet18").build(3),
+                     StreamSpec("resnet18", "flow", frames=2,
+                                flow_input=FlowInput(format="rgb")).build(3),
+                     FusionSpec("conv1x1", at="layer4"), num_classes=3)
     small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb",
                    augment_flow="none")
     assert export_onnx(model.eval(), small, CLASSES, tmp_path / "m.onnx") < 1e-4

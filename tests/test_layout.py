@@ -80,3 +80,27 @@ def test_data_knows_no_network():
                     todo.append(w)
             reached[name] = sorted(seen & NETWORK)
     assert {k: v for k, v in reached.items() if v} == {}
+
+
+def test_checkpoints_written_before_the_parts_still_load():
+    """tests/data/checkpoint_layouts.json holds the state-dict keys and shapes, the trainable
+    parameters and the held BatchNorms of models built by the code before the model was
+    assembled from parts; a model built now from the same config matches them, so a
+    checkpoint of then loads (strictly) into a model of now."""
+    import json
+    import torch
+    from fusion.build import build_model
+    from fusion.config import Config
+    layouts = json.loads((Path(__file__).parent / "data" / "checkpoint_layouts.json").read_text())
+    for name, then in layouts.items():
+        model = build_model(Config(flow_stack=3, **then["config"]), 5)
+        state = model.state_dict()
+        assert {k: list(v.shape) for k, v in state.items()} == then["state"], name
+        old = {k: torch.full(shape, 0.5) for k, shape in then["state"].items()}
+        model.load_state_dict(old)  # strict: every key, no extra
+        assert sorted(k for k, p in model.named_parameters() if p.requires_grad) == \
+            then["trainable"], name
+        model.train()
+        held = sum(1 for m in model.modules()
+                   if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training)
+        assert held == then["held_bn"], name

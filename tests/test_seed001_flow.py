@@ -15,7 +15,7 @@ from torchvision.utils import flow_to_image
 
 from fusion.build import build_model
 from fusion.config import from_dict, load_toml
-from fusion.data.flow import FlowEstimator, dequantize
+from fusion.data.flow import FlowEstimator
 from fusion.data.loader import FrameError
 from fusion.data.sampling import clip_frames, spread_around_middle
 from fusion.data.splits import ucf101
