@@ -135,7 +135,7 @@ QUICK = Sizes(fusion_batch=2, fusion_segments=3, fusion_size=32, fusion_flow_sta
 CAPS = {"fusions": 150, "step": 60, "loader": 90, "decode": 90, "tvl1": 120, "extract": 120,
         "raft": 90, "nccl": 60, "train": 120, "compile": 150}
 MIN_SECTION_S = 10  # a section is not started with less of the budget left
-EXTRACT_RUN_S = 6  # seconds an extraction run of the grid should take (fewer frames if slower)
+EXTRACT_RUN_S = 4  # seconds an extraction run of the grid should take (fewer frames if slower)
 
 
 def log(message: str) -> None:
@@ -636,6 +636,8 @@ def section_tvl1(run: Run, section: Section) -> None:
         if not compiled:
             raise Skip("torch.compile of TV-L1 runs on CUDA only (FlowEstimator compiles on "
                        "a GPU)")
+        if ours is None:
+            raise Skip("the compiled run failed above")
         diff, within = agreement(ours, flows(False))
         if diff > 0.25 or within < 0.9:
             raise AssertionError(f"mean |diff| {diff:.3f} px, {100 * within:.1f} % within "
