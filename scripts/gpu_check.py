@@ -79,7 +79,7 @@ from fusion.device import amp_dtype, autocast, to_channels_last
 from fusion.engine import run_epoch
 from fusion.files import write_json_atomic
 from fusion.fusers import FUSIONS
-from fusion.model import build_two_stream
+from fusion.parts import build_two_stream
 from fusion.schedules import build_optimizer
 from fusion.streams import build_stream
 
