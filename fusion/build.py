@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from fusion import distributed
 from fusion.config import Config, from_dict
-from fusion.data.extract import RECORDED_DEFAULTS
+from fusion.data.jobs import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
 from fusion.data.rawframes import rawframes
 from fusion.data.sampling import SPREAD
@@ -22,9 +22,11 @@ from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import (TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform,
                                     device_unsupported)
-from fusion.checkpoint import load_stream_checkpoint
-from fusion.model import SingleStream, build_two_stream
-from fusion.streams import UV, FlowInput, build_stream
+from fusion.fusers import FusionOptions
+from fusion.model import SingleStream
+from fusion.parts import FusionSpec, StreamSpec, assemble
+from fusion.policy import hold_for_training
+from fusion.streams import UV, FlowInput
 
 
 def ensure_synthetic(root: Path) -> None:
@@ -36,24 +38,19 @@ def ensure_synthetic(root: Path) -> None:
 
 def crop_scales(config: Config) -> tuple[float, ...]:
     """The multi-scale crop sizes (fractions of the short side): `crop_scales`, else TSN's per
-    modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream alone, 1, .875, .75 when the
-    input holds flow or RGB differences (one crop serves every stream of a sample)."""
+    modality (tsn-pytorch): 1, .875, .75, .66 for an RGB stream cropped alone, 1, .875, .75
+    when the crop also serves flow or RGB differences (one crop serves every stream of a
+    sample)."""
     if config.crop_scales:
         return tuple(config.crop_scales)
-    rgb_alone = config.modalities == ("rgb",) and not config.uses_rgbdiff
+    flow_cropped = "flow" in config.modalities and config.augment_flow == "tsn"
+    rgb_alone = not flow_cropped and not config.uses_rgbdiff
     return TSN_RGB_SCALES if rgb_alone else TSN_FLOW_SCALES
 
 
 def train_transform(config: Config) -> TrainTransform:
-    scales = crop_scales(config)
-    if config.augment == "seed001":
-        rgb_only = config.modalities == ("rgb",)
-        return TrainTransform(config.image_size, scales=scales, flip_p=0.25,
-                              color_jitter=(0.4, 0.4, 0.4, 0.3), grayscale_p=0.1,
-                              autocontrast_p=0.1, sharpness_p=0.1,
-                              rotation=15.0 if rgb_only else 0.0,
-                              perspective_p=0.1 if rgb_only else 0.0)
-    return TrainTransform(config.image_size, scales=scales)
+    return TrainTransform(config.image_size, rgb=config.augment, flow=config.augment_flow,
+                          scales=crop_scales(config))
 
 
 def check_extraction(config: Config, root: Path) -> None:
@@ -67,8 +64,10 @@ def check_extraction(config: Config, root: Path) -> None:
     expected = {"short_side": config.short_side, "pad_square": config.pad_square}
     if "flow" in config.modalities and recorded["flow_method"] != "none":
         spread = config.frame_policy == SPREAD
-        expected.update(flow_method=config.flow_method, flow_bound=config.flow_bound,
+        expected.update(flow_method=config.flow_method, flow_format=config.flow_format,
                         flow_pairs=SPREAD if spread else "consecutive")
+        if config.flow_format == "uv":  # colour images are made from the float flow
+            expected["flow_bound"] = config.flow_bound
         if spread:
             expected["flow_stack"] = config.flow_stack
         if config.flow_method == "raft":
@@ -89,10 +88,10 @@ def resolve_decode(config: Config, device: torch.device | None) -> tuple[str, st
         return "cpu", ""
     if config.dataset == "images":
         blocker = "dataset 'images' (still images, padded to squares on the CPU)"
+    elif config.flow_format == "rgb" and "flow" in config.modalities:
+        blocker = "flow_format = 'rgb' (flow stored as PNG colour images; it decodes JPEGs)"
     else:
-        unsupported = device_unsupported(train_transform(config))
-        blocker = unsupported and (f"augment = {config.augment!r} "
-                                   f"({', '.join(unsupported)})")
+        blocker = ", ".join(device_unsupported(train_transform(config)))
     if blocker and config.decode == "device":
         raise ValueError(f"config key decode: 'device' cannot reproduce {blocker} exactly; "
                          f"use decode = 'cpu' (or 'auto', which falls back to it)")
@@ -126,19 +125,23 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
                    segments=config.segments, flow_stack=config.flow_stack,
                    rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
                    image_size=config.image_size, on_bad=config.on_bad)
+    if kind != "rawframes":
+        options["flow_format"] = config.flow_format
     if kind == "folder":
         options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
     elif kind == "rawframes":
         options.update(val_fraction=config.val_fraction, class_file=config.class_names or None,
                        templates=tuple(config.rawframe_templates),
+                       frames_dir=config.rawframes_dir,
                        lists={"train": config.train_list, "val": config.val_list,
                               "test": config.test_list})
     else:
         options.update(split=config.split, val_fraction=config.val_fraction)
     if mode == "train":
         options["transform"] = train_transform(config)
+    options["crops"] = config.eval_crops  # validation takes its single view from it
     if mode == "test":
-        options.update(num_clips=config.eval_clips, crops=config.eval_crops)
+        options["num_clips"] = config.eval_clips
     dataset = {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, decode=decode, **options)
     if why:
         dataset.notes.append(why)
@@ -156,42 +159,48 @@ def flow_input(config: Config) -> FlowInput:
                      subtract_mean=config.flow_mean_subtraction)
 
 
-def build_model(config: Config, num_classes: int,
-                classes: list[str] | None = None) -> torch.nn.Module:
-    """The model of a config; `classes` (the dataset's) are needed for `class_map`."""
-    weights = None if config.weights == "none" else config.weights
-    dropout = None if config.dropout == -1 else config.dropout
-    class_map = config.class_mapping() or None
+def stream_spec(config: Config, modality: str, classes: list[str] | None = None) -> StreamSpec:
+    """The config's stream of `modality` (rgb, flow or rgbdiff), its sentinels translated."""
+    backbone, frames, init = {
+        "rgb": (config.rgb, config.rgb_stack, config.init_rgb),
+        "flow": (config.flow, config.flow_stack, config.init_flow),
+        "rgbdiff": (config.diff or config.rgb, config.diff_stack, config.init_diff),
+    }[modality]
+    class_map = (config.class_mapping() or None) if modality == "rgb" else None
     if class_map and classes is None:
         raise ValueError("config key class_map needs the dataset's class names")
+    return StreamSpec(backbone, modality, frames=frames,
+                      flow_input=flow_input(config) if modality == "flow" else UV,
+                      weights=None if config.weights == "none" else config.weights,
+                      init=init or None, class_map=class_map,
+                      classes=tuple(classes) if classes else None,
+                      dropout=None if config.dropout == -1 else config.dropout)
+
+
+def fusion_spec(config: Config) -> FusionSpec:
+    options = FusionOptions(init=config.fusion_init,
+                            weights=tuple(config.fusion_weights) or None,
+                            batchnorm=config.fusion_bn)
+    return FusionSpec(config.fuse, at=config.at or None, at_flow=config.at_flow or None,
+                      options=options, keep_spatial_head=config.keep_spatial_head,
+                      keep_temporal_tower=config.keep_temporal_tower,
+                      kept_average=config.kept_average, diff_weight=config.diff_weight,
+                      head_dropout=None if config.dropout == -1 else config.dropout)
+
+
+def build_model(config: Config, num_classes: int,
+                classes: list[str] | None = None) -> torch.nn.Module:
+    """The model of a config, assembled from its parts, with the config's training policy
+    (freeze, partial BN) applied; `classes` (the dataset's) are needed for `class_map`."""
     if config.fuse == "none":
-        backbone, channels, init = {
-            "rgb": (config.rgb, 3 * config.rgb_stack, config.init_rgb),
-            "flow": (config.flow, flow_input(config).channels(config.flow_stack),
-                     config.init_flow),
-            "rgbdiff": (config.diff or config.rgb, 3 * config.diff_stack, config.init_diff),
-        }[config.stream]
-        stream = build_stream(backbone, num_classes=num_classes, in_channels=channels,
-                              weights=weights, dropout=dropout, modality=config.stream,
-                              flow_input=flow_input(config) if config.stream == "flow" else UV)
-        if init:
-            load_stream_checkpoint(stream, init, config.stream,
-                                   class_map=class_map if config.stream == "rgb" else None,
-                                   classes=classes)
-        return SingleStream(stream, partial_bn=config.partial_bn, freeze=config.freeze)
-    return build_two_stream(
-        rgb=config.rgb, flow=config.flow, fuse=config.fuse, at=config.at or None,
-        at_flow=config.at_flow or None, num_classes=num_classes, flow_stack=config.flow_stack,
-        rgb_stack=config.rgb_stack, weights=weights, dropout=dropout,
-        keep_spatial_head=config.keep_spatial_head,
-        keep_temporal_tower=config.keep_temporal_tower, fusion_init=config.fusion_init,
-        fusion_weights=config.fusion_weights or None, freeze=config.freeze,
-        partial_bn=config.partial_bn, init_rgb=config.init_rgb or None,
-        init_flow=config.init_flow or None, class_map=class_map, classes=classes,
-        diff=config.diff or None, diff_stack=config.diff_stack, diff_weight=config.diff_weight,
-        init_diff=config.init_diff or None, fusion_bn=config.fusion_bn,
-        kept_average=config.kept_average,
-        flow_input=flow_input(config))
+        model = SingleStream(stream_spec(config, config.stream, classes).build(num_classes))
+    else:
+        diff = stream_spec(config, "rgbdiff").build(num_classes) if config.diff else None
+        model = assemble(stream_spec(config, "rgb", classes).build(num_classes),
+                         stream_spec(config, "flow").build(num_classes), fusion_spec(config),
+                         num_classes=num_classes, diff=diff)
+    hold_for_training(model, freeze=config.freeze, partial_bn=config.partial_bn)
+    return model
 
 
 def make_loader(dataset, config: Config, *, training: bool,

@@ -19,7 +19,7 @@ from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FREEZE_MODES, FUSION_BN
 from fusion.data.flow import METHODS, RAFT_MODELS
 from fusion.data.rawframes import TEMPLATES as RAWFRAME_TEMPLATES
 from fusion.data.sampling import POLICIES, SPREAD
-from fusion.data.transforms import CROP_MODES
+from fusion.data.transforms import CROP_MODES, FLOW_AUGMENTS, RGB_AUGMENTS
 from fusion.fusers import FUSIONS
 from fusion.streams import STREAMS
 from fusion.timm_streams import check_name, is_timm
@@ -31,7 +31,6 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
-AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 DECODES = ("auto", "cpu", "device")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
@@ -53,6 +52,7 @@ class Config:
     val_list: str = ""  # empty: val_fraction of train_list
     test_list: str = ""
     class_names: str = ""
+    rawframes_dir: str = "rawframes"  # the frames folder under data_root (MMAction2's data_prefix)
     rawframe_templates: list[str] = field(default_factory=lambda: list(RAWFRAME_TEMPLATES))
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
     max_classes: int = 0  # class subset: the first N classes; 0: all
@@ -65,7 +65,12 @@ class Config:
     # (seed 001: the flow between L + 1 frames spread around the middle, extracted for it)
     frame_policy: str = "tsn"
     image_size: int = 224  # network input side
-    augment: str = "tsn"  # tsn (multi-scale crop + flip) | seed001 (+ photometric, flip 0.25)
+    # training augmentation of the RGB stream (and RGB differences): tsn (multi-scale crop +
+    # flip) | seed001 (seed 001's photometric and geometric list on the whole frame, no crop) |
+    # none (the whole frame)
+    augment: str = "tsn"
+    # of the flow stream: tsn | none (the whole frame). Both tsn: one crop and flip for both
+    augment_flow: str = "tsn"
     # multi-scale crop sides as fractions of the short side; empty: TSN's per modality (1, .875,
     # .75, .66 for an RGB stream alone; 1, .875, .75 with flow or RGB differences)
     crop_scales: list[float] = field(default_factory=list)
@@ -79,8 +84,9 @@ class Config:
     pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)
     raft_model: str = "large"  # flow_method raft: torchvision's raft_large | raft_small
     raft_weights: str = "default"  # "default" (torchvision's) | path of a RAFT state-dict file
-    # what the flow stream sees: uv (2 channels per flow frame) | rgb (each field in the
-    # Middlebury colour coding, 3 channels, ImageNet-normalised; seed 001)
+    # what the flow stream sees: uv (2 channels per flow frame) | rgb (seed 001: each field as
+    # a colour image in the Middlebury coding on its video's one scale, 3 channels,
+    # ImageNet-normalised; extracted with --flow-format rgb, unaugmented)
     flow_format: str = "uv"
     workers: int = 2  # DataLoader worker processes
     # where JPEG frames are decoded and cropped: cpu (in the loader's workers, the reference) |
@@ -152,7 +158,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     eval_clips: int = 25  # test protocol: clips per video (Simonyan: 25)
-    eval_crops: str = "center"  # center | three | ten
+    # center | three | ten | full (the whole frame, seed 001); validation takes full where this
+    # is full, else the centre crop
+    eval_crops: str = "center"
     aggregate: str = "mean-softmax"  # clip -> video: mean-softmax | sum-logits | vote
 
     def validate(self) -> "Config":
@@ -168,7 +176,8 @@ class Config:
         choice("dataset", DATASET_NAMES)
         choice("split", (1, 2, 3))
         choice("frame_policy", POLICIES)
-        choice("augment", AUGMENTS)
+        choice("augment", RGB_AUGMENTS)
+        choice("augment_flow", FLOW_AUGMENTS)
         choice("on_bad", ("raise", "skip"))
         choice("flow_method", METHODS)
         choice("raft_model", RAFT_MODELS)
@@ -212,6 +221,17 @@ class Config:
         if self.flow_format == "rgb" and self.flow_mean_subtraction:
             raise ValueError("config key flow_mean_subtraction: applies to uv flow, not to "
                              "flow_format = 'rgb' (colour-coded fields)")
+        if self.flow_format == "rgb" and "flow" in self.modalities and (
+                self.augment_flow != "none" or self.eval_crops == "ten"):
+            # mirroring a colour-coded field would need its hues remapped, not its pixels
+            raise ValueError("config keys augment_flow / eval_crops: flow_format = 'rgb' "
+                             "(colour images) cannot be flipped; use augment_flow = 'none' (as "
+                             "seed 001) and eval_crops center, three or full")
+        if self.flow_format == "rgb" and self.dataset == "rawframes" and \
+                "flow" in self.modalities:
+            raise ValueError("config key flow_format: MMAction2's rawframes hold flow_x / "
+                             "flow_y images; flow_format = 'rgb' reads the colour images of "
+                             "extract_frames.py --flow-format rgb")
         if self.frame_policy == SPREAD and (self.flow_stack % 2 or self.segments != 1):
             raise ValueError(f"config key frame_policy: {SPREAD} needs an even flow_stack and "
                              f"segments = 1, got {self.flow_stack} and {self.segments}")

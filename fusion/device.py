@@ -43,3 +43,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def move(x: torch.Tensor | None, device) -> torch.Tensor | None:
     """`x.to(device)`, letting a switched-off modality (None) through."""
     return None if x is None else x.to(device, non_blocking=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto (a GPU when there is one) | cpu | cuda | cuda:N, or an error naming the option."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this machine has no CUDA GPU (use cpu or auto)")
+    return resolved

@@ -29,8 +29,8 @@ from fusion.config import Config, to_toml
 from fusion.data.device_decode import DecodeAhead
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
-from fusion.figures import flow_colours, rgb_beside_flow
-from fusion.model import freeze_until
+from fusion.figures import first_flow_picture, rgb_beside_flow
+from fusion.policy import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
 
@@ -158,7 +158,7 @@ def train(config: Config, *, overrides: dict | None = None) -> Path:
 
 
 def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
-             flow_bound: float, step: int, batch) -> None:
+             flow_bound: float, flow_format: str, step: int, batch) -> None:
     """Per training step: the LR; at the very first step a few training inputs as augmented
     (a flip shows as a hue change of the flow): the RGB frame, the first flow frame in the
     Middlebury colours, and both side by side."""
@@ -167,10 +167,11 @@ def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
         if batch.rgb is not None:
             writer.add_images("inputs/rgb", batch.rgb[:4, 0, :3], 0)
         if batch.flow is not None:
-            writer.add_images("inputs/flow", flow_colours(batch.flow[:4, 0, :2], flow_bound), 0)
+            writer.add_images("inputs/flow",
+                              first_flow_picture(batch.flow[:4, 0], flow_bound, flow_format), 0)
         if batch.rgb is not None and batch.flow is not None:
-            writer.add_images("inputs/rgb_and_flow",
-                              rgb_beside_flow(batch.rgb[:4], batch.flow[:4], flow_bound), 0)
+            writer.add_images("inputs/rgb_and_flow", rgb_beside_flow(
+                batch.rgb[:4], batch.flow[:4], flow_bound, flow_format), 0)
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metrics: dict,
@@ -257,7 +258,7 @@ def fit(config: Config, *, overrides: dict | None = None):
                 if main and (epoch == start_epoch or tap != config.frozen_until(epoch - 1)):
                     print(f"epoch {epoch + 1}: stream stages frozen up to {tap or 'nothing'}")
             on_step = functools.partial(log_step, writer, optimizer, epoch, steps_per_epoch,
-                                        config.flow_bound) if main else None
+                                        config.flow_bound, config.flow_format) if main else None
             try:
                 train_metrics = run_epoch(runner, train_loader, device, optimizer=optimizer,
                                           scaler=scaler, dtype=dtype, grad_clip=config.grad_clip,

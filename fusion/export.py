@@ -22,7 +22,8 @@ from torch import nn
 from fusion.config import Config, from_dict, to_toml
 from fusion.files import write_atomic, write_json_atomic
 from fusion.model import SingleStream, TwoStream
-from fusion.streams import STREAMS, Stream, replace_first_conv
+from fusion.streams import STREAMS, Stream
+from fusion.surgery import replace_first_conv
 from fusion.timm_streams import is_timm
 
 TOLERANCE = 1e-3  # max |ONNX - PyTorch| on the logits above which an export is refused
@@ -67,7 +68,8 @@ def example_inputs(model: nn.Module, config: Config, batch: int = 2) -> list[tor
     """Random uint8 inputs of the shapes the datasets produce for this model and config."""
     g = torch.Generator().manual_seed(0)
     size = config.image_size
-    channels = {"rgb": 3 * config.rgb_frames, "flow": 2 * config.flow_stack}
+    per_flow_frame = 3 if config.flow_format == "rgb" else 2  # colour images or u, v
+    channels = {"rgb": 3 * config.rgb_frames, "flow": per_flow_frame * config.flow_stack}
     return [torch.randint(0, 256, (batch, config.segments, channels[name], size, size),
                           generator=g, dtype=torch.uint8) for name in input_names(model)]
 
@@ -77,6 +79,7 @@ def export_onnx(model: nn.Module, config: Config, classes: list[str], path: str 
     """Write the model as ONNX, run it once in onnxruntime on `inputs` (random uint8 of the
     config's shapes by default, one more in the batch than traced) and return the largest
     difference from PyTorch; over `TOLERANCE` is an `ExportError`."""
+    require_export_extra()
     import onnx
 
     model = model.eval()
@@ -117,6 +120,20 @@ def export_onnx(model: nn.Module, config: Config, classes: list[str], path: str 
         raise ExportError(f"ONNX model {path} differs from PyTorch by {difference:.2e} "
                           f"(> {TOLERANCE}) on random inputs: {describe(model)}")
     return difference
+
+
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def require_export_extra() -> None:
+    """A missing exporter package is named as such (torch.onnx otherwise reports it as a model
+    it cannot express)."""
+    import importlib.util
+
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"ONNX export needs {', '.join(missing)}: install the export "
+                                  f"extra (pip install -e '.[export]')")
 
 
 class OnnxModel:
@@ -179,6 +196,24 @@ def torchvision_model(stream: Stream) -> nn.Module:
     return model.eval()
 
 
+def input_steps(stream: Stream) -> list[dict]:
+    """Every step `Stream.normalize` takes from the uint8 input to the network's, as data: a
+    reader who follows these alone feeds the exported model what the stream saw."""
+    steps = [{"op": "divide", "by": 255.0,
+              "what": f"uint8 {stream.input_channels}-channel input to [0, 1]"}]
+    if stream.modality == "rgbdiff":
+        steps.append({"op": "frame_difference", "channels_per_frame": 3,
+                      "what": "channels 3.. minus channels ..-3: each frame minus the one "
+                              "before it"})
+    steps.append({"op": "normalize", "mean": stream.mean.flatten().tolist(),
+                  "std": stream.std.flatten().tolist(),
+                  "what": "(x - mean) / std per channel"})
+    if stream.flow_input.subtract_mean:
+        steps.append({"op": "subtract_spatial_mean",
+                      "what": "each channel minus its mean over H x W (mean flow subtraction)"})
+    return steps
+
+
 def export_torchvision(model: nn.Module, folder: str | Path) -> dict[str, Path]:
     """Each complete stream as `<backbone>_<role>.pth` (a torchvision state dict) and a `.json`
     beside it saying how to build the model that loads it; returns the written files."""
@@ -200,10 +235,9 @@ def export_torchvision(model: nn.Module, folder: str | Path) -> dict[str, Path]:
                        "weights": None},
             "in_channels": stream.in_channels, "first_conv": spec.first_conv,
             "modality": stream.modality, "flow_format": stream.flow_input.format,
-            "input_mean": stream.mean.flatten().tolist(),
-            "input_std": stream.std.flatten().tolist(),
+            "input_steps": input_steps(stream),
             "note": "replace first_conv by an nn.Conv2d with in_channels inputs (same out "
-                    "channels, kernel, stride, padding, bias) before load_state_dict; inputs "
-                    "are (x / 255 - input_mean) / input_std per channel"})
+                    "channels, kernel, stride, padding, bias) before load_state_dict; the "
+                    "uint8 input (N x C x H x W) becomes the model's by input_steps, in order"})
         written[role] = path
     return written

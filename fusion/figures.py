@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from fusion.data.flow import dequantize
-from fusion.flow_colours import colour_fields
+from fusion.data.flow_colours import colour_fields
 from fusion.files import write_atomic
 
 CELL_TEXT_UP_TO = 30  # classes: beyond this the cells are too small to hold their counts
@@ -87,11 +87,20 @@ def flow_colours(flow: torch.Tensor, bound: float) -> torch.Tensor:
     return colour_fields(torch.cat([pixels, extra], dim=-1))[..., :-1]
 
 
-def rgb_beside_flow(rgb: torch.Tensor, flow: torch.Tensor, bound: float) -> torch.Tensor:
+def first_flow_picture(flow: torch.Tensor, bound: float, flow_format: str = "uv") -> torch.Tensor:
+    """The first flow frame of `... x C x H x W` stacked flow as a colour picture: u, v in the
+    Middlebury coding (`flow_colours`), or the stored colour image itself (flow_format rgb)."""
+    if flow_format == "rgb":
+        return flow[..., :3, :, :]
+    return flow_colours(flow[..., :2, :, :], bound)
+
+
+def rgb_beside_flow(rgb: torch.Tensor, flow: torch.Tensor, bound: float,
+                    flow_format: str = "uv") -> torch.Tensor:
     """First segment of a batch: the RGB frame and the colour-coded first flow frame of the
     same snippet side by side, N x 3 x H x 2W uint8, for TensorBoard's add_images."""
     frame = rgb[:, 0, :3]
-    motion = flow_colours(flow[:, 0, :2], bound)
+    motion = first_flow_picture(flow[:, 0], bound, flow_format)
     return torch.cat([frame, motion], dim=-1)
 
 

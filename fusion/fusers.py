@@ -154,13 +154,19 @@ class ConcatFusion(PerSegmentFusion):
 class ConvFusion(Fusion):
     """The shared body of `conv1x1` and `conv3d`: a conv over [rgb; flow] channels, either
 
-    - Feichtenhofer's conv fusion (batchnorm=False): the conv with a bias and nothing after it;
-      with `init="identity"` it starts as w_rgb * rgb + w_flow * flow ([I I] for weights 1, 1),
-      so a network fused at an inner tap starts as the spatial tower on rgb_map + flow_map and
-      fine-tunes from the pretrained solution; or
+    - Feichtenhofer's conv fusion (batchnorm=False): the conv with a bias, then a ReLU, as the
+      released twostreamfusion code builds it (`network_surgery/insert_conv_layers.m`,
+      `addReLU = true` by default; `relu3D5` after the 3D fusion conv in
+      `cnn_ucf101_fusion.m`), so the pretrained layers after a fusion at an inner tap still
+      receive non-negative input. With `init="identity"` it starts as
+      relu(w_rgb * rgb + w_flow * flow) ([I I] for weights 1, 1; the maps at every tap are
+      outputs of ReLUs, so this is the plain sum), and a network fused at an inner tap starts
+      as the spatial tower on rgb_map + flow_map and fine-tunes from the pretrained solution; or
     - seed 001's head (batchnorm=True): the conv without bias, BatchNorm, ReLU.
 
-    init "random" draws the conv as ResNet does (Kaiming, fan out).
+    init "random" draws the conv as ResNet does (Kaiming, fan out). The released code's own
+    default weights are 0.25 (spatial) and 0.75 (temporal) (`initMethod = '2sumAB'`); the paper's
+    f = [I I] is this module's default, and `fusion_weights = [0.25, 0.75]` gives the code's.
     """
 
     conv_type: type[nn.Module] = nn.Conv2d
@@ -178,13 +184,17 @@ class ConvFusion(Fusion):
                                    kernel_size=self.kernel_size, padding=self.kernel_size // 2,
                                    bias=not batchnorm)
         self.bn = self.norm_type(self.out_channels) if batchnorm else nn.Identity()
-        self.relu = nn.ReLU(inplace=True) if batchnorm else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
         if init == "identity":
-            identity_init_(self.conv.weight, (rgb_channels, flow_channels), weights)
+            self.init_identity(rgb_channels, flow_channels, weights)
         else:
             nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         if self.conv.bias is not None:
             nn.init.zeros_(self.conv.bias)
+
+    def init_identity(self, rgb_channels: int, flow_channels: int,
+                      weights: Sequence[float]) -> None:
+        identity_init_(self.conv.weight, (rgb_channels, flow_channels), weights)
 
     @classmethod
     def build(cls, rgb: dict, flow: dict, *, last: bool, options: FusionOptions) -> "ConvFusion":
@@ -233,13 +243,31 @@ class BilinearFusion(PerSegmentFusion):
 
 @register_fusion("conv3d")
 class Conv3dFusion(ConvFusion):
-    """Feichtenhofer's 3D conv fusion: concat, 3x3x3 conv over segments x H x W (with a bias,
-    or BatchNorm and ReLU: `ConvFusion`), then 3D max pooling over all segments, so the fused
-    map has a single segment."""
+    """Feichtenhofer's 3D conv fusion: concat, 3x3x3 conv over segments x H x W (with a bias and
+    a ReLU, or BatchNorm and ReLU: `ConvFusion`), then 3D max pooling over all segments, so the
+    fused map has a single segment.
+
+    Identity init as in the released `cnn_ucf101_fusion.m`: no single tap carries the identity;
+    the [w_rgb I, w_flow I] weights are spread over all 27 taps (3 segments x 3 x 3 pixels) by a
+    normalised 3D Gaussian (sigma 1 in taps, `exp(-(t^2 + y^2 + x^2) / 2)`, summing to 1), so
+    the fused map starts as a Gaussian-smoothed w_rgb * rgb + w_flow * flow across neighbouring
+    segments and pixels. (The paper's text describes only [I I]; the released code is followed.)
+    """
 
     conv_type = nn.Conv3d
     norm_type = nn.BatchNorm3d
     kernel_size = 3
+
+    def init_identity(self, rgb_channels: int, flow_channels: int,
+                      weights: Sequence[float]) -> None:
+        taps = torch.arange(-1.0, 2.0)
+        t, y, x = torch.meshgrid(taps, taps, taps, indexing="ij")
+        gaussian = torch.exp(-(t * t + y * y + x * x) / 2)
+        gaussian = gaussian / gaussian.sum()
+        with torch.no_grad():
+            identity = torch.zeros(self.conv.weight.shape[:2])
+            identity_init_(identity, (rgb_channels, flow_channels), weights)
+            self.conv.weight.copy_(identity[:, :, None, None, None] * gaussian)
 
     def forward(self, rgb: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         x = rearrange(torch.cat([rgb, flow], dim=2), "b t c h w -> b c t h w")

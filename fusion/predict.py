@@ -20,7 +20,8 @@ from fusion.config import Config, from_dict
 from fusion.data.clips import arrange_sample
 from fusion.data.flow import FlowEstimator, quantize
 from fusion.data.sampling import SPREAD, clip_frames, spread_around_middle
-from fusion.data.transforms import EvalTransform
+from fusion.data.flow_colours import colour_video
+from fusion.data.transforms import EvalTransform, single_view
 from fusion.data.video import VideoError, iter_frames, open_video
 from fusion.build import model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
@@ -58,18 +59,25 @@ class ClipMaker:
         self.estimator = FlowEstimator(config.flow_method, raft_model=config.raft_model,
                                        raft_weights=config.raft_weights,
                                        device=device) if self.use_flow else None
-        self.transform = EvalTransform(config.image_size, "center")
+        self.transform = EvalTransform(config.image_size, single_view(config.eval_crops))
         self.flow_cache: dict[tuple[int, int], np.ndarray] = {}
 
     def flows(self, pairs: list[tuple[int, int]], frames: dict[int, np.ndarray]) -> np.ndarray:
-        """Quantised flow between absolute frames a -> b of each pair (N x 2 x H x W uint8),
-        each pair computed once, the missing ones in one batch."""
+        """Flow between absolute frames a -> b of each pair, as the datasets store it:
+        quantised u, v (N x 2 x H x W uint8), or with flow_format rgb colour images of the
+        pairs' float fields on their one scale (N x 3 x H x W; under spread-around-middle
+        these are the video's fields, as extraction colours them). Each pair is computed once,
+        the missing ones in one batch."""
+        colour = self.config.flow_format == "rgb"
         missing = [p for p in dict.fromkeys(pairs) if p not in self.flow_cache]
         if missing:
             computed = self.estimator.many([frames[a] for a, _ in missing],
                                            [frames[b] for _, b in missing])
             for pair, flow in zip(missing, computed):
-                self.flow_cache[pair] = quantize(flow, self.config.flow_bound).transpose(2, 0, 1)
+                self.flow_cache[pair] = flow if colour else \
+                    quantize(flow, self.config.flow_bound).transpose(2, 0, 1)
+        if colour:
+            return colour_video([self.flow_cache[p] for p in pairs]).transpose(0, 3, 1, 2)
         return np.stack([self.flow_cache[p] for p in pairs])
 
     def forget_before(self, k: int) -> None:
@@ -93,7 +101,7 @@ class ClipMaker:
         if rgb_idx is not None:  # N x 3 x H x W
             rgb = torch.from_numpy(np.stack([frames[first + i] for i in rgb_idx])).permute(
                 0, 3, 1, 2)
-        if flow_idx is not None:  # N x 2 x H x W
+        if flow_idx is not None:  # N x 2 (or 3, colour images) x H x W
             flow = torch.from_numpy(self.flows(
                 [(first + joined[k], first + joined[k + 1]) for k in flow_idx], frames))
         rgb, flow = arrange_sample(rgb, flow, self.transform, segments=c.segments,

@@ -23,7 +23,7 @@ from torchvision.models import WeightsEnum
 
 from fusion.choices import FLOW_FORMATS, MODALITIES, resolve_name
 from fusion.files import check_state_dict, download_weights, read_state_dict
-from fusion.flow_colours import colour_stack
+from fusion.surgery import replace_first_conv, set_module
 from fusion.timm_streams import is_timm, timm_stages
 
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
@@ -41,11 +41,11 @@ DIFF_STD = (2 * sum(IMAGENET_STD) / 3,) * 3
 
 @dataclass(frozen=True)
 class FlowInput:
-    """What a flow stream makes of its uint8 u, v input.
+    """What a flow stream makes of its uint8 flow input.
 
-    format: "uv" (2 channels per flow frame) or "rgb" (seed 001: each field, stored quantised
-        with `bound`, rendered in the Middlebury colour coding and normalised with ImageNet's
-        statistics, 3 channels per flow frame).
+    format: "uv" (u, v quantised with `bound`: 2 channels per flow frame) or "rgb" (seed 001:
+        each field as a colour image in the Middlebury coding, coloured at extraction on the
+        video's one scale, normalised with ImageNet's statistics: 3 channels per flow frame).
     subtract_mean: uv only; each displacement field minus its spatial mean (mean flow
         subtraction, Simonyan & Zisserman 2014, section 3.1).
     """
@@ -268,12 +268,9 @@ class Stream(nn.Module):
     @property
     def input_channels(self) -> int:
         """Channels of the uint8 input: an RGB-difference stream takes one frame more than it
-        has differences; a flow stream in the rgb format takes u, v (2 channels) per flow
-        frame and renders them as 3."""
+        has differences."""
         if self.modality == "rgbdiff":
             return self.in_channels + 3
-        if self.flow_input.format == "rgb":
-            return self.in_channels // 3 * 2
         return self.in_channels
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,8 +278,6 @@ class Stream(nn.Module):
         if x.shape[-3] != self.input_channels:
             raise ValueError(f"{self.name} ({self.modality}) expects {self.input_channels} "
                              f"channels, got input of shape {tuple(x.shape)}")
-        if self.flow_input.format == "rgb":
-            x = colour_stack(x, self.flow_input.bound)
         x = x.float() / 255.0
         if self.modality == "rgbdiff":  # frames f0, f1, ... -> f1 - f0, f2 - f1, ...
             x = x[..., 3:, :, :] - x[..., :-3, :, :]
@@ -297,15 +292,6 @@ class Stream(nn.Module):
     def classifier(self) -> nn.Linear:
         """The last Linear layer (the one sized by `num_classes`)."""
         return [m for m in self.stages["scores"].modules() if isinstance(m, nn.Linear)][-1]
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path)
-
-
-def _set(module: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(module.get_submodule(parent) if parent else module, leaf, new)
 
 
 def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
@@ -323,8 +309,7 @@ def build_stream(name: str, *, in_channels: int = 3, num_classes: int = 1000,
         for 3 input channels and "flow" otherwise. An "rgbdiff" stream has 3 L input channels
         (L differences) and `normalize` makes them from 3 (L + 1) channels of frames.
     flow_input: flow only; `FlowInput`: uv (`in_channels` = 2 L), optionally minus each
-        field's mean, or rgb (`in_channels` = 3 L of colour images made by `normalize` from
-        2 L channels of u, v; seed 001).
+        field's mean, or rgb (`in_channels` = 3 L channels of colour images; seed 001).
     With `in_channels != 3` and pretrained weights, the first conv's filters are averaged over
     RGB and replicated over the new channels (cross-modality initialisation, TSN).
     """
@@ -375,30 +360,12 @@ def _torchvision_stages(spec: BackboneSpec, name: str, in_channels: int, num_cla
         model.load_state_dict(state)
         if num_classes != 1000:
             # Only the last Linear is resized: the video classes are not ImageNet's.
-            old = _get(model, spec.last_linear)
-            _set(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
+            old = model.get_submodule(spec.last_linear)
+            set_module(model, spec.last_linear, nn.Linear(old.in_features, num_classes))
     if in_channels != 3:
         replace_first_conv(model, spec.first_conv, in_channels,
                            spec.init_first_conv if weights is None else None)
     return spec.stages(model, dropout)
-
-
-def replace_first_conv(model: nn.Module, path: str, in_channels: int,
-                       init: Callable[[nn.Conv2d], None] | None = None) -> None:
-    """Give the input convolution at `path` `in_channels`: with `init` None, its filters are
-    averaged over the RGB channels and replicated over the new ones (cross-modality
-    initialisation, TSN); else `init` initialises it afresh."""
-    old = _get(model, path)
-    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                    old.dilation, old.groups, bias=old.bias is not None)
-    if init is not None:
-        init(new)
-    else:
-        with torch.no_grad():
-            new.weight.copy_(old.weight.mean(dim=1, keepdim=True).expand_as(new.weight))
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-    _set(model, path, new)
 
 
 def _trace_feature_info(stages: list[tuple[str, nn.Module]], in_channels: int,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fusion.files import check_state_dict, read_state_dict
+from fusion.surgery import replace_first_conv
 
 PREFIX = "timm:"
 CHECK_SIZE = 160  # input side of the build-time check (Inception's stems need > 96 px)
@@ -106,8 +107,6 @@ def _create(timm, model_name: str, weights, in_channels: int, num_classes: int,
     if num_classes != model.num_classes:  # only the classifier: the video classes are not ImageNet's
         model.reset_classifier(num_classes)
     if in_channels != 3:
-        from fusion.streams import replace_first_conv  # streams imports this module
-
         replace_first_conv(model, model.pretrained_cfg["first_conv"], in_channels)
     return model
 

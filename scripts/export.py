@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         if args.torchvision:
             for role, path in export_torchvision(model, args.torchvision).items():
                 print(f"wrote {path} ({role} stream) and {path.with_suffix('.json').name}")
-    except (ExportError, ValueError, FileNotFoundError) as err:
+    except (ExportError, ImportError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -5,7 +5,8 @@
     python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --flow tvl1-torch \
         --device cuda --workers 8 --shard 3/8       # one GPU of a job array of 8
     python scripts/extract_frames.py --videos hmdb51/ --out data/hmdb51 --flow raft \
-        --flow-pairs spread-around-middle --flow-stack 8 --pad-square --short-side 224  # seed 001
+        --flow-pairs spread-around-middle --flow-stack 8 --pad-square --short-side 224 \
+        --flow-format rgb                                                         # seed 001
 
 --videos is searched recursively; a video's folder is its file name without the extension
 (and, for --layout folder, its parent folder is its class). Finished videos are skipped, so an
@@ -15,7 +16,9 @@ fewer frames than their container declares (truncated downloads), are listed at 
 import argparse
 import sys
 
-from fusion.data.extract import LAYOUTS, Settings, extract_all, parse_shard
+from fusion.choices import FLOW_FORMATS
+from fusion.data.extract import extract_all, parse_shard
+from fusion.data.jobs import LAYOUTS, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 
@@ -36,6 +39,10 @@ def main(argv=None) -> int:
                              "frames spread around each video's middle (seed 001)")
     parser.add_argument("--flow-stack", type=int, default=8,
                         help="L of --flow-pairs spread-around-middle (an even number)")
+    parser.add_argument("--flow-format", choices=FLOW_FORMATS, default="uv",
+                        help="uv: u and v as 8-bit JPEGs clipped at --bound; rgb: each video's "
+                             "float flow as colour PNGs on the video's one scale (seed 001's "
+                             "flow_to_image), for training with flow_format = rgb")
     parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large")
     parser.add_argument("--raft-weights", default="default",
                         help="'default' (torchvision's, downloaded once) or a local state-dict "
@@ -62,7 +69,8 @@ def main(argv=None) -> int:
             flow_method=None if args.flow == "none" else args.flow, flow_bound=args.bound,
             short_side=args.short_side, pad_square=args.pad_square, flow_pairs=args.flow_pairs,
             flow_stack=args.flow_stack if args.flow_pairs != "consecutive" else 0,
-            raft_model=args.raft_model, raft_weights=args.raft_weights)
+            raft_model=args.raft_model, raft_weights=args.raft_weights,
+            flow_format=args.flow_format)
         summary = extract_all(args.videos, args.out, settings,
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
                               workers=args.workers, strict=args.strict, device=args.device,
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.report())
-    return 0
+    return 1 if summary.failed else 0  # a failed video is a failed run, whatever else worked
 
 
 if __name__ == "__main__":

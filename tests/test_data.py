@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as F
 from torch.utils.data import DataLoader
 
 from fusion.data.clips import read_frames
@@ -276,12 +277,12 @@ def test_rgb_stream_beside_a_difference_stream_sees_the_same_centred_frames():
                 assert taken == alone, (flow_stack, rgb_stack, diff_stack)
 
 
-@pytest.mark.parametrize("policy, expected", [("first", 0), ("first-middle", 5), ("middle", 10),
+@pytest.mark.parametrize("policy, expected", [("first", 0), ("first-middle", 5), ("middle", 11),
                                               ("middle-last", 16), ("last", 21)])
 def test_single_frame_policies(ucf, policy, expected):
     data = ucf101(ucf, subset="test", classes=["YoYo"], modalities=["rgb"], frame_policy=policy,
                   image_size=16)
-    # 22 frames: round(fraction * 21), ties to even (10.5 -> 10)
+    # 22 frames: round(fraction * 21), ties to even; the middle is 22 // 2 (seed 001's rule)
     assert rgb_index(data[0][0][0]) == expected
 
 
@@ -348,7 +349,7 @@ def pattern(n, channels):
 
 def test_train_crops_and_flips_are_identical_across_frames_and_modalities():
     torch.manual_seed(0)
-    transform = TrainTransform(16, color_jitter=None)
+    transform = TrainTransform(16)
     flips = set()
     for _ in range(30):
         rgb, flow = transform(pattern(4, 3), pattern(4, 2))
@@ -370,18 +371,41 @@ def test_flip_inverts_u_and_only_u():
     assert torch.equal(flipped[:, 1], flow[:, 1].flip(-1))
 
 
-def test_photometric_augmentation_touches_rgb_only():
+def test_seed001_augments_the_whole_rgb_frame_with_the_notebooks_list_and_leaves_flow():
+    """augment seed001 + augment_flow none: the RGB frames get exactly torchvision's v2 list
+    of the notebooks (same random draws) on the whole frame, no crop; flow is only resized."""
+    import torchvision.transforms.v2 as v2
+    transform = TrainTransform(16, rgb="seed001", flow="none")
+    reference = v2.Compose([v2.Resize([16, 16], antialias=True),
+                            v2.ColorJitter(0.4, 0.4, 0.4, 0.3), v2.RandomGrayscale(0.1),
+                            v2.RandomAutocontrast(p=0.1), v2.RandomAdjustSharpness(2, p=0.1),
+                            v2.RandomHorizontalFlip(0.25), v2.RandomPerspective(0.3, p=0.1),
+                            v2.RandomRotation(15)])
+    changed = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        rgb, flow = transform(pattern(2, 3), pattern(2, 2))
+        torch.manual_seed(seed)
+        assert torch.equal(rgb, reference(pattern(2, 3)))
+        assert torch.equal(rgb[0], rgb[1])  # the same draws for every frame of the sample
+        assert torch.equal(flow, F.resize(pattern(2, 2), [16, 16], antialias=True))
+        changed += not torch.equal(rgb, F.resize(pattern(2, 3), [16, 16], antialias=True))
+    assert changed == 20  # the jitter always changes something
+
+
+def test_none_is_the_whole_frame_and_tsn_flow_may_go_alone():
     torch.manual_seed(0)
-    transform = TrainTransform(16, scales=(1.0,), flip_p=0.0, color_jitter=(0.4, 0.4, 0.4, 0.3),
-                               grayscale_p=0.5)
-    rgb, flow = transform(pattern(2, 3), pattern(2, 2))
-    plain = TrainTransform(16, scales=(1.0,), flip_p=0.0)
-    torch.manual_seed(0)
-    rgb0, flow0 = plain(pattern(2, 3), pattern(2, 2))
-    assert torch.equal(flow, flow0) and not torch.equal(rgb, rgb0)
-    assert torch.equal(rgb[0], rgb[1])  # the same jitter on every frame
-    with pytest.raises(ValueError, match="misalign flow"):
-        TrainTransform(16, rotation=15)(pattern(1, 3), pattern(1, 2))
+    rgb, flow = TrainTransform(16, rgb="none", flow="none")(pattern(2, 3), pattern(2, 2))
+    assert torch.equal(rgb, F.resize(pattern(2, 3), [16, 16], antialias=True))
+    assert torch.equal(flow, F.resize(pattern(2, 2), [16, 16], antialias=True))
+    flips = set()
+    for _ in range(20):
+        rgb, flow = TrainTransform(16, rgb="none", flow="tsn")(pattern(1, 3), pattern(1, 2))
+        assert torch.equal(rgb, F.resize(pattern(1, 3), [16, 16], antialias=True))
+        flips.add(bool(flow[0, 1, 0, 0] > flow[0, 1, 0, -1]))
+    assert flips == {True, False}
+    with pytest.raises(ValueError, match="unknown augment_flow 'seed001'"):
+        TrainTransform(16, flow="seed001")
 
 
 def test_eval_crops():
@@ -390,6 +414,9 @@ def test_eval_crops():
     three = EvalTransform(16, "three")(rgb, None)[0]
     assert three.shape == (3, 2, 3, 16, 16)
     assert three[0, 0, 0, 0, 0] < three[2, 0, 0, 0, 0]  # left, centre, right
+    full = EvalTransform(16, "full")(rgb, pattern(2, 2))
+    assert torch.equal(full[0][0], F.resize(rgb, [16, 16], antialias=True))  # columns 0 .. 39
+    assert full[1].shape == (1, 2, 2, 16, 16)
     with pytest.raises(ValueError, match="unknown crops 'five'"):
         EvalTransform(16, "five")
 

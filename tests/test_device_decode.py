@@ -84,7 +84,13 @@ def test_batched_decode_equals_per_frame_decode(frames):
     dict(subset="test", mode="val", segments=2, flow_stack=3),
     dict(subset="test", mode="test", num_clips=3, crops="ten", flow_stack=2),  # clips x crops
     dict(subset="test", mode="test", num_clips=2, crops="three", modalities=["rgb"]),
-], ids=["tsn", "random-rgb-stack", "flow-alone", "val", "test-ten", "test-three-rgb"])
+    dict(subset="test", mode="test", num_clips=2, crops="full", flow_stack=2),  # seed 001's
+    dict(subset="train", mode="train", flow_stack=2,  # whole-frame RGB, cropped flow
+         transform=TrainTransform(16, rgb="none", flow="tsn")),
+    dict(subset="train", mode="train", flow_stack=2,  # cropped RGB, whole-frame flow
+         transform=TrainTransform(16, rgb="tsn", flow="none")),
+], ids=["tsn", "random-rgb-stack", "flow-alone", "val", "test-ten", "test-three-rgb",
+        "test-full", "augment-none", "augment-flow-none"])
 def test_device_path_equals_the_cpu_path_for_every_sampling_mode(frames, options):
     cpu, encoded, decoded = both(frames, image_size=16, **options)
     for name in ("rgb", "flow"):
@@ -96,6 +102,9 @@ def test_device_path_equals_the_cpu_path_for_every_sampling_mode(frames, options
     if options["mode"] == "train":  # the drawn crops vary and both flips occur
         views = [s.view for s in encoded.samples]
         assert len({v.box for v in views}) > 1 and {v.flip for v in views} == {True, False}
+        if "transform" in options:  # the whole frames are the whole frames
+            whole = cpu.rgb if options["transform"].rgb == "none" else cpu.flow
+            assert whole.shape[-1] == 16
 
 
 def test_spread_around_middle_on_the_device(spread):
@@ -105,16 +114,13 @@ def test_spread_around_middle_on_the_device(spread):
     assert_within_decoders(cpu.flow, decoded.flow)
 
 
-@pytest.mark.parametrize("flow_format, subtract_mean", [("uv", False), ("uv", True),
-                                                         ("rgb", False)])
-def test_every_flow_format_sees_the_same_input_from_the_device_path(frames, flow_format,
-                                                                   subtract_mean):
-    """Normalisation, mean flow subtraction and the colour coding are the model's first step,
-    on the device either way: the training loop gives the same loss from both paths."""
-    cpu, encoded, _ = both(frames, subset="train", mode="train", flow_stack=2,
-                           image_size=32)
-    config = Config(flow_format=flow_format, flow_mean_subtraction=subtract_mean, flow_stack=2,
-                    image_size=32, fuse="none", stream="flow").validate()
+@pytest.mark.parametrize("subtract_mean", [False, True])
+def test_flow_input_is_the_same_from_the_device_path(frames, subtract_mean):
+    """Normalisation and mean flow subtraction are the model's first step, on the device either
+    way: the training loop gives the same loss from both paths."""
+    cpu, encoded, _ = both(frames, subset="train", mode="train", flow_stack=2, image_size=32)
+    config = Config(flow_mean_subtraction=subtract_mean, flow_stack=2, image_size=32,
+                    fuse="none", stream="flow").validate()
     model = build_model(config, 3)
     losses = [run_epoch(model, [batch], torch.device("cpu"))["loss/fused"]
               for batch in (cpu, encoded)]
@@ -155,12 +161,13 @@ def test_a_corrupt_jpeg_in_a_device_decoded_batch_is_named_and_skipped(tmp_path)
 
 
 def test_decode_device_refuses_what_it_cannot_reproduce_and_auto_says_why(frames):
-    with pytest.raises(ValueError, match="cannot reproduce the train transform's color_jitter"):
-        ucf101(frames, decode="device", transform=TrainTransform(16, color_jitter=(.4,) * 4))
+    with pytest.raises(ValueError, match="cannot reproduce the train transform's augment = "
+                                         "'seed001'"):
+        ucf101(frames, decode="device", transform=TrainTransform(16, rgb="seed001"))
     config = Config(data_root=str(frames), dataset="ucf101", augment="seed001",
                     decode="device").validate()
     with pytest.raises(ValueError, match=r"config key decode: 'device' cannot reproduce "
-                                         r"augment = 'seed001' \(color_jitter"):
+                                         r"augment = 'seed001' exactly"):
         build_dataset(config, "train", "train")
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
     config.decode = "auto"
@@ -169,6 +176,9 @@ def test_decode_device_refuses_what_it_cannot_reproduce_and_auto_says_why(frames
     config.augment = "tsn"
     assert resolve_decode(config, cuda)[0] == "device"
     assert resolve_decode(config, torch.device("cpu")) == ("cpu", "")
+    colour = Config(flow_format="rgb", augment_flow="none", decode="device").validate()
+    with pytest.raises(ValueError, match="cannot reproduce flow_format = 'rgb'"):
+        resolve_decode(colour, cuda)
     images = Config(dataset="images", fuse="none", decode="device").validate()
     with pytest.raises(ValueError, match="config key decode: 'device' cannot reproduce dataset "
                                          "'images'"):

@@ -258,7 +258,7 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
 
 def test_channels_last_is_applied_per_module_and_changes_no_result():
     from fusion.device import to_channels_last
-    from fusion.model import build_two_stream
+    from fusion.parts import build_two_stream
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv3d", at="layer3",
                              num_classes=3, flow_stack=1).eval()
@@ -312,7 +312,8 @@ def test_staged_unfreezing_config_errors():
     config = config_of(["--freeze-until", "layer4", "--unfreeze", "3:layer2", "5:none"])
     assert [config.frozen_until(e) for e in range(6)] == ["layer4", "layer4", "layer2", "layer2",
                                                           None, None]
-    from fusion.model import SingleStream, freeze_until
+    from fusion.model import SingleStream
+    from fusion.policy import freeze_until
     from fusion.streams import build_stream
     model = SingleStream(build_stream("resnet18", num_classes=3))
     with pytest.raises(ValueError, match="freeze_until 'mixed7a' is not a tap of resnet18"):

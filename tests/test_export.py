@@ -8,7 +8,8 @@ import torchvision
 
 from fusion.config import Config
 from fusion.export import ExportError, OnnxModel, export_onnx, export_torchvision
-from fusion.model import SingleStream, build_two_stream
+from fusion.model import SingleStream
+from fusion.parts import FusionSpec, StreamSpec, assemble, build_two_stream
 from fusion.streams import FlowInput, build_stream
 
 CLASSES = ["a", "b", "c"]
@@ -30,8 +31,9 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
                                           modality="flow"))
         keys = dict(fuse="none", stream="flow")
     elif kind == "three":
-        model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="average", at="scores",
-                                 num_classes=3, flow_stack=2, diff="resnet18", diff_stack=2)
+        streams = [StreamSpec("resnet18", m, frames=1 if m == "rgb" else 2).build(3)
+                   for m in ("rgb", "flow", "rgbdiff")]
+        model = assemble(*streams[:2], FusionSpec("average"), num_classes=3, diff=streams[2])
         keys = dict(fuse="average", at="scores", diff="resnet18", diff_stack=2)
     else:
         at = "scores" if kind == "average" else "layer4"
@@ -55,12 +57,15 @@ def test_onnx_matches_pytorch_in_onnxruntime_with_a_dynamic_batch(kind, tmp_path
 
 
 def test_colour_coded_flow_exports_with_a_dynamic_batch(tmp_path):
-    """flow_format rgb renders every field in one batched call, so ONNX keeps the batch."""
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=3, flow_stack=2, flow_input=FlowInput(format="rgb"))
-    small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb")
+    """flow_format rgb: the flow stream reads 3 channels (a colour image) per flow frame."""
+    model = assemble(StreamSpec("resnet18").build(3),
+                     StreamSpec("resnet18", "flow", frames=2,
+                                flow_input=FlowInput(format="rgb")).build(3),
+                     FusionSpec("conv1x1", at="layer4"), num_classes=3)
+    small = Config(image_size=32, segments=1, flow_stack=2, flow_format="rgb",
+                   augment_flow="none")
     assert export_onnx(model.eval(), small, CLASSES, tmp_path / "m.onnx") < 1e-4
-    rgb, flow = uint8(3, 1, 3, 32, 32), uint8(3, 1, 4, 32, 32, seed=2)
+    rgb, flow = uint8(3, 1, 3, 32, 32), uint8(3, 1, 6, 32, 32, seed=2)
     with torch.no_grad():
         expected = model(rgb, flow)
     np.testing.assert_allclose(OnnxModel(tmp_path / "m.onnx")(rgb, flow).numpy(),
@@ -83,12 +88,35 @@ def test_a_model_onnx_cannot_express_is_named_not_traced_back(tmp_path, monkeypa
     assert not (tmp_path / "m.onnx").exists()
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "googlenet", "vgg16"])
-def test_torchvision_export_loads_into_torchvision_and_matches(backbone, tmp_path):
+def follow_input_steps(x: torch.Tensor, steps: list[dict]) -> torch.Tensor:
+    """A reader's own implementation of the JSON's input recipe (nothing from fusion)."""
+    x = x.float()
+    for step in steps:
+        if step["op"] == "divide":
+            x = x / step["by"]
+        elif step["op"] == "frame_difference":
+            c = step["channels_per_frame"]
+            x = x[:, c:] - x[:, :-c]
+        elif step["op"] == "normalize":
+            x = (x - torch.tensor(step["mean"]).view(-1, 1, 1)) / \
+                torch.tensor(step["std"]).view(-1, 1, 1)
+        elif step["op"] == "subtract_spatial_mean":
+            x = x - x.mean(dim=(-2, -1), keepdim=True)
+        else:
+            raise AssertionError(f"unknown step {step}")
+    return x
+
+
+@pytest.mark.parametrize("backbone, modality, in_channels, subtract_mean", [
+    ("resnet18", "flow", 6, True), ("resnet18", "rgbdiff", 9, False),
+    ("googlenet", "rgb", 3, False), ("vgg16", "rgb", 3, False)])
+def test_torchvision_export_loads_into_torchvision_and_matches(backbone, modality, in_channels,
+                                                               subtract_mean, tmp_path):
+    """Inputs prepared from the JSON alone (mean flow subtraction and RGB differences
+    included) give the stream's logits."""
     torch.manual_seed(0)
-    in_channels = 6 if backbone == "resnet18" else 3
-    stream = build_stream(backbone, in_channels=in_channels, num_classes=3,
-                          modality="flow" if in_channels == 6 else "rgb").eval()
+    stream = build_stream(backbone, in_channels=in_channels, num_classes=3, modality=modality,
+                          flow_input=FlowInput(subtract_mean=subtract_mean)).eval()
     written = export_torchvision(SingleStream(stream), tmp_path)
     (path,) = written.values()
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -99,12 +127,22 @@ def test_torchvision_export_loads_into_torchvision_and_matches(backbone, tmp_pat
         reference.conv1 = torch.nn.Conv2d(meta["in_channels"], old.out_channels,
                                           old.kernel_size, old.stride, old.padding, bias=False)
     reference.load_state_dict(torch.load(path))
-    x = uint8(2, in_channels, 64, 64)
-    mean = torch.tensor(meta["input_mean"]).view(-1, 1, 1)
-    std = torch.tensor(meta["input_std"]).view(-1, 1, 1)
+    x = uint8(2, stream.input_channels, 64, 64)
+    if subtract_mean:  # a field with a clear mean, so that skipping the step would show
+        x[:, 0] = x[:, 0] // 4 + 190
     with torch.no_grad():
-        torch.testing.assert_close(reference.eval()((x / 255 - mean) / std),
+        torch.testing.assert_close(reference.eval()(follow_input_steps(x, meta["input_steps"])),
                                    stream(stream.normalize(x)))
+
+
+def test_a_missing_export_package_is_named_not_blamed_on_the_model(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    model = SingleStream(build_stream("resnet18", num_classes=3)).eval()
+    with pytest.raises(ModuleNotFoundError, match=r"needs onnxscript: install the export extra"):
+        export_onnx(model, config(fuse="none", stream="rgb"), CLASSES, tmp_path / "m.onnx")
 
 
 def test_export_script_writes_both_and_predict_runs_the_onnx_model(tmp_path, capsys,

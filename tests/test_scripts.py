@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion.model import build_two_stream
+from fusion.parts import build_two_stream
 from fusion.streams import build_stream, count_parameters
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 from fusion.config import Config
 from fusion.fusers import FUSIONS
-from fusion.model import build_two_stream
+from fusion.parts import build_two_stream
 from fusion.streams import build_stream
 
 # One of each family the seeds name (Inception-v4 / Inception-ResNet-v2 / ResNeSt / ResNet), the

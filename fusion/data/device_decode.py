@@ -3,11 +3,12 @@
 With decode = device the loader's workers only read each clip's JPEG bytes and draw its crop and
 flip (`VideoDataset.encode`: the CPU path's draws, from the same seed). The training loop then
 decodes the whole batch on its device, one `torchvision.io.decode_jpeg` call per modality (nvJPEG
-on CUDA), and crops, resizes and flips it there with the CPU path's own functions, all samples
-of a crop size in one call. What follows, the input normalisation (and the flow's mean
-subtraction or colour coding), is the model's first step and runs on the device either way
-(`Stream.normalize`). The CPU path stays the reference: the two agree to within the JPEG
-decoders' difference (README, Performance).
+on CUDA), and crops, resizes and flips it there (or takes the whole frame, or the evaluation
+views) with the CPU path's own functions, all samples of a crop size in one call. JPEG frames
+only: colour flow (PNG, flow_format rgb) and seed 001's random RGB list stay on the CPU. What
+follows, the input normalisation (and the flow's mean subtraction), is the model's first step
+and runs on the device either way (`Stream.normalize`). The CPU path stays the reference: the
+two agree to within the JPEG decoders' difference (README, Performance).
 
     batch = decode_batch(batch, device)   # EncodedBatch -> Batch on `device`; a Batch as it is
     for batch in DecodeAhead(loader, device):  # the next batch decoded while this one trains
@@ -29,9 +30,10 @@ import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from fusion.data.clips import arrange_frames, match_flow_size
-from fusion.data.loader import (Batch, EncodedBatch, EncodedFrames, EncodedSample, FrameError,
-                                Skipped)
-from fusion.data.transforms import CropFlip, flip_flow, resize_square
+from fusion.data.loader import (Batch, ClipLayout, EncodedBatch, EncodedFrames, EncodedSample,
+                                FrameError, Skipped)
+from fusion.data.transforms import (CropFlip, EvalTransform, flip_flow, resize_square,
+                                    whole_frame)
 
 # torchvision 0.29 deprecates its codec for TorchCodec, warning at every call; its batched nvJPEG
 # decoding is why it is used here (the CPU path decodes with OpenCV). A filter set once, not
@@ -100,26 +102,56 @@ def decode_frames(samples: list[EncodedSample], modality: str,
     return out
 
 
-def _train_views(rgb: list, flow: list, views: list[CropFlip], size: int):
-    """Crop, resize and flip each sample's N x C x H x W frames as its drawn `CropFlip` says:
-    the samples of one crop size are resized in one call."""
+def _by_shape(frames: list[torch.Tensor]) -> list[list[int]]:
+    """The samples grouped by the shape of their frames (one call serves each group)."""
+    groups = defaultdict(list)
+    for i, x in enumerate(frames):
+        groups[x.shape].append(i)
+    return list(groups.values())
+
+
+def _crops(frames: list[torch.Tensor], views: list[CropFlip], size: int, flip) -> list:
+    """Crop, resize and flip each sample's N x C x H x W frames as its drawn `CropFlip` says
+    (`TrainTransform`'s "tsn"): the samples of one crop size are resized in one call."""
     groups = defaultdict(list)  # crop height, width -> samples
     for i, view in enumerate(views):
         groups[view.box[2:]].append(i)
-    out_rgb, out_flow = [None] * len(views), [None] * len(views)
+    out = [None] * len(frames)
     for members in groups.values():
+        crops = torch.stack([F.crop(frames[i], *views[i].box) for i in members])
+        g, n, c, h, w = crops.shape  # G x N x C x h x w -> (G N) x C x S x S
+        resized = resize_square(crops.view(g * n, c, h, w), size).view(g, n, c, size, size)
         flips = [k for k, i in enumerate(members) if views[i].flip]
-        for frames, out, flip in ((rgb, out_rgb, F.horizontal_flip), (flow, out_flow, flip_flow)):
-            if frames[members[0]] is None:
-                continue
-            crops = torch.stack([F.crop(frames[i], *views[i].box) for i in members])
-            g, n, c, h, w = crops.shape  # G x N x C x h x w -> (G N) x C x S x S
-            resized = resize_square(crops.view(g * n, c, h, w), size).view(g, n, c, size, size)
-            if flips:
-                resized[flips] = flip(resized[flips])
-            for k, i in enumerate(members):
-                out[i] = resized[k]
-    return out_rgb, out_flow
+        if flips:
+            resized[flips] = flip(resized[flips])
+        for k, i in enumerate(members):
+            out[i] = resized[k]
+    return out
+
+
+def _whole_frames(frames: list[torch.Tensor], size: int) -> list:
+    """Each sample's whole frames resized to size x size (`TrainTransform`'s "none")."""
+    out = [None] * len(frames)
+    for members in _by_shape(frames):
+        resized = whole_frame(torch.stack([frames[i] for i in members]), size)
+        for k, i in enumerate(members):
+            out[i] = resized[k]
+    return out
+
+
+def _train_views(rgb: list, flow: list, views: list[CropFlip | None], layout: ClipLayout):
+    """Each stream of each sample as the dataset's `TrainTransform` augments it: the drawn
+    crop and flip ("tsn"; one for both streams) or the whole frame ("none")."""
+    out = []
+    for frames, augment, flip in ((rgb, layout.augment[0], F.horizontal_flip),
+                                  (flow, layout.augment[1], flip_flow)):
+        if frames[0] is None:
+            out.append(frames)
+        elif augment == "tsn":
+            out.append(_crops(frames, views, layout.image_size, flip))
+        else:
+            out.append(_whole_frames(frames, layout.image_size))
+    return out
 
 
 def _eval_views(rgb: list, flow: list, transforms: list):
@@ -161,10 +193,9 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
     rgb = [rgb[i] for i in good]
     flow = [match_flow_size(r, f) for r, f in zip(rgb, (flow[i] for i in good))]
     views = [samples[i].view for i in good]
-    if isinstance(views[0], CropFlip):
-        rgb, flow = _train_views(rgb, flow, views, layout.image_size)
-    else:
-        rgb, flow = _eval_views(rgb, flow, views)
+    evaluating = isinstance(views[0], EvalTransform)
+    rgb, flow = _eval_views(rgb, flow, views) if evaluating else \
+        _train_views(rgb, flow, views, layout)
     # on_bad = skip: an unreadable clip's place goes to the next readable one of the batch,
     # counted in no metric (as the CPU path's stand-in from the dataset)
     source = [i if i in good else next((j for j in good if j > i), good[0])
@@ -175,8 +206,7 @@ def decode_batch(batch: Batch | EncodedBatch, device: torch.device | str) -> Bat
         counted[i] = False
         skipped.append(Skipped(samples[i].video_id, str(err)))
 
-    args = dict(views=not isinstance(views[0], CropFlip), segments=layout.segments,
-                single_view=layout.single_view)
+    args = dict(views=evaluating, segments=layout.segments, single_view=layout.single_view)
 
     def stack(frames, length):  # B x N x C x S x S (B x V x N x ... with views) -> model input
         if frames[0] is None:

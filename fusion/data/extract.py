@@ -4,6 +4,11 @@ Layouts:
     ucf101: <out>/jpegs_256/<video>/frame000001.jpg, <out>/tvl1_flow/{u,v}/<video>/frame000001.jpg
     folder: <out>/<class>/<video>/frame000001.jpg, <out>/<class>/<video>/{u,v}/frame000001.jpg
 (the flow folders keep the name tvl1_flow whatever the method; extraction.json records it).
+With flow_format "rgb" (seed 001) the flow is stored as colour images instead of u and v:
+    ucf101: <out>/tvl1_flow/rgb/<video>/frame000001.png; folder: <out>/<class>/<video>/flow_rgb/
+each video's float fields coloured together on the video's one scale (`colour_video`, seed
+001's call of flow_to_image) and written losslessly as PNG; a video's fields are held in memory
+until its last one is computed (about 0.7 MB per 340 x 256 field).
 
 Flow frame k joins frames k and k + 1, or, with flow_pairs = spread-around-middle (seed 001),
 frames s_k and s_{k+1} of the L + 1 frames `sampling.spread_around_middle` selects: then a video
@@ -19,69 +24,20 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusion.data.flow import BATCHED, DEFAULT_BOUND, FlowEstimator, quantize
-from fusion.data.imagefiles import write_jpeg
-from fusion.data.sampling import FLOW_PAIRS, SPREAD, spread_around_middle
-from fusion.data.video import VideoError, declared_frame_count, iter_frames
+from fusion.data.flow import BATCHED, FlowEstimator
+from fusion.data.jobs import (LAYOUTS, PARTIAL, RECORDED_DEFAULTS, Job, Settings, Work,
+                              failure)
+from fusion.data.video import VideoError
 from fusion.files import write_json_atomic
-
-LAYOUTS = ("ucf101", "folder")
-PARTIAL = ".partial"
-SHORT_TOLERANCE = 3  # frames a video may decode fewer than declared without a word
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How frames and flow are made; extraction.json records them (`recorded`) and training
-    checks its config against them."""
-
-    flow_method: str | None = "tvl1"  # None: RGB frames only
-    flow_bound: float = DEFAULT_BOUND
-    short_side: int = 256  # 0 keeps the video's size
-    pad_square: bool = False  # zero-pad each frame to a square before resizing (seed 001)
-    flow_pairs: str = "consecutive"  # or spread-around-middle
-    flow_stack: int = 0  # L of spread-around-middle
-    raft_model: str = "large"
-    raft_weights: str = "default"
-
-    def __post_init__(self):
-        if self.flow_pairs not in FLOW_PAIRS:
-            raise ValueError(f"--flow-pairs {self.flow_pairs!r}: expected one of "
-                             f"{', '.join(FLOW_PAIRS)}")
-        if self.flow_pairs == SPREAD:
-            spread_around_middle(1, self.flow_stack)  # an even L >= 2, or a named error
-
-    def estimator(self, device: str = "auto", batch_size: int = 8) -> FlowEstimator:
-        return FlowEstimator(self.flow_method, raft_model=self.raft_model,
-                             raft_weights=self.raft_weights, device=device,
-                             batch_size=batch_size)
-
-    def recorded(self) -> dict:
-        settings = {"flow_method": self.flow_method or "none", "flow_bound": self.flow_bound,
-                    "short_side": self.short_side, "pad_square": self.pad_square,
-                    "flow_pairs": self.flow_pairs}
-        if self.flow_pairs == SPREAD:
-            settings["flow_stack"] = self.flow_stack
-        if self.flow_method == "raft":
-            settings["raft_model"] = self.raft_model
-        return settings
-
-
-# What an extraction.json written before a key existed meant by its absence.
-RECORDED_DEFAULTS = {"pad_square": False, "flow_pairs": "consecutive"}
-
-
-@dataclass(frozen=True)
-class Job:
-    video: Path
-    name: str  # folder name of the video: its file name without the extension
-    group: str  # its class folder (folder layout)
 
 
 @dataclass
@@ -105,7 +61,10 @@ class Summary:
         return "\n".join(lines)
 
 
-def find_videos(videos: Path, extensions: tuple[str, ...]) -> list[Job]:
+def find_videos(videos: Path, extensions: tuple[str, ...], layout: str = "ucf101") -> list[Job]:
+    """Every video under `videos`; two that would share an output folder (clip.avi and
+    clip.mp4 in one class folder; under the ucf101 layout, one name in two folders) are an
+    error naming both, before any work starts."""
     if not videos.is_dir():
         raise FileNotFoundError(f"expected a folder of videos at {videos}")
     jobs = []
@@ -113,117 +72,19 @@ def find_videos(videos: Path, extensions: tuple[str, ...]) -> list[Job]:
         if path.is_file() and path.suffix.lower().lstrip(".") in extensions:
             group = path.parent.name if path.parent != videos else ""
             jobs.append(Job(path, path.stem, group))
+    seen: dict[str, Path] = {}
+    clashes = []
+    for job in jobs:
+        key = f"{job.group}/{job.name}" if layout == "folder" else job.name
+        if key in seen:
+            clashes.append(f"{seen[key]} and {job.video}")
+        seen.setdefault(key, job.video)
+    if clashes:
+        raise ValueError(f"{len(clashes)} pairs of videos would be written to one folder (a "
+                         f"video's folder is its file name without the extension): "
+                         + "; ".join(clashes[:5]) + (" ..." if len(clashes) > 5 else "")
+                         + ". Rename one of each pair.")
     return jobs
-
-
-def final_dirs(out: Path, job: Job, layout: str, with_flow: bool) -> dict[str, Path]:
-    """Where a finished video's folders live, RGB last (the one that marks it done)."""
-    if layout == "folder":
-        if not job.group:
-            raise ValueError(f"folder layout: {job.video} must sit in a class folder")
-        return {"video": out / job.group / job.name}
-    dirs = {}
-    if with_flow:
-        dirs["u"] = out / "tvl1_flow" / "u" / job.name
-        dirs["v"] = out / "tvl1_flow" / "v" / job.name
-    dirs["rgb"] = out / "jpegs_256" / job.name
-    return dirs
-
-
-def shortfall(decoded: int, declared: int) -> str | None:
-    """What to say when a video decodes clearly fewer frames than its container declares (a
-    file cut short decodes only its start): None within a few frames (declared counts are
-    sometimes estimates from duration x fps)."""
-    if declared and declared - decoded > max(SHORT_TOLERANCE, declared // 100):
-        return f"decoded {decoded} of the {declared} frames its container declares " \
-               f"(a truncated file?)"
-    return None
-
-
-@dataclass
-class Work:
-    """One video under way: its partial folders, then where they move when complete."""
-
-    job: Job
-    dirs: dict[str, Path]
-    partial: Path
-    with_flow: bool
-    count: int = 0
-    note: str | None = None
-
-    @property
-    def rgb_dir(self) -> Path:
-        return self.partial / "rgb"
-
-    @property
-    def u_dir(self) -> Path:
-        return self.partial / "u"
-
-    @property
-    def v_dir(self) -> Path:
-        return self.partial / "v"
-
-    @classmethod
-    def start(cls, job: Job, out: Path, layout: str, with_flow: bool) -> "Work | None":
-        """The video's work, its partial folders made afresh; None when it is already done."""
-        dirs = final_dirs(out, job, layout, with_flow)
-        if list(dirs.values())[-1].is_dir():
-            return None
-        partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
-        shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
-        for d in dirs.values():
-            shutil.rmtree(d, ignore_errors=True)  # flow moved in before a kill, without its RGB
-        work = cls(job, dirs, partial, with_flow)
-        for d in (work.rgb_dir, work.u_dir, work.v_dir) if with_flow else (work.rgb_dir,):
-            d.mkdir(parents=True)
-        return work
-
-    def decode(self, settings: Settings, strict: bool, sink) -> None:
-        """Write the RGB frames and hand `sink` the frames the flow joins, in order: every
-        frame, or the spread selection (the video decoded a second time, so memory holds
-        only the selected frames)."""
-        import cv2
-
-        cv2.setNumThreads(1)  # parallelism comes from the workers
-        declared = declared_frame_count(self.job.video)
-        frames = iter_frames(self.job.video, settings.short_side, settings.pad_square)
-        for self.count, frame in enumerate(frames, 1):
-            write_jpeg(self.rgb_dir / f"frame{self.count:06d}.jpg", frame)
-            if self.with_flow and settings.flow_pairs == "consecutive":
-                sink(frame)
-        if self.with_flow and settings.flow_pairs == SPREAD:
-            selected = spread_around_middle(self.count, settings.flow_stack)
-            chosen = {i: frame for i, frame in enumerate(
-                iter_frames(self.job.video, settings.short_side, settings.pad_square))
-                if i in selected}
-            for i in selected:
-                sink(chosen[i])
-        self.note = shortfall(self.count, declared)
-        if self.note and strict:
-            raise VideoError(f"{self.job.video}: {self.note}")
-
-    def write_flow(self, numbers, flows, bound: float) -> None:
-        """Flow frames (1-based `numbers`) as quantised u and v JPEGs."""
-        for number, flow in zip(numbers, flows):
-            q = quantize(flow, bound)
-            write_jpeg(self.u_dir / f"frame{number:06d}.jpg", q[..., 0])
-            write_jpeg(self.v_dir / f"frame{number:06d}.jpg", q[..., 1])
-
-    def finish(self, layout: str) -> None:
-        """Move the complete video into place, RGB last (the folder that marks it done)."""
-        if layout == "folder":
-            target = self.dirs["video"]
-            if self.with_flow:
-                self.u_dir.rename(self.rgb_dir / "u")
-                self.v_dir.rename(self.rgb_dir / "v")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.rgb_dir.rename(target)
-        else:
-            for key, source in (("u", self.u_dir), ("v", self.v_dir), ("rgb", self.rgb_dir)):
-                if key in self.dirs:
-                    self.dirs[key].parent.mkdir(parents=True, exist_ok=True)
-                    source.rename(self.dirs[key])
-        shutil.rmtree(self.partial, ignore_errors=True)
 
 
 def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
@@ -232,7 +93,7 @@ def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
     """Extract one video in this process: (done / skipped, frames, a note when it decoded
     fewer frames than declared). Raises VideoError for an unreadable file, and with `strict`
     for a short one."""
-    work = Work.start(job, out, layout, settings.flow_method is not None)
+    work = Work.start(job, out, layout, settings.flow_method is not None, settings.flow_format)
     if work is None:
         return "skipped", 0, None
     pairs = PairStream(work, _estimator(settings, device), settings.flow_bound) \
@@ -280,7 +141,31 @@ def _run(job, out, settings, options):
     try:
         return job, *extract_video(job, out, settings, **options), None
     except (VideoError, OSError, ValueError) as err:
-        return job, "failed", 0, None, str(err)
+        return job, "failed", 0, None, failure(err)
+
+
+def die_with_parent() -> None:
+    """A worker process's initializer: end with the process that started it, also when that
+    one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting into a
+    folder a rerun is about to clean). Linux: the kernel's parent-death signal; elsewhere a
+    thread that notices the parent is gone."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0:  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the call
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -309,7 +194,7 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         estimator = settings.estimator(device, batch_size=batch_size)
     elif settings.flow_method is not None:
         _estimator(settings, device)
-    jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions))
+    jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions), layout)
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
     out = Path(out)
@@ -339,7 +224,8 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools in
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                 initializer=die_with_parent) as pool:
             futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
             for future in as_completed(futures):
                 _tally(summary, *future.result())

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fusion.device import resolve_device
+
 DEFAULT_BOUND = 20.0
 
 
@@ -27,21 +29,6 @@ def dequantize(q, bound: float = DEFAULT_BOUND):
     if isinstance(q, torch.Tensor):
         return q.float() * (2 * bound / 255.0) - bound
     return np.asarray(q, dtype=np.float32) * np.float32(2 * bound / 255.0) - np.float32(bound)
-
-
-def resolve_device(device: str) -> torch.device:
-    """auto (a GPU when there is one) | cpu | cuda | cuda:N, or an error naming the option."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: this machine has no CUDA GPU (use cpu or auto)")
-    return resolved
 
 
 METHODS = ("tvl1", "tvl1-torch", "dis", "farneback", "raft")

@@ -78,9 +78,23 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     raise DecodeError("not a decodable image (no JPEG frame header)")
 
 
-def write_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
-    """H x W (gray) or H x W x 3 (RGB) uint8 -> a JPEG file."""
+def _write_encoded(path: Path, image: np.ndarray, extension: str, params: list[int]) -> None:
+    """Encode in memory, then write with Python's own file calls: cv2.imwrite reports only
+    False, where a failed write should keep the OS's reason (ENOSPC: no space left)."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
-        raise OSError(f"could not write {path}")
+    ok, data = cv2.imencode(extension, image, params)
+    if not ok:
+        raise ValueError(f"could not encode {path} (image of shape {image.shape})")
+    with open(path, "wb") as f:
+        f.write(data.tobytes())
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """H x W x 3 RGB uint8 -> a lossless PNG file (flow colour images)."""
+    _write_encoded(path, image, ".png", [])
+
+
+def write_jpeg(path: Path, image: np.ndarray, quality: int = 95) -> None:
+    """H x W (gray) or H x W x 3 (RGB) uint8 -> a JPEG file."""
+    _write_encoded(path, image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality])

@@ -64,7 +64,9 @@ class EncodedFrames:
 @dataclass(frozen=True)
 class ClipLayout:
     """How a dataset arranges its samples, for decoding on the device: the input side, TSN
-    segments and stacks, one view (train, val) or views x clips (test), what a bad frame does."""
+    segments and stacks, one view (train, val) or views x clips (test), what a bad frame does,
+    and the training augmentation of RGB and flow ("tsn": the drawn crop, "none": the whole
+    frame)."""
 
     image_size: int
     segments: int
@@ -72,11 +74,13 @@ class ClipLayout:
     flow_stack: int
     single_view: bool
     on_bad: str
+    augment: tuple[str, str] = ("tsn", "tsn")
 
 
 class EncodedSample(NamedTuple):
     """A `Sample` not yet decoded: its frames' JPEG bytes and how to crop them, `view`: the
-    drawn `CropFlip` in training, else the dataset's `EvalTransform`."""
+    drawn `CropFlip` in training (None: no stream cropped), else the dataset's
+    `EvalTransform`."""
 
     rgb: EncodedFrames | None
     flow: EncodedFrames | None

@@ -3,7 +3,7 @@ videos and write JPEGs while this thread feeds the device batches of frame pairs
 videos (pairs of one frame size batch together), so the device never waits for one video's
 decoding. OpenCV's decoding, colour conversion and JPEG coding release the GIL, so threads
 run them in parallel. Each video is still written under .partial/ and moved into place when
-its last flow frame is written (extract.py's `Work`), so a killed run resumes as before.
+its last flow frame is written (jobs.py's `Work`), so a killed run resumes as before.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from fusion.data.extract import Job, Settings, Work
+from fusion.data.jobs import Job, Settings, Work, failure
 from fusion.data.flow import FlowEstimator
 from fusion.data.video import VideoError
 
@@ -36,7 +36,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
     queued: dict[tuple, list] = defaultdict(list)  # frame size -> (video, number, a, b)
 
     def decode(job: Job):
-        work = Work.start(job, out, layout, with_flow=True)
+        work = Work.start(job, out, layout, with_flow=True, flow_format=settings.flow_format)
         if work is None:
             return None, []
         frames = []
@@ -58,7 +58,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
         try:
             work, frames = future.result()
         except (VideoError, OSError, ValueError) as err:
-            report(job, "failed", 0, None, str(err))
+            report(job, "failed", 0, None, failure(err))
             return
         if work is None:
             report(job, "skipped", 0, None, None)
@@ -90,7 +90,7 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
                 videos.remove(video)
                 errors = [w.exception() for w in video.writes if w.exception()]
                 if errors:
-                    report(video.work.job, "failed", 0, None, str(errors[0]))
+                    report(video.work.job, "failed", 0, None, failure(errors[0]))
                     continue
                 video.work.finish(layout)
                 report(video.work.job, "done", video.work.count, video.work.note, None)

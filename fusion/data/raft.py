@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import optical_flow
 
-from fusion.data.flow import resolve_device
+from fusion.device import resolve_device
 from fusion.files import check_state_dict, download_weights, read_state_dict
 
 MODELS = {"large": (optical_flow.raft_large, optical_flow.Raft_Large_Weights.DEFAULT),

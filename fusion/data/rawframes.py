@@ -55,15 +55,18 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
               class_file: str | Path | None = None, classes: int | Sequence[str] | None = None,
               val_fraction: float = 0.0, seed: int = 0, oversample: bool = False,
               modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-              templates: Sequence[str] = TEMPLATES, **kwargs) -> VideoDataset:
+              templates: Sequence[str] = TEMPLATES, frames_dir: str | Path = "rawframes",
+              **kwargs) -> VideoDataset:
     """The `subset` of a rawframes dataset. `lists` maps train / val / test to list files
     (a relative path is read from `root`); without a val list, validation is a stratified
-    `val_fraction` of the training list, by video. `templates`: RGB, flow x, flow y file names."""
+    `val_fraction` of the training list, by UCF101 group when the videos carry UCF101 names
+    (`..._gXX_cYY`), else by video. `templates`: RGB, flow x, flow y file names."""
     root = Path(root)
     resolve_name(subset, SUBSETS, "subset")
-    frames_root = root / "rawframes"
+    frames_root = root / frames_dir  # MMAction2's data_prefix; an absolute path stays one
     if not frames_root.is_dir():
-        raise FileNotFoundError(f"rawframes dataset: expected the folder {frames_root}")
+        raise FileNotFoundError(f"rawframes dataset: expected the frames folder {frames_root} "
+                                f"(config key rawframes_dir, MMAction2's data_prefix)")
     lists = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in lists.items() if v}
     if "train" not in lists or "test" not in lists:
         raise ValueError("rawframes: give the training and test lists (train_list, test_list)")
@@ -78,6 +81,8 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
     every_label = [label for items in listed.values() for _, _, label in items]
     all_classes = class_names(class_file, every_label)
     chosen = select_classes(all_classes, classes)
+    untrained = classes_without_videos(listed["train"], all_classes, chosen, lists["train"],
+                                       named=class_file is not None)
     rgb_template, x_template, y_template = templates
     videos = []
     for video_dir, total, label in entries:
@@ -111,8 +116,30 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
         if video.total_frames not in (video.rgb_frames, video.flow_frames, 0):
             totals_off.append(f"{video.video_id} ({video.total_frames} listed, "
                               f"{video.rgb_frames or video.flow_frames} on disk)")
-    dataset.notes = _notes(numbering, counts, totals_off, lists[source])
+    dataset.notes = _notes(numbering, counts, totals_off, lists[source]) + untrained
     return dataset
+
+
+def classes_without_videos(train: list[tuple[str, int, int]], all_classes: list[str],
+                           chosen: list[str], train_list: Path, *, named: bool) -> list[str]:
+    """Classes with no training video. Without a class-name file the classes are the labels
+    0 .. max, so a gap (labels 0..3 and 7) is almost surely a numbering mistake that would
+    train classes the model never sees: an error naming the labels. With a class-name file
+    the user declared the classes, so it is a note for the run's log naming them."""
+    trained = {label for _, _, label in train}
+    empty = [i for i, name in enumerate(all_classes) if name in chosen and i not in trained]
+    if not empty:
+        return []
+    labels = ("labels " if len(empty) > 1 else "label ") + ", ".join(map(str, empty))
+    if not named:
+        raise ValueError(f"rawframes: {labels} without a video in {train_list}, which uses "
+                         f"labels up to {len(all_classes) - 1}; without class_names the classes "
+                         f"are the labels 0 .. {len(all_classes) - 1}, so these would be classes "
+                         f"never trained. Renumber the labels, or give class_names (one name a "
+                         f"line) if the model is meant to have them")
+    names = ", ".join(f"{all_classes[i]} ({i})" for i in empty)
+    return [f"classes without a training video in {train_list} (the model will never predict "
+            f"them): {names}"]
 
 
 def first_number(folder: Path, template: str) -> int:

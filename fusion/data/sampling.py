@@ -51,6 +51,10 @@ def policy_start(num_positions: int, policy: str, *,
     """One snippet chosen by a single-frame policy (`middle`, `first`, ..., `random`)."""
     if policy == "random":
         return _randint(max(num_positions, 1), generator)
+    if policy == "middle":
+        # seed 001's notebooks take frame_count // 2 (the later of two middles; round() would
+        # round half to even and pick the earlier one for 98 of the lengths 9 .. 399)
+        return max(num_positions, 1) // 2
     fraction = FRAME_POLICIES[policy]
     return round(fraction * max(num_positions - 1, 0))
 
@@ -133,14 +137,15 @@ def clip_frames(*, mode: str, policy: str, segments: int, clips: int, flow_stack
     module docstring), and the RGB frames the selection's centred ones, in every clip.
     """
     if policy == SPREAD:
+        flow = list(range(flow_stack)) * clips if use_flow else None
+        if not use_rgb:  # a flow stream alone knows no RGB frame count
+            return None, flow
         selection = spread_around_middle(rgb_frames, flow_stack)
         offset = centred_start(flow_stack + 1, rgb_stack)
-        if offset < 0 and use_rgb:
+        if offset < 0:
             raise ValueError(f"{SPREAD} selects {flow_stack + 1} frames; an RGB stack of "
                              f"{rgb_stack} does not fit in them")
-        flow = list(range(flow_stack)) * clips if use_flow else None
-        rgb = selection[offset:offset + rgb_stack] * clips if use_rgb else None
-        return rgb, flow
+        return selection[offset:offset + rgb_stack] * clips, flow
     n = positions(flow_stack=flow_stack, rgb_stack=rgb_stack, flow_frames=flow_frames,
                   rgb_frames=rgb_frames, use_flow=use_flow)
     if policy != "tsn":

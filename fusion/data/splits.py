@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
-from fusion.data.clips import Video, VideoDataset
+from fusion.data.clips import COLOUR_FLOW_TEMPLATE, Video, VideoDataset, flow_components
 from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
 
@@ -109,6 +109,15 @@ def ucf101_group(video_id: str) -> str:
     return match.group(1)
 
 
+def ucf101_groups(video_ids: Sequence[str]) -> list[str] | None:
+    """The UCF101 groups of videos that all carry UCF101 names (`..._gXX_cYY`, whatever the
+    reader that found them: the official layout, MMAction2's rawframes, a folder dataset), so
+    that a validation carve-out keeps groups apart; None when any name is not UCF101's."""
+    if not video_ids or not all(_UCF101_GROUP.search(v) for v in video_ids):
+        return None
+    return [ucf101_group(v) for v in video_ids]
+
+
 def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
     """Add random duplicates of the smaller classes until every class is as large as the
     largest (seed 001); done after splitting, so no sample crosses splits."""
@@ -126,12 +135,14 @@ def finish(videos: list[Video | None], classes: list[str], subset: str, *,
            val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
            on_bad: str, group_of=None, **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
-    (val_fraction > 0; by `group_of(video_id)` where given, else by video), frame counts,
-    checks. `None` stands for a listed video whose folder is missing (skipped and counted)."""
+    (val_fraction > 0; by `group_of(video_id)` where given, else by UCF101 group when every
+    video carries a UCF101 name, else by video), frame counts, checks. `None` stands for a
+    listed video whose folder is missing (skipped and counted)."""
     missing = sum(v is None for v in videos)
     videos = [v for v in videos if v is not None]
     if val_fraction > 0:
-        groups = None if group_of is None else [group_of(v.video_id) for v in videos]
+        ids = [v.video_id for v in videos]
+        groups = ucf101_groups(ids) if group_of is None else [group_of(i) for i in ids]
         train, val, _ = stratified_split([v.label for v in videos], val_fraction=val_fraction,
                                          seed=seed, groups=groups)
         videos = [videos[i] for i in (train if subset == "train" else val)]
@@ -177,15 +188,31 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
             if line.strip()]
 
 
-def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str]):
+def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str],
+                    flow_format: str):
     rgb_lookup = _FolderLookup(_require_dir(root / rgb, "RGB frames")) \
         if "rgb" in modalities else None
-    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, f"flow {c} frames"))
-                         for c in ("u", "v")) if "flow" in modalities else None
+    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, _flow_what(c)))
+                         for c in flow_components(flow_format)) \
+        if "flow" in modalities else None
     return rgb_lookup, flow_lookups
 
 
-def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str) -> Video | None:
+def _flow_what(component: str) -> str:
+    if component == "rgb":
+        return ("flow colour images (flow_format = 'rgb': extract them with extract_frames.py "
+                "--flow-format rgb)")
+    return f"flow {component} frames"
+
+
+def flow_files(video: Video, flow_format: str) -> None:
+    """Name the video's flow files by format: u, v JPEGs, or the colour PNGs."""
+    if video.flow_dirs is not None and flow_format == "rgb":
+        video.flow_templates = (COLOUR_FLOW_TEMPLATE,)
+
+
+def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str,
+                flow_format: str = "uv") -> Video | None:
     """The video with its folders; None (skip policy) when one is missing."""
     video = Video(video_id, label)
     if rgb_lookup is not None:
@@ -203,13 +230,14 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
                 raise FrameError(f"video {video_id}: expected its flow in {missing}")
             return None
         video.flow_dirs = dirs
+        flow_files(video, flow_format)
     return video
 
 
 def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
-           lists: str | Path | None = None, on_bad: str = "raise",
+           lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
     and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
@@ -237,7 +265,8 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     label_of = {name.lower(): i for i, name in enumerate(chosen)}
     known = {name.lower() for name in all_classes}
     list_file = lists / f"{official}list0{split}.txt"
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+                                               flow_format)
     videos = []
     for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
@@ -250,7 +279,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
         if class_dir.lower() not in label_of:
             continue  # outside the class subset
         video = _make_video(Path(filename).stem, label_of[class_dir.lower()], rgb_lookup,
-                            flow_lookups, on_bad)
+                            flow_lookups, on_bad, flow_format)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
@@ -260,7 +289,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
-           lists: str | Path | None = None, on_bad: str = "raise",
+           lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            **kwargs) -> VideoDataset:
     """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
     train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
@@ -279,7 +308,8 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     if not files:
         raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
     chosen = select_classes(sorted(files), classes)
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities)
+    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+                                               flow_format)
     wanted = "2" if official == "test" else "1"
     videos = []
     for label, name in enumerate(chosen):
@@ -290,7 +320,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                                  f"got {line!r}")
             if parts[1] == wanted:
                 videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
-                                          on_bad))
+                                          on_bad, flow_format))
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, index=FrameIndex(root),
                   on_bad=on_bad, modalities=modalities, **kwargs)
@@ -312,9 +342,9 @@ def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
            modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           **kwargs) -> VideoDataset:
+           flow_format: str = "uv", **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
-    `u/` and `v/` subfolders.
+    `u/` and `v/` subfolders (flow_format "rgb": colour images in `flow_rgb/`).
 
     `<root>/train.txt` and `<root>/test.txt` (lines `<class>/<video>`) fix the split, and
     `<root>/val.txt` the validation videos; without val.txt, validation is a stratified
@@ -342,7 +372,7 @@ def folder(root: str | Path, *, subset: str = "train",
                  if d.is_dir()]
         split = stratified_split([all_classes.index(c) for c, _ in every],
                                  val_fraction=val_fraction, test_fraction=test_fraction,
-                                 seed=seed)
+                                 seed=seed, groups=ucf101_groups([name for _, name in every]))
         entries = [every[i] for i in split[SUBSETS.index(subset)]]
     videos = []
     for class_name, name in entries:
@@ -354,10 +384,13 @@ def folder(root: str | Path, *, subset: str = "train",
                 raise FrameError(f"video {class_name}/{name}: expected the folder {video_dir}")
             videos.append(None)
             continue
-        videos.append(Video(f"{class_name}/{name}", chosen.index(class_name),
-                            video_dir if "rgb" in modalities else None,
-                            (video_dir / "u", video_dir / "v") if "flow" in modalities
-                            else None))
+        video = Video(f"{class_name}/{name}", chosen.index(class_name),
+                      video_dir if "rgb" in modalities else None,
+                      tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
+                            for c in flow_components(flow_format))
+                      if "flow" in modalities else None)
+        flow_files(video, flow_format)
+        videos.append(video)
     return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
                   oversample_train=oversample, index=FrameIndex(root),
                   on_bad=on_bad, modalities=modalities, **kwargs)

@@ -18,7 +18,13 @@ from fusion.choices import resolve_name
 # smallest left out for flow and RGB differences
 TSN_RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
 TSN_FLOW_SCALES = (1.0, 0.875, 0.75)
-CROP_MODES = ("center", "three", "ten")
+CROP_MODES = ("center", "three", "ten", "full")
+
+
+def single_view(crops: str) -> str:
+    """The one view validation and prediction use for a test protocol's `crops`: the whole
+    frame where the protocol tests on it, else the centre crop."""
+    return "full" if crops == "full" else "center"
 
 
 def flip_flow(flow: torch.Tensor) -> torch.Tensor:
@@ -56,6 +62,29 @@ def _randint(high: int) -> int:
     return int(torch.randint(high, (1,)).item())
 
 
+# What each stream's training augmentation may be (config keys augment, augment_flow).
+RGB_AUGMENTS = ("tsn", "seed001", "none")
+FLOW_AUGMENTS = ("tsn", "none")
+
+
+def seed001_rgb_augmentation() -> v2.Compose:
+    """Seed 001's notebooks' RGB list (spatial_model_*.ipynb, twostream_model_hmdb51.ipynb),
+    in their order, applied to the whole padded frame after resizing: no crop."""
+    return v2.Compose([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.3),
+                       v2.RandomGrayscale(p=0.1), v2.RandomAutocontrast(p=0.1),
+                       v2.RandomAdjustSharpness(sharpness_factor=2, p=0.1),
+                       v2.RandomHorizontalFlip(p=0.25),
+                       v2.RandomPerspective(distortion_scale=0.3, p=0.1),
+                       v2.RandomRotation(degrees=15)])
+
+
+def whole_frame(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The whole frame resized to size x size (seed 001's Resize((224, 224)) of padded frames)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.resize(x, [size, size], antialias=True)
+
+
 @dataclass(frozen=True)
 class CropFlip:
     """A training sample's drawn geometry: the crop box (top, left, height, width) in its
@@ -65,51 +94,38 @@ class CropFlip:
     flip: bool
 
 
-# The TrainTransform options that decoding on the device reproduces (it crops, resizes and
-# flips: `fusion.data.device_decode`); any other option set is refused there.
-DEVICE_OPTIONS = ("image_size", "scales", "max_distort", "flip_p")
+# What decoding on the device reproduces of a TrainTransform (`fusion.data.device_decode`: it
+# crops, resizes and flips, or takes the whole frame); anything else is refused there.
+DEVICE_OPTIONS = ("image_size", "rgb", "flow", "scales", "max_distort", "flip_p")
+DEVICE_AUGMENTS = ("tsn", "none")
 
 
 @dataclass
 class TrainTransform:
-    """TSN multi-scale corner cropping with scale jittering, flip, optional RGB photometrics.
+    """Training augmentation chosen per stream; the same random parameters for every frame of a
+    stream of a sample.
 
+    rgb (the RGB stream and RGB differences): "tsn" (multi-scale corner crop with scale
+        jittering, flip), "seed001" (seed 001's list on the whole frame:
+        `seed001_rgb_augmentation`) or "none" (the whole frame).
+    flow: "tsn" or "none" (the whole frame: seed 001 trained its flow stream unaugmented).
+    Where both are "tsn", one crop and one flip serve both streams (the maps stay aligned, as
+    TSN does); otherwise each stream is augmented on its own, as seed 001's notebooks do.
     scales: crop sides as fractions of the short side, height and width chosen independently
         within `max_distort` steps of each other; the crop is resized to image_size.
-    color_jitter: (brightness, contrast, saturation, hue) or None; grayscale_p, autocontrast_p,
-        sharpness_p: probabilities of seed 001's other photometric augmentations.
-    rotation, perspective_p: seed 001's geometric extras, for RGB-only training (they would
-        misalign flow vectors, so a sample with flow refuses them).
     """
 
     image_size: int
+    rgb: str = "tsn"
+    flow: str = "tsn"
     scales: tuple[float, ...] = TSN_RGB_SCALES
     max_distort: int = 1
     flip_p: float = 0.5
-    color_jitter: tuple[float, float, float, float] | None = None
-    grayscale_p: float = 0.0
-    autocontrast_p: float = 0.0
-    sharpness_p: float = 0.0
-    rotation: float = 0.0
-    perspective_p: float = 0.0
 
     def __post_init__(self):
-        photometric = []
-        if self.color_jitter is not None:
-            photometric.append(v2.ColorJitter(*self.color_jitter))
-        if self.grayscale_p:
-            photometric.append(v2.RandomGrayscale(self.grayscale_p))
-        if self.autocontrast_p:
-            photometric.append(v2.RandomAutocontrast(p=self.autocontrast_p))
-        if self.sharpness_p:
-            photometric.append(v2.RandomAdjustSharpness(2, p=self.sharpness_p))
-        self.photometric = v2.Compose(photometric) if photometric else None
-        geometric = []
-        if self.rotation:
-            geometric.append(v2.RandomRotation(self.rotation))
-        if self.perspective_p:
-            geometric.append(v2.RandomPerspective(0.3, p=self.perspective_p))
-        self.geometric = v2.Compose(geometric) if geometric else None
+        resolve_name(self.rgb, RGB_AUGMENTS, "augment")
+        resolve_name(self.flow, FLOW_AUGMENTS, "augment_flow")
+        self.seed001 = seed001_rgb_augmentation() if self.rgb == "seed001" else None
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         base = min(height, width)
@@ -121,35 +137,42 @@ class TrainTransform:
         top, left = offsets[_randint(len(offsets))]
         return top, left, crop_h, crop_w
 
-    def draw(self, height: int, width: int) -> CropFlip:
-        """The sample's crop and flip for frames of height x width, drawn from torch's generator
-        in this order: the one drawing of both paths (decoding on the device draws it in the
-        loader, from the sample's seed, as this transform does)."""
-        box = self.crop_box(height, width)
-        return CropFlip(box, torch.rand(()).item() < self.flip_p)
+    def draw(self, rgb_size: tuple[int, int] | None,
+             flow_size: tuple[int, int] | None) -> CropFlip | None:
+        """The sample's crop and flip, one for the streams under "tsn", drawn for the first of
+        them (RGB, else flow; None: that stream is off) from torch's generator in this order;
+        None when no stream is cropped. The one drawing of both paths: decoding on the device
+        draws it in the loader, from the sample's seed, as this transform does."""
+        sizes = [size for size, mode in ((rgb_size, self.rgb), (flow_size, self.flow))
+                 if size is not None and mode == "tsn"]
+        if not sizes:
+            return None
+        return CropFlip(self.crop_box(*sizes[0]), torch.rand(()).item() < self.flip_p)
 
     def device_unsupported(self) -> list[str]:
-        """The options set here that decoding on the device cannot reproduce exactly."""
-        return [f.name for f in fields(self)
-                if f.name not in DEVICE_OPTIONS and getattr(self, f.name) != f.default]
+        """What of this transform decoding on the device cannot reproduce exactly: augment
+        seed001 (random photometric and geometric transforms drawn inside torchvision)."""
+        modes = [f"augment = {self.rgb!r}"] if self.rgb not in DEVICE_AUGMENTS else []
+        modes += [f"augment_flow = {self.flow!r}"] if self.flow not in DEVICE_AUGMENTS else []
+        return modes + [f.name for f in fields(self)
+                        if f.name not in DEVICE_OPTIONS and getattr(self, f.name) != f.default]
 
     def __call__(self, rgb: torch.Tensor | None, flow: torch.Tensor | None):
-        height, width = (rgb if rgb is not None else flow).shape[-2:]
-        drawn = self.draw(height, width)
-        box, flip = drawn.box, drawn.flip
+        drawn = self.draw(None if rgb is None else tuple(rgb.shape[-2:]),
+                          None if flow is None else tuple(flow.shape[-2:]))
         if rgb is not None:
-            rgb = resized_crop(rgb, box, self.image_size)
-            rgb = F.horizontal_flip(rgb) if flip else rgb
-            if self.photometric is not None:
-                rgb = self.photometric(rgb)
-            if self.geometric is not None:
-                if flow is not None:
-                    raise ValueError("rotation and perspective augmentations would misalign flow "
-                                     "vectors; use them for RGB-only training")
-                rgb = self.geometric(rgb)
+            if self.rgb == "tsn":
+                rgb = resized_crop(rgb, drawn.box, self.image_size)
+                rgb = F.horizontal_flip(rgb) if drawn.flip else rgb
+            else:
+                rgb = whole_frame(rgb, self.image_size)
+                rgb = self.seed001(rgb) if self.seed001 is not None else rgb
         if flow is not None:
-            flow = resized_crop(flow, box, self.image_size)
-            flow = flip_flow(flow) if flip else flow
+            if self.flow == "tsn":
+                flow = resized_crop(flow, drawn.box, self.image_size)
+                flow = flip_flow(flow) if drawn.flip else flow
+            else:
+                flow = whole_frame(flow, self.image_size)
         return rgb, flow
 
 
@@ -159,7 +182,8 @@ class EvalTransform:
 
     center: resize the short side to image_size * 256 / 224, centre crop (V = 1);
     three: resize the short side to image_size, three squares along the long side (V = 3);
-    ten: as center, the four corners and the centre, each also flipped (V = 10).
+    ten: as center, the four corners and the centre, each also flipped (V = 10);
+    full: the whole frame resized to image_size x image_size (seed 001's test view, V = 1).
     """
 
     image_size: int
@@ -170,10 +194,12 @@ class EvalTransform:
 
     @property
     def views(self) -> int:
-        return {"center": 1, "three": 3, "ten": 10}[self.crops]
+        return {"center": 1, "three": 3, "ten": 10, "full": 1}[self.crops]
 
     def _views(self, x: torch.Tensor, is_flow: bool) -> torch.Tensor:
         size = self.image_size
+        if self.crops == "full":
+            return whole_frame(x, size).unsqueeze(0)
         if self.crops == "three":
             x = F.resize(x, size, antialias=True)
             h, w = x.shape[-2:]
