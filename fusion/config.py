@@ -79,7 +79,7 @@ class Config:
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
     # how the flow frames were made: tvl1 | tvl1-torch | dis | farneback | raft
     flow_method: str = "tvl1"
-    flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
+    flow_bound: float = 20.0  # their quantisation bound in pixels (docs/design.md §5)
     short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
     pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)
     raft_model: str = "large"  # flow_method raft: torchvision's raft_large | raft_small

@@ -1,4 +1,4 @@
-"""The parts a model is assembled from, each built on its own (DESIGN §7):
+"""The parts a model is assembled from, each built on its own (docs/design.md §7):
 
     rgb = StreamSpec("googlenet", "rgb", weights="imagenet").build(num_classes=12)
     flow = StreamSpec("resnet18", "flow", frames=8, init="runs/flow/best.pt").build(12)

