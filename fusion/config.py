@@ -120,7 +120,8 @@ class Config:
     # inner taps, Feichtenhofer) | on | off
     fusion_bn: str = "auto"
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
-    freeze: str = "none"  # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
+    # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
+    freeze: str = "none"
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
     freeze_until: str = ""  # staged fine-tuning: stream stages up to this tap start frozen
     # staged fine-tuning: later freeze points, "EPOCH:TAP" or "EPOCH:none" (1-based epochs)

@@ -75,8 +75,8 @@ def per_class_figure(per_class: dict[str, float | None], *, title: str = "") -> 
 
 
 def flow_colours(flow: torch.Tensor, bound: float) -> torch.Tensor:
-    """Quantised flow `... x 2 x H x W` (u, v uint8, docs/design.md §5) -> `... x 3 x H x W` uint8 in
-    the Middlebury colour coding, each image on its own scale (`colour_fields`)."""
+    """Quantised flow `... x 2 x H x W` (u, v uint8, docs/design.md §5) -> `... x 3 x H x W`
+    uint8 in the Middlebury colour coding, each image on its own scale (`colour_fields`)."""
     pixels = dequantize(flow.cpu(), bound)
     # flow_to_image divides by the longest vector; a pixel of exactly that length can round
     # past 1 and its uint8 colour wrap to white (floor(-1e-7) = -1 -> 255). An extra column
