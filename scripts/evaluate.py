@@ -6,9 +6,9 @@ aggregated to video level; overall and per-class accuracy, confusion matrix, per
 
 Writes metrics.json next to the checkpoint unless --out says otherwise.
 """
-import argparse
 import sys
 
+from fusion.cli import ArgumentParser
 from fusion.config import AGGREGATES
 from fusion.data.loader import FrameError
 from fusion.data.transforms import CROP_MODES
@@ -30,17 +30,19 @@ def print_details(metrics: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="runs/<name>/best.pt or last.pt")
     parser.add_argument("--clips", type=int, help="clips per video (default: the run's)")
-    parser.add_argument("--crops", choices=CROP_MODES, help="default: the run's")
-    parser.add_argument("--aggregate", choices=AGGREGATES, help="default: the run's")
-    parser.add_argument("--data-root", help="default: the run's")
-    parser.add_argument("--split", type=int, choices=(1, 2, 3), help="default: the run's")
+    parser.add_argument("--crops", choices=CROP_MODES,
+                        help="crops per clip: center, three or ten (default: the run's)")
+    parser.add_argument("--aggregate", choices=AGGREGATES,
+                        help="clip scores -> video score (default: the run's)")
+    parser.add_argument("--data-root", help="dataset root (default: the run's)")
+    parser.add_argument("--split", type=int, choices=(1, 2, 3),
+                        help="official split (default: the run's)")
     parser.add_argument("--batch-size", type=int, help="clips per forward pass")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--out", help="metrics file (default: metrics.json beside the checkpoint)")
     args = parser.parse_args(argv)
     overrides = {key: value for key, value in [

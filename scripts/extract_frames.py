@@ -12,20 +12,20 @@
 interrupted run continues where it stopped; unreadable files, and files that decode clearly
 fewer frames than their container declares (truncated downloads), are listed at the end.
 """
-import argparse
 import sys
 
+from fusion.cli import ArgumentParser
 from fusion.data.extract import LAYOUTS, Settings, extract_all, parse_shard
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     parser.add_argument("--out", required=True, help="dataset root to write")
-    parser.add_argument("--flow", choices=[*METHODS, "none"], default="tvl1")
+    parser.add_argument("--flow", choices=[*METHODS, "none"], default="tvl1",
+                        help="optical flow method, or none for RGB frames only")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND,
                         help="flow clipped at +-bound pixels before 8-bit quantisation")
     parser.add_argument("--short-side", type=int, default=256, help="0 keeps the video size")
@@ -36,7 +36,8 @@ def main(argv=None) -> int:
                              "frames spread around each video's middle (seed 001)")
     parser.add_argument("--flow-stack", type=int, default=8,
                         help="L of --flow-pairs spread-around-middle (an even number)")
-    parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large")
+    parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large",
+                        help="--flow raft: torchvision's raft_large or raft_small")
     parser.add_argument("--raft-weights", default="default",
                         help="'default' (torchvision's, downloaded once) or a local state-dict "
                              "file of the RAFT model")
@@ -51,7 +52,9 @@ def main(argv=None) -> int:
                         help="parallel processes (OpenCV methods) or decoding threads "
                              "(tvl1-torch, raft)")
     parser.add_argument("--ext", default="avi,mp4", help="comma-separated video extensions")
-    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
+                        help="output layout: ucf101 (the released datasets') or folder (a "
+                             "folder per class, from the videos' parent folders)")
     parser.add_argument("--strict", action="store_true",
                         help="fail a video that decodes clearly fewer frames than its container "
                              "declares (a truncated file); without it the video is kept and "

@@ -9,26 +9,25 @@ Flow is computed on the fly with the method the model was trained on (its config
 flow_method); prints one line per window (start, end, top class, probability) and the
 video-level prediction (the mean of the windows' softmax).
 """
-import argparse
 import json
 import sys
 
+from fusion.cli import ArgumentParser
 from fusion.data.video import VideoError
 from fusion.distributed import device_for
 from fusion.predict import load_for_prediction, predict_video
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a training checkpoint (best.pt)")
     source.add_argument("--onnx", help="a model written by scripts/export.py --onnx")
-    parser.add_argument("videos", nargs="+")
+    parser.add_argument("videos", nargs="+", help="video files to label")
     parser.add_argument("--window", type=float, default=2.0, help="seconds per window")
     parser.add_argument("--stride", type=float, default=1.0, help="seconds between windows")
     parser.add_argument("--json", help="write all predictions to this file")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         if args.onnx:
