@@ -11,6 +11,7 @@ weights as one that was never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from fusion.config import Config, to_toml
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import flow_colours, rgb_beside_flow
+from fusion.lock import acquire, release
 from fusion.model import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
@@ -195,6 +197,34 @@ def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
                                  for k, m in metrics["test"].items()}, run_name=".")
 
 
+@contextlib.contextmanager
+def claimed(run_dir: Path, context: distributed.Context, *, new: bool):
+    """The run folder, locked for the block by global rank 0 alone (`fusion.lock`); a new run
+    also refuses a folder that holds a finished or interrupted one. When rank 0 cannot claim
+    the folder, every rank stops with its error (none waits for the others)."""
+    lock, error = None, None
+    if context.main:
+        try:
+            lock = acquire(run_dir)
+            if new and (run_dir / "last.pt").exists():
+                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
+                                      f"{run_dir} or choose another --run-name")
+        except FileExistsError as err:
+            if lock is not None:
+                release(lock)
+            error = err
+    message = distributed.from_main(None if error is None else str(error), context)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FileExistsError(f"rank 0: {message}")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            release(lock)
+
+
 def fit(config: Config, *, overrides: dict | None = None):
     """`train`, returning (run folder, trained model). Under torchrun every process trains its
     share of each batch (DistributedDataParallel); only rank 0 writes."""
@@ -205,13 +235,10 @@ def fit(config: Config, *, overrides: dict | None = None):
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
-    with distributed.session(config.device) as (context, device):
+    with distributed.session(config.device) as (context, device), \
+            claimed(run_dir, context, new=checkpoint is None):
         main = context.main
         if checkpoint is None and main:
-            if (run_dir / "last.pt").exists():
-                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
-                                      f"{run_dir} or choose another --run-name")
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(to_toml(config))
         dtype = amp_dtype(config.amp, device)
         torch.manual_seed(config.seed)

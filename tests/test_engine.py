@@ -18,6 +18,7 @@ from fusion.data.synthetic import make_synthetic
 from fusion.checkpoint import load_checkpoint
 from fusion.engine import train
 from fusion.evaluate import aggregate
+from fusion.lock import locked
 from tests.fakes import fake_ucf101
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     run = tmp_path / "fused"
     for name in ("config.toml", "last.pt", "best.pt", "metrics.json"):
         assert (run / name).is_file(), name
+    assert not (run / ".lock").exists()  # the finished run released its folder
     assert 'fuse = "conv1x1"' in (run / "config.toml").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["test"]) == {"fused", "rgb"}
@@ -151,6 +153,18 @@ def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp
               overrides={"resume": str(tmp_path / "a"), "fuse": "max"})
     with pytest.raises(FileExistsError, match="already holds a run; resume it with --resume"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--run-name", "a")))
+
+
+def test_a_run_folder_in_use_stops_a_second_run_at_once_naming_folder_and_holder(
+        tiny, tmp_path, capsys, load_script):
+    """Two trainings with one --run-name: the first holds the folder's lock (here this very
+    process), the second stops before writing anything."""
+    with locked(tmp_path / "busy"):
+        code = load_script("train_fusion").main(flags(tiny, tmp_path, "--run-name", "busy"))
+        assert code == 1
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / 'busy'} is in use by pid {os.getpid()} on " in err
+        assert list((tmp_path / "busy").iterdir()) == [tmp_path / "busy" / ".lock"]
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch,
