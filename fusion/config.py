@@ -35,11 +35,12 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
+KEEP = ("both", "best", "last")
 AUGMENTS = ("tsn", "seed001")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
-             "channels_last")
+             "channels_last", "keep")
 
 
 @dataclass
@@ -148,6 +149,9 @@ class Config:
     run_name: str = ""  # runs/<run_name>; empty: from fusion, tap and time
     logdir: str = "runs"  # the folder that holds the run folders
     resume: str = ""  # run folder or checkpoint to continue
+    # checkpoints a finished run keeps: both | best (best.pt: weights for evaluation and
+    # fine-tuning; what a sweep needs) | last (last.pt: what a resume needs)
+    keep: str = "both"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds the model's initialisation, the data order and augmentation
     eval_clips: int = 25  # test protocol: clips per video (Simonyan: 25)
@@ -193,6 +197,7 @@ class Config:
         choice("channels_last", CHANNELS_LAST)
         choice("compile_mode", COMPILE_MODES)
         choice("best_rule", BEST_RULES)
+        choice("keep", KEEP)
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",

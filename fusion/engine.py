@@ -24,8 +24,8 @@ from tqdm import tqdm
 from fusion import distributed
 from fusion.build import (build_dataset, build_model, make_loader, training_runner,
                           validation_subset)
-from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resume_config,
-                               save_atomic)
+from fusion.checkpoint import (checkpoint_state, load_for_resume, restore, resume_config,
+                               save_atomic, weights_only)
 from fusion.config import Config, to_toml
 from fusion.device import amp_dtype, autocast, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
@@ -225,12 +225,22 @@ def claimed(run_dir: Path, context: distributed.Context, *, new: bool):
             release(lock)
 
 
+def keep_checkpoints(run_dir: Path, keep: str) -> None:
+    """A finished run keeps best.pt, last.pt or both (`keep`); last.prev.pt, the guard against
+    a crash while last.pt is written, is no longer needed."""
+    (run_dir / "last.prev.pt").unlink(missing_ok=True)
+    if keep == "best" and (run_dir / "best.pt").exists():
+        (run_dir / "last.pt").unlink()
+    elif keep == "last":
+        (run_dir / "best.pt").unlink(missing_ok=True)
+
+
 def fit(config: Config, *, overrides: dict | None = None):
     """`train`, returning (run folder, trained model). Under torchrun every process trains its
     share of each batch (DistributedDataParallel); only rank 0 writes."""
     checkpoint = None
     if config.resume:
-        checkpoint = load_checkpoint(config.resume)
+        checkpoint = load_for_resume(config.resume)
         config = resume_config(checkpoint, overrides or {})
         run_dir = Path(checkpoint["path"]).parent
     else:
@@ -311,9 +321,9 @@ def fit(config: Config, *, overrides: dict | None = None):
                                          scaler=scaler, epoch=epoch + 1, best=best,
                                          history=history, train_time=train_time, config=config,
                                          classes=classes)
-                save_atomic(state, run_dir / "last.pt")
+                save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
                 if improved:
-                    save_atomic(state, run_dir / "best.pt")
+                    save_atomic(weights_only(state), run_dir / "best.pt")
                 log_epoch(writer, epoch, train_metrics, val_metrics, improved)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
@@ -321,12 +331,13 @@ def fit(config: Config, *, overrides: dict | None = None):
                                      epoch=0, best=best, history=history, train_time=train_time,
                                      config=config, classes=classes)
             save_atomic(state, run_dir / "last.pt")
-            save_atomic(state, run_dir / "best.pt")
+            save_atomic(weights_only(state), run_dir / "best.pt")
         distributed.barrier(context)
         if main:
             metrics = test_checkpoint(run_dir / "best.pt", device=device,
                                       workers=config.workers, train_time_s=train_time)
             log_test(writer, config, metrics)
             writer.close()
+            keep_checkpoints(run_dir, config.keep)
         distributed.barrier(context)
     return run_dir, model

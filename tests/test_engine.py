@@ -60,6 +60,12 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     assert metrics["test"]["fused"]["accuracy"] == pytest.approx(confusion.trace().item() / 8)
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["fuse"] == "conv1x1"
+    # last.pt holds what a resume needs, best.pt what evaluation and fine-tuning need
+    assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "rng"}
+    best = load_checkpoint(run / "best.pt")
+    assert {"model", "config", "classes", "best", "epoch"} <= set(best)
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)
+    assert not (run / "last.prev.pt").exists()  # needed only while the run goes on
     assert "best epoch" in capsys.readouterr().out
 
     events = EventAccumulator(str(run)).Reload()
@@ -87,9 +93,10 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
 
 def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_script):
     train_fusion = load_script("train_fusion").main
-    for stream in ("rgb", "flow"):
+    for stream in ("rgb", "flow"):  # as a sweep keeps its finished runs: best.pt alone
         assert train_fusion(flags(tiny, tmp_path, "--fuse", "none", "--stream", stream,
-                                  "--run-name", stream, "--epochs", "1")) == 0
+                                  "--run-name", stream, "--epochs", "1", "--keep", "best")) == 0
+        assert sorted(p.name for p in (tmp_path / stream).glob("*.pt")) == ["best.pt"]
     inits = ["--init-rgb", str(tmp_path / "rgb" / "best.pt"),
              "--init-flow", str(tmp_path / "flow" / "best.pt"), "--freeze", "streams"]
     assert train_fusion(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at", "layer3", *inits,
@@ -153,6 +160,9 @@ def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp
               overrides={"resume": str(tmp_path / "a"), "fuse": "max"})
     with pytest.raises(FileExistsError, match="already holds a run; resume it with --resume"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--run-name", "a")))
+    with pytest.raises(ValueError, match="best.pt holds weights only .* resume from the run's "
+                                         "last.pt"):
+        train(config_of(["--resume", str(tmp_path / "a" / "best.pt")]))
 
 
 def test_a_run_folder_in_use_stops_a_second_run_at_once_naming_folder_and_holder(
@@ -175,20 +185,22 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        # two calls a step (fused and rgb outputs); epoch 1 trains (2 steps) and validates
-        # (2 steps); epoch 2's second batch (step 1) turns NaN
-        return loss * float("nan") if calls["n"] > 10 else loss
+        # two calls a step (fused and rgb outputs); an epoch trains (2 steps) and validates
+        # (2 steps); epoch 3's second batch (step 1) turns NaN
+        return loss * float("nan") if calls["n"] > 18 else loss
     monkeypatch.setattr(fusion.engine.F, "cross_entropy", poisoned)
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none",
-                                                   "--run-name", "nan", "--epochs", "3"))
+                                                   "--run-name", "nan", "--epochs", "4"))
     assert code == 1
     err = capsys.readouterr().err
     # read SYNC_EVERY steps late, the message still names the first bad step
-    assert "loss became nan at step 1 in epoch 2" in err
+    assert "loss became nan at step 1 in epoch 3" in err
     assert f"last good checkpoint is {tmp_path / 'nan' / 'last.pt'}" in err
     kept = load_checkpoint(tmp_path / "nan" / "last.pt")
-    assert kept["epoch"] == 1
+    assert kept["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    # the checkpoint it replaced is kept too, as a way on should last.pt be damaged
+    assert load_checkpoint(tmp_path / "nan" / "last.prev.pt")["epoch"] == 1
     assert not (tmp_path / "nan" / "metrics.json").exists()
     assert not [p for p in (tmp_path / "nan").iterdir() if p.name.endswith(".tmp")]
 
