@@ -52,12 +52,15 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = load_tensors(path, "checkpoint")
     except (CorruptFile, FileNotFoundError) as err:
-        others = [p for p in (path.with_name("last.prev.pt"), path.with_name("best.pt"))
-                  if p != path and p.is_file()]
+        names = ("last.prev.pt", "best.pt", "last.pt")
+        others = [path.with_name(n) for n in names if n != path.name and
+                  path.with_name(n).is_file()]
         if not others:
             raise
         hint = {"last.prev.pt": "the run's previous checkpoint, to resume from: --resume {}",
-                "best.pt": "its best weights, to evaluate or to initialise a new run from: {}"}
+                "best.pt": "its best weights, to evaluate or to initialise a new run from: {}",
+                "last.pt": "its last checkpoint (a run no epoch of which did better than "
+                           "guessing has no best.pt): {}"}
         raise type(err)(f"{err}; go on from " + ", or ".join(
             hint[p.name].format(p) for p in others)) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:

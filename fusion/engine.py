@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from pathlib import Path
 
@@ -37,8 +38,14 @@ from fusion.streams import count_parameters
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or finite but DIVERGED times that of a uniform guess;
+    the last good checkpoint is kept."""
 
+
+# A loss this many times that of a uniform guess over K classes (ln K, where an untrained
+# classifier starts) has diverged even while finite (Adam at lr 1e6 reaches 2e14): it stops
+# the run as a NaN does. Overconfident but sane models stay orders of magnitude below.
+DIVERGED = 1e4
 
 def to_device(batch, device):
     return (move(batch.rgb, device), move(batch.flow, device), move(batch.label, device),
@@ -67,25 +74,31 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     model.train(training)
     sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
+    limit = None  # the loss that counts as diverged (DIVERGED times a uniform guess's)
     seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if context.main else True)
 
     def read():
-        """Wait for the device: stop on a non-finite loss, show the running figures."""
-        flags = torch.isfinite(torch.stack([loss for _, loss in unchecked])).tolist() \
-            if unchecked else []
+        """Wait for the device: stop on a diverged loss, show the running figures."""
+        flags = []
+        if unchecked:
+            losses = torch.stack([loss for _, loss in unchecked])
+            flags = (torch.isfinite(losses) & (losses < limit)).tolist()
         bad = flags.count(False)
         if context.enabled:  # every rank, every read, even with nothing to read: none hangs
             bad = int(distributed.sum_across([float(bad)], context, device)[0])
         if bad:
             if all(flags):
-                raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite on "
-                                       f"another process")
+                raise TrainingDiverged(f"the {desc or 'training'} loss diverged on another "
+                                       f"process")
             step, loss = unchecked[flags.index(False)]
-            raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} at "
-                                   f"step {step}")
+            value = loss.item()
+            why = "" if not math.isfinite(value) else \
+                f", over {DIVERGED:g} times a uniform guess's ({limit / DIVERGED:.3g}): diverged"
+            raise TrainingDiverged(f"the {desc or 'training'} loss became {value:.3g} at step "
+                                   f"{step}{why}")
         unchecked.clear()
         if seen:
             bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
@@ -109,6 +122,8 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                 scaler.update()
                 if on_step is not None:
                     on_step(step, batch)
+            if limit is None:
+                limit = DIVERGED * max(math.log(parts["fused"].shape[-1]), 1.0)
             seen += int(batch.counted.sum())  # a CPU tensor: no wait for the device
             processed += len(batch.label)
             unchecked.append((step, loss.detach()))
@@ -136,8 +151,14 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     return metrics
 
 
-def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
-    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy."""
+def is_better(metrics: dict, best: dict | None, rule: str, num_classes: int) -> bool:
+    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy.
+
+    Whatever the rule, an epoch whose validation loss is not below that of guessing every
+    class alike (ln K) is never the best, the first epoch included: such a model learned
+    nothing or diverged, and its loss falling from 3e14 to 2e14 is no improvement."""
+    if not metrics["loss/fused"] < math.log(num_classes):
+        return False
     if best is None:
         return True
     lower = metrics["loss/fused"] < best["loss/fused"]
@@ -311,7 +332,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             lr_used = optimizer.param_groups[0]["lr"]  # before the step sets the next epoch's
             step_scheduler(scheduler, val_metrics["loss/fused"])
             train_time += time.perf_counter() - began
-            improved = is_better(val_metrics, best, config.best_rule)
+            improved = is_better(val_metrics, best, config.best_rule, len(classes))
             if improved:
                 best = {**val_metrics, "epoch": epoch + 1}
             history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
@@ -334,8 +355,14 @@ def fit(config: Config, *, overrides: dict | None = None):
             save_atomic(weights_only(state), run_dir / "best.pt")
         distributed.barrier(context)
         if main:
-            metrics = test_checkpoint(run_dir / "best.pt", device=device,
-                                      workers=config.workers, train_time_s=train_time)
+            tested = run_dir / "best.pt"
+            if not tested.exists():
+                tested = run_dir / "last.pt"
+                print(f"note: no epoch had a validation loss below that of guessing every class "
+                      f"alike (ln {len(classes)} = {math.log(len(classes)):.3g}), so there is "
+                      f"no best.pt; testing last.pt")
+            metrics = test_checkpoint(tested, device=device, workers=config.workers,
+                                      out=run_dir / "metrics.json", train_time_s=train_time)
             log_test(writer, config, metrics)
             writer.close()
             keep_checkpoints(run_dir, config.keep)

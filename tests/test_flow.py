@@ -160,7 +160,7 @@ def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys, load_s
     assert code == 0
     capsys.readouterr()
     out = tmp_path / "predictions.json"
-    code = load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/best.pt"),
+    code = load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/last.pt"),
                                         str(BIKES), "--window", "2", "--stride", "1.5",
                                         "--json", str(out)])
     assert code == 0
@@ -177,7 +177,7 @@ def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys, load_s
     assert report["prediction"]["label"] in ("RedUp", "RedDown", "BlueUp", "BlueDown")
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is text")
-    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/best.pt"),
+    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/last.pt"),
                                         str(bad)]) == 1
     assert "notes.mp4 is not a readable video" in capsys.readouterr().err
 
