@@ -28,7 +28,7 @@ from fusion.build import (build_dataset, build_model, make_loader, training_runn
 from fusion.checkpoint import (checkpoint_state, load_for_resume, restore, resume_config,
                                save_atomic, weights_only)
 from fusion.config import Config, to_toml
-from fusion.device import amp_dtype, autocast, move, to_channels_last
+from fusion.device import amp_dtype, autocast, cpu_threads, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import flow_colours, rgb_beside_flow
 from fusion.lock import acquire, release
@@ -267,7 +267,8 @@ def fit(config: Config, *, overrides: dict | None = None):
     else:
         run_dir = Path(config.logdir) / run_name(config)
     with distributed.session(config.device) as (context, device), \
-            claimed(run_dir, context, new=checkpoint is None):
+            claimed(run_dir, context, new=checkpoint is None), \
+            cpu_threads(config.workers) as threads:
         main = context.main
         if checkpoint is None and main:
             (run_dir / "config.toml").write_text(to_toml(config))
@@ -301,6 +302,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} "
                   f"training and {len(val_set)} validation videos, {len(classes)} classes, "
                   f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
+            print(threads)
             for note in dict.fromkeys(train_set.notes + val_set.notes):
                 print(f"note: {note}")
 

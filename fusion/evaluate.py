@@ -20,7 +20,7 @@ from fusion.build import build_dataset, model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
 from fusion.config import Config, from_dict
 from fusion.data.loader import collate_clips
-from fusion.device import amp_dtype, autocast, move
+from fusion.device import amp_dtype, autocast, cpu_threads, move
 from fusion.figures import confusion_figure, per_class_figure, save_png
 from fusion.files import write_json_atomic
 from fusion.streams import count_parameters
@@ -137,10 +137,10 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "
                          f"checkpoint's {checkpoint['classes']}")
     model = model_from_checkpoint(checkpoint).to(device)
-    result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
-                            batch_size=max(1, config.batch_size // dataset.views_per_video),
-                            workers=workers,
-                            mode=config.aggregate)
+    with cpu_threads(workers):
+        result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
+                                batch_size=max(1, config.batch_size // dataset.views_per_video),
+                                workers=workers, mode=config.aggregate)
     best = checkpoint["best"] or {}
     metrics = {
         "run": Path(checkpoint["path"]).parent.name, "checkpoint": checkpoint["path"],

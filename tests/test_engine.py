@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,10 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script, monk
     assert {"model", "config", "classes", "best", "epoch"} <= set(best)
     assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)
     assert not (run / "last.prev.pt").exists()  # needed only while the run goes on
-    assert "best epoch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best epoch" in printed
+    assert re.search(r"CPU threads: \d+ in the main process \(.*\), which also loads the data "
+                     r"\(no loader workers\)", printed)  # the split, in the run's log
 
     events = EventAccumulator(str(run)).Reload()
     scalars = events.Tags()["scalars"]
@@ -324,6 +328,29 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
                            env={**env, "FUSIONS": "average conv1x1"}, capture_output=True,
                            text=True, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("is finished, skipping") == 2
+
+
+def test_cpu_threads_split_the_usable_cpus_between_main_process_and_loader_workers(
+        monkeypatch):
+    from fusion.device import cpu_threads
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # e.g. a 2-CPU cpuset
+    with cpu_threads(2) as note:  # the main process would otherwise take a thread per core
+        assert torch.get_num_threads() == 1
+    assert note == "CPU threads: 1 in the main process (2 usable CPUs - 2 loader workers), 1 in " \
+                   "each of the 2 loader workers"
+    assert torch.get_num_threads() == before  # restored after the run
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this node
+    with cpu_threads(4) as note:
+        assert torch.get_num_threads() == 4 and "16 usable CPUs / 2 processes" in note
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+    torch.set_num_threads(3)
+    with cpu_threads(4) as note:
+        assert torch.get_num_threads() == 3 and "(OMP_NUM_THREADS=3)" in note
+    torch.set_num_threads(before)
 
 
 def test_channels_last_is_applied_per_module_and_changes_no_result():
