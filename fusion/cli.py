@@ -58,4 +58,3 @@ class ArgumentParser(argparse.ArgumentParser):
         """The error first, then where to find the options; no usage dump."""
         self.exit(2, f"{self.prog}: error: {message}\n"
                      f"{self.prog}: run with --help for every option and what it does\n")
-

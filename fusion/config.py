@@ -4,8 +4,9 @@ overridable on the command line (`--flow-stack 5` sets `flow_stack`).
 Precedence: defaults < `--config file.toml` < command-line flags. Unknown keys and bad values
 are errors that name the key. Every path (data_root, the list files, class_names, weights,
 init_*, raft_weights, logdir, resume, and --config itself), on the command line or in a TOML
-file, is relative to the working directory the command runs in. The resolved config is saved in the run folder and in every
-checkpoint; resuming takes the architecture from the checkpoint.
+file, is relative to the working directory the command runs in. The resolved config is saved
+in the run folder and in every checkpoint; resuming takes the architecture from the
+checkpoint.
 """
 from __future__ import annotations
 

@@ -47,6 +47,7 @@ class TrainingDiverged(RuntimeError):
 # the run as a NaN does. Overconfident but sane models stay orders of magnitude below.
 DIVERGED = 1e4
 
+
 def to_device(batch, device):
     return (move(batch.rgb, device), move(batch.flow, device), move(batch.label, device),
             move(batch.counted, device))

@@ -224,7 +224,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
 
 
 def test_a_finite_but_exploding_loss_is_reported_as_divergence(tiny, tmp_path, capsys,
-                                                              load_script):
+                                                               load_script):
     """Adam at lr 1e6: the loss stays finite (about 1e14) but is garbage; it stops the run like
     a NaN, and nothing is saved as best."""
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none", "--lr",
@@ -236,7 +236,7 @@ def test_a_finite_but_exploding_loss_is_reported_as_divergence(tiny, tmp_path, c
 
 
 def test_an_epoch_no_better_than_guessing_is_never_the_best(tiny, tmp_path, monkeypatch,
-                                                             capsys):
+                                                            capsys):
     """Validation losses far above a uniform guess's (ln 4) but finite: no epoch becomes the
     best, the first included; the run tests last.pt and says why."""
     real = torch.nn.functional.cross_entropy

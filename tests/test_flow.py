@@ -287,7 +287,7 @@ def test_predict_goes_past_bad_videos_writes_the_good_ones_and_fails_at_the_end(
 
 
 def test_predict_on_a_video_shorter_than_one_clip_says_how_it_filled_it(tmp_path, capsys,
-                                                                         load_script):
+                                                                        load_script):
     checkpoint = untrained_checkpoint(tmp_path / "fused.pt", fuse="conv1x1", flow_stack=10)
     video = write_avi(tmp_path / "three.avi", 3)
     assert load_script("predict").main(["--checkpoint", str(checkpoint), video]) == 0
