@@ -73,6 +73,15 @@ def sum_across(values: list[float], context: Context, device: torch.device) -> l
     return tensor.tolist()
 
 
+def from_main(value, context: Context):
+    """Rank 0's `value` (anything picklable and small) on every rank."""
+    if not context.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(context: Context) -> None:
     if context.enabled:
         dist.barrier()

@@ -11,7 +11,9 @@ weights as one that was never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import time
 from pathlib import Path
 
@@ -23,20 +25,28 @@ from tqdm import tqdm
 from fusion import distributed
 from fusion.build import (build_dataset, build_model, make_loader, training_runner,
                           validation_subset)
-from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resume_config,
-                               save_atomic)
+from fusion.checkpoint import (checkpoint_state, load_for_resume, restore, resume_config,
+                               save_atomic, weights_only)
 from fusion.config import Config, to_toml
 from fusion.data.device_decode import DecodeAhead
-from fusion.device import amp_dtype, autocast, move, to_channels_last
+from fusion.device import amp_dtype, autocast, cpu_threads, move, to_channels_last
 from fusion.evaluate import metric_figures, test_checkpoint
 from fusion.figures import first_flow_picture, rgb_beside_flow
+from fusion.lock import acquire, release
 from fusion.policy import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or finite but DIVERGED times that of a uniform guess;
+    the last good checkpoint is kept."""
+
+
+# A loss this many times that of a uniform guess over K classes (ln K, where an untrained
+# classifier starts) has diverged even while finite (Adam at lr 1e6 reaches 2e14): it stops
+# the run as a NaN does. Overconfident but sane models stay orders of magnitude below.
+DIVERGED = 1e4
 
 
 def to_device(batch, device):
@@ -66,6 +76,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     model.train(training)
     sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
+    limit = None  # the loss that counts as diverged (DIVERGED times a uniform guess's)
     seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
     # decode = device: batches of JPEG bytes, decoded here one batch ahead
@@ -73,19 +84,24 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                disable=None if context.main else True)
 
     def read():
-        """Wait for the device: stop on a non-finite loss, show the running figures."""
-        flags = torch.isfinite(torch.stack([loss for _, loss in unchecked])).tolist() \
-            if unchecked else []
+        """Wait for the device: stop on a diverged loss, show the running figures."""
+        flags = []
+        if unchecked:
+            losses = torch.stack([loss for _, loss in unchecked])
+            flags = (torch.isfinite(losses) & (losses < limit)).tolist()
         bad = flags.count(False)
         if context.enabled:  # every rank, every read, even with nothing to read: none hangs
             bad = int(distributed.sum_across([float(bad)], context, device)[0])
         if bad:
             if all(flags):
-                raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite on "
-                                       f"another process")
+                raise TrainingDiverged(f"the {desc or 'training'} loss diverged on another "
+                                       f"process")
             step, loss = unchecked[flags.index(False)]
-            raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} at "
-                                   f"step {step}")
+            value = loss.item()
+            why = "" if not math.isfinite(value) else \
+                f", over {DIVERGED:g} times a uniform guess's ({limit / DIVERGED:.3g}): diverged"
+            raise TrainingDiverged(f"the {desc or 'training'} loss became {value:.3g} at step "
+                                   f"{step}{why}")
         unchecked.clear()
         if seen:
             bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
@@ -109,6 +125,8 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                 scaler.update()
                 if on_step is not None:
                     on_step(step, batch)
+            if limit is None:
+                limit = DIVERGED * max(math.log(parts["fused"].shape[-1]), 1.0)
             seen += int(batch.counted.sum())  # a CPU tensor: no wait for the device
             processed += len(batch.label)
             unchecked.append((step, loss.detach()))
@@ -136,8 +154,14 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     return metrics
 
 
-def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
-    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy."""
+def is_better(metrics: dict, best: dict | None, rule: str, num_classes: int) -> bool:
+    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy.
+
+    Whatever the rule, an epoch whose validation loss is not below that of guessing every
+    class alike (ln K) is never the best, the first epoch included: such a model learned
+    nothing or diverged, and its loss falling from 3e14 to 2e14 is no improvement."""
+    if not metrics["loss/fused"] < math.log(num_classes):
+        return False
     if best is None:
         return True
     lower = metrics["loss/fused"] < best["loss/fused"]
@@ -198,23 +222,59 @@ def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
                                  for k, m in metrics["test"].items()}, run_name=".")
 
 
+@contextlib.contextmanager
+def claimed(run_dir: Path, context: distributed.Context, *, new: bool):
+    """The run folder, locked for the block by global rank 0 alone (`fusion.lock`); a new run
+    also refuses a folder that holds a finished or interrupted one. When rank 0 cannot claim
+    the folder, every rank stops with its error (none waits for the others)."""
+    lock, error = None, None
+    if context.main:
+        try:
+            lock = acquire(run_dir)
+            if new and (run_dir / "last.pt").exists():
+                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
+                                      f"{run_dir} or choose another --run-name")
+        except FileExistsError as err:
+            if lock is not None:
+                release(lock)
+            error = err
+    message = distributed.from_main(None if error is None else str(error), context)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FileExistsError(f"rank 0: {message}")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            release(lock)
+
+
+def keep_checkpoints(run_dir: Path, keep: str) -> None:
+    """A finished run keeps best.pt, last.pt or both (`keep`); last.prev.pt, the guard against
+    a crash while last.pt is written, is no longer needed."""
+    (run_dir / "last.prev.pt").unlink(missing_ok=True)
+    if keep == "best" and (run_dir / "best.pt").exists():
+        (run_dir / "last.pt").unlink()
+    elif keep == "last":
+        (run_dir / "best.pt").unlink(missing_ok=True)
+
+
 def fit(config: Config, *, overrides: dict | None = None):
     """`train`, returning (run folder, trained model). Under torchrun every process trains its
     share of each batch (DistributedDataParallel); only rank 0 writes."""
     checkpoint = None
     if config.resume:
-        checkpoint = load_checkpoint(config.resume)
+        checkpoint = load_for_resume(config.resume)
         config = resume_config(checkpoint, overrides or {})
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
-    with distributed.session(config.device) as (context, device):
+    with distributed.session(config.device) as (context, device), \
+            claimed(run_dir, context, new=checkpoint is None), \
+            cpu_threads(config.workers) as threads:
         main = context.main
         if checkpoint is None and main:
-            if (run_dir / "last.pt").exists():
-                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
-                                      f"{run_dir} or choose another --run-name")
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(to_toml(config))
         dtype = amp_dtype(config.amp, device)
         torch.manual_seed(config.seed)
@@ -246,6 +306,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} "
                   f"training and {len(val_set)} validation videos, {len(classes)} classes, "
                   f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
+            print(threads)
             for note in dict.fromkeys(train_set.notes + val_set.notes):
                 print(f"note: {note}")
 
@@ -277,7 +338,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             lr_used = optimizer.param_groups[0]["lr"]  # before the step sets the next epoch's
             step_scheduler(scheduler, val_metrics["loss/fused"])
             train_time += time.perf_counter() - began
-            improved = is_better(val_metrics, best, config.best_rule)
+            improved = is_better(val_metrics, best, config.best_rule, len(classes))
             if improved:
                 best = {**val_metrics, "epoch": epoch + 1}
             history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
@@ -287,9 +348,9 @@ def fit(config: Config, *, overrides: dict | None = None):
                                          scaler=scaler, epoch=epoch + 1, best=best,
                                          history=history, train_time=train_time, config=config,
                                          classes=classes)
-                save_atomic(state, run_dir / "last.pt")
+                save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
                 if improved:
-                    save_atomic(state, run_dir / "best.pt")
+                    save_atomic(weights_only(state), run_dir / "best.pt")
                 log_epoch(writer, epoch, train_metrics, val_metrics, improved)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
@@ -297,12 +358,19 @@ def fit(config: Config, *, overrides: dict | None = None):
                                      epoch=0, best=best, history=history, train_time=train_time,
                                      config=config, classes=classes)
             save_atomic(state, run_dir / "last.pt")
-            save_atomic(state, run_dir / "best.pt")
+            save_atomic(weights_only(state), run_dir / "best.pt")
         distributed.barrier(context)
         if main:
-            metrics = test_checkpoint(run_dir / "best.pt", device=device,
-                                      workers=config.workers, train_time_s=train_time)
+            tested = run_dir / "best.pt"
+            if not tested.exists():
+                tested = run_dir / "last.pt"
+                print(f"note: no epoch had a validation loss below that of guessing every class "
+                      f"alike (ln {len(classes)} = {math.log(len(classes)):.3g}), so there is "
+                      f"no best.pt; testing last.pt")
+            metrics = test_checkpoint(tested, device=device, workers=config.workers,
+                                      out=run_dir / "metrics.json", train_time_s=train_time)
             log_test(writer, config, metrics)
             writer.close()
+            keep_checkpoints(run_dir, config.keep)
         distributed.barrier(context)
     return run_dir, model

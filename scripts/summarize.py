@@ -4,11 +4,11 @@ layer in tower order, fusion type in registry order, schedule, ...) with the par
 
     python scripts/summarize.py runs/ablate_fusion_type
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from fusion.cli import ArgumentParser
 from fusion.figures import save_png, summary_figure
 from fusion.fusers import FUSIONS
 from fusion.streams import build_stream
@@ -72,8 +72,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("sweep", help="folder holding run folders")
     args = parser.parse_args(argv)
     files = sorted(Path(args.sweep).glob("*/metrics.json"))
