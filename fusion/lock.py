@@ -70,12 +70,13 @@ def describe(holder: dict | None, lock: Path) -> str:
     return f"{where} (lock file {lock})"
 
 
-def acquire(folder: str | Path) -> Path:
-    """Create `folder` if needed and lock it for this process; returns the lock file.
-    Raises FolderLocked naming the holder when a live process holds it."""
+def acquire(folder: str | Path, name: str = LOCK_NAME) -> Path:
+    """Create `folder` if needed and lock it for this process (the lock file `name` in it, so
+    that independent users of one folder, such as the shards of an extraction, hold their own);
+    returns the lock file. Raises FolderLocked naming the holder when a live process holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
+    lock = folder / name
     me = {"pid": os.getpid(), "host": socket.gethostname(), "start": process_start(os.getpid()),
           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv}
     for _ in range(2):  # a second try after taking over a stale lock
@@ -103,9 +104,19 @@ def release(lock: Path) -> None:
         lock.unlink(missing_ok=True)
 
 
+def live_holders(folder: str | Path, pattern: str) -> list[str]:
+    """Who holds the lock files matching `pattern` in `folder` and still runs, described."""
+    found = []
+    for lock in sorted(Path(folder).glob(pattern)):
+        holder = read_holder(lock)
+        if holder is None or holder_alive(holder):
+            found.append(describe(holder, lock))
+    return found
+
+
 @contextlib.contextmanager
-def locked(folder: str | Path):
-    lock = acquire(folder)
+def locked(folder: str | Path, name: str = LOCK_NAME):
+    lock = acquire(folder, name)
     try:
         yield lock
     finally:

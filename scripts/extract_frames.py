@@ -78,7 +78,7 @@ def main(argv=None) -> int:
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
                               workers=args.workers, strict=args.strict, device=args.device,
                               batch_size=args.batch_size, shard=parse_shard(args.shard))
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.report())

@@ -389,3 +389,34 @@ def test_predict_on_a_video_shorter_than_one_clip_says_how_it_filled_it(tmp_path
                                         "--strict"]) == 1
     assert f"{video}: 3 frames, fewer than the 11 one clip needs for its 10 flow fields; " \
            f"refused (--strict)" in capsys.readouterr().err
+
+
+def test_two_extractions_into_one_output_cannot_run_at_once_but_disjoint_shards_can(
+        tmp_path, capsys, load_script):
+    """A second extraction into a folder in use stops at once naming the holder (it would clean
+    the .partial/ folders the first writes into); shards K/N of one job array each hold their
+    own lock, and neither kind starts beside the other."""
+    from fusion.lock import acquire, release
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    for k in (1, 2):
+        shutil.copy(BIKES, videos / f"v_Biking_g0{k}_c01.mp4")
+    out = tmp_path / "out"
+    argv = ["--videos", str(videos.parent), "--out", str(out), "--flow", "none",
+            "--short-side", "16"]
+    held = acquire(out)  # a live extraction (this process) holds the output
+    assert load_script("extract_frames").main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is in use by pid " in err and ".lock" in err
+    assert load_script("extract_frames").main([*argv, "--shard", "1/2"]) == 1
+    assert "(an unsharded run)" in capsys.readouterr().err
+    release(held)
+    shard = acquire(out, ".lock.1-of-2")  # shard 1 of 2 is running elsewhere
+    assert load_script("extract_frames").main([*argv, "--shard", "2/2"]) == 0
+    assert load_script("extract_frames").main(argv) == 1
+    assert "(a shard of a job array)" in capsys.readouterr().err
+    release(shard)
+    assert load_script("extract_frames").main(argv) == 0  # free again: the rest is done
+    assert sorted(p.name for p in (out / "jpegs_256").iterdir()) == \
+        ["v_Biking_g01_c01", "v_Biking_g02_c01"]
+    assert not list(out.glob(".lock*"))
