@@ -39,8 +39,8 @@ from fusion.streams import count_parameters
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite, or finite but DIVERGED times that of a uniform guess;
-    the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or the training loss finite but DIVERGED times that of
+    a uniform guess; the last good checkpoint is kept."""
 
 
 # A loss this many times that of a uniform guess over K classes (ln K, where an untrained
@@ -76,7 +76,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     model.train(training)
     sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
-    limit = None  # the loss that counts as diverged (DIVERGED times a uniform guess's)
+    limit = None  # the training loss that counts as diverged (DIVERGED x a uniform guess's)
     seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
     # decode = device: batches of JPEG bytes, decoded here one batch ahead
@@ -125,8 +125,11 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                 scaler.update()
                 if on_step is not None:
                     on_step(step, batch)
-            if limit is None:
-                limit = DIVERGED * max(math.log(parts["fused"].shape[-1]), 1.0)
+            if limit is None:  # training only: in eval mode, BatchNorm's running statistics
+                # of a barely trained model can give finite but huge losses (1e11) that are no
+                # divergence; such epochs are simply not the best (`is_better`)
+                limit = DIVERGED * max(math.log(parts["fused"].shape[-1]), 1.0) if training \
+                    else math.inf
             seen += int(batch.counted.sum())  # a CPU tensor: no wait for the device
             processed += len(batch.label)
             unchecked.append((step, loss.detach()))
