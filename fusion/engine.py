@@ -206,7 +206,7 @@ def fit(config: Config, *, overrides: dict | None = None):
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
-    with distributed.session(config.device) as (context, device):
+    with distributed.session(config.device, config.dist_timeout) as (context, device):
         main = context.main
         if checkpoint is None and main:
             if (run_dir / "last.pt").exists():
