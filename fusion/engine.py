@@ -285,17 +285,17 @@ def fit(config: Config, *, overrides: dict | None = None):
                                          scaler=scaler, epoch=epoch + 1, best=best,
                                          history=history, train_time=train_time, config=config,
                                          classes=classes)
-                save_atomic(state, run_dir / "last.pt")
-                if improved:
+                if improved:  # best.pt first: a run stopped between the two redoes the epoch
                     save_atomic(state, run_dir / "best.pt")
+                save_atomic(state, run_dir / "last.pt")
                 log_epoch(writer, epoch, train_metrics, val_metrics, improved)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
             state = checkpoint_state(model=model, optimizer=None, scheduler=None, scaler=scaler,
                                      epoch=0, best=best, history=history, train_time=train_time,
                                      config=config, classes=classes)
-            save_atomic(state, run_dir / "last.pt")
             save_atomic(state, run_dir / "best.pt")
+            save_atomic(state, run_dir / "last.pt")
         distributed.barrier(context)
         if main:
             metrics = test_checkpoint(run_dir / "best.pt", device=device,
