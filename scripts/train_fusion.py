@@ -13,6 +13,7 @@ import sys
 
 from fusion.config import build_parser, resolve
 from fusion.data.loader import FrameError
+from fusion.distributed import RankLost
 from fusion.engine import TrainingDiverged, train
 from fusion.evaluate import print_table
 
@@ -24,7 +25,8 @@ def main(argv=None) -> int:
     try:
         config = resolve(args)
         run_dir = train(config, overrides=given)
-    except (TrainingDiverged, FrameError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (TrainingDiverged, FrameError, RankLost, ValueError, FileNotFoundError,
+            FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     import json
