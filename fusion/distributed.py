@@ -27,7 +27,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    # the gloo group `barrier` waits on (None: the default group is gloo's)
+    # the gloo group `barrier` waits on, with a timeout of its own (BARRIER_S)
     barrier_group: object = field(default=None, compare=False, repr=False)
 
     @property
@@ -62,10 +62,8 @@ def setup(device_name: str, timeout_s: float = 600.0) -> tuple[Context, torch.de
     timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    if dist.get_backend() != "gloo":  # `barrier` waits on gloo's monitored_barrier
-        context = dataclasses.replace(context, barrier_group=dist.new_group(backend="gloo",
-                                                                            timeout=timeout))
-    return context, device
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=BARRIER_S))
+    return dataclasses.replace(context, barrier_group=group), device
 
 
 @contextlib.contextmanager
@@ -158,8 +156,7 @@ def barrier(context: Context) -> None:
     not the collectives' dist_timeout): the others wait here while rank 0 alone tests the
     model. A process that dies closes its connections, which ends the wait at once."""
     if context.enabled:
-        dist.monitored_barrier(group=context.barrier_group,
-                               timeout=datetime.timedelta(seconds=BARRIER_S))
+        dist.barrier(group=context.barrier_group)
 
 
 def cleanup(context: Context) -> None:

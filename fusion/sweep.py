@@ -2,8 +2,8 @@
 this machine (one at a time, or N at a time with a GPU each) or as Slurm jobs through submitit.
 
     runs = expand(grid={"fuse": ["sum", "max"], "seed": [0, 1]}, named={}, common=[...],
-                  out=Path("runs/s"))                  # 4 runs: fuse-sum_seed-0, ...
-    outcomes = run_local(runs)                         # or run_submitit(runs, ...)
+                  out=Path("runs/s"), script="scripts/train_fusion.py")  # fuse-sum_seed-0, ...
+    outcomes = run_local(runs)              # or run_submitit(runs, make_executor(...))
 
 A run's state is its folder: metrics.json means finished (never run again), last.pt means
 interrupted (resumed with --resume), nothing means new. `Run` is also a submitit
@@ -61,10 +61,19 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def run_name(name: str) -> str:
+    """A named run's name, which names its folder."""
+    if not name or "=" in name or os.sep in name or name.startswith("."):
+        raise ValueError(f"run name {name!r}: a run starts with its name (a folder name), then "
+                         f"KEY=VALUE pairs")
+    return name
+
+
 def parse_named(items: list[list[str]]) -> dict[str, dict]:
     """[['step', 'schedule=step', 'step_size=5'], ...] -> {'step': {'schedule': 'step', ...}}."""
     named = {}
     for name, *pairs in items:
+        run_name(name)
         options = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
@@ -91,7 +100,7 @@ def load_sweep_file(path: Path) -> tuple[dict[str, list], dict[str, dict]]:
     grid = {}
     for key, values in data.get("grid", {}).items():
         grid[config_key(key)] = values if isinstance(values, list) else [values]
-    named = {name: {config_key(k): v for k, v in options.items()}
+    named = {run_name(name): {config_key(k): v for k, v in options.items()}
              for name, options in data.get("runs", {}).items()}
     return grid, named
 
@@ -303,10 +312,9 @@ def run_local(runs: list[Run], parallel: int = 1, python: str = sys.executable) 
         return list(pool.map(one, runs))
 
 
-def run_submitit(runs: list[Run], folder: Path, *, cluster: str, parameters: dict,
-                 max_requeues: int) -> list[dict]:
-    """Each unfinished run as a job (a Slurm job array; cluster 'local': processes on this
-    machine) running `Run` in-process; waits for them all."""
+def make_executor(folder: Path, *, cluster: str, parameters: dict, max_requeues: int):
+    """submitit's executor for `cluster` ('slurm', or 'local': processes on this machine);
+    its jobs' files and logs go to `folder`."""
     try:
         import submitit
     except ImportError:
@@ -314,6 +322,13 @@ def run_submitit(runs: list[Run], folder: Path, *, cluster: str, parameters: dic
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      slurm_max_num_timeout=max_requeues)
     executor.update_parameters(**parameters)
+    return executor
+
+
+def run_submitit(runs: list[Run], executor) -> list[dict]:
+    """Each unfinished run as a job of `executor` (on Slurm, one job array) running `Run`
+    in-process; waits for them all."""
+    import submitit
     outcomes, pending = {}, []
     for run in runs:
         if run.plan()[0] == "finished":
@@ -327,7 +342,7 @@ def run_submitit(runs: list[Run], folder: Path, *, cluster: str, parameters: dic
         for run, job in zip(pending, jobs):
             print(f"[sweep] {run.name}: job {job.job_id}", flush=True)
         by_job = {job.job_id: run for run, job in zip(pending, jobs)}
-        poll = 0.5 if cluster == "local" else 30.0  # seconds; Slurm's state is rate-limited
+        poll = 0.5 if executor.cluster == "local" else 30.0  # s; Slurm's state: rate-limited
         for job in submitit.helpers.as_completed(jobs, poll_frequency=poll):
             run = by_job[job.job_id]
             try:

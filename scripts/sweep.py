@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 
 from fusion.config import build_parser, resolve
-from fusion.sweep import (expand, gpu_pool, load_sweep_file, parse_grid, parse_named,
-                          run_local, run_submitit)
+from fusion.sweep import (expand, gpu_pool, load_sweep_file, make_executor, parse_grid,
+                          parse_named, run_local, run_submitit)
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -136,10 +136,11 @@ def main(argv=None) -> int:
         if args.launcher == "local":
             outcomes = run_local(todo, args.parallel)
         else:
-            outcomes = run_submitit(
-                todo, out / ".submitit", parameters=submitit_parameters(args, out),
+            executor = make_executor(
+                out / ".submitit", parameters=submitit_parameters(args, out),
                 cluster="slurm" if args.launcher == "slurm" else "local",
                 max_requeues=args.max_requeues)
+            outcomes = run_submitit(todo, executor)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 resumed through scripts/slurm/train.sbatch; extraction as a Slurm job array. Slurm itself is
 stood in for by a stub srun / scontrol and the SLURM_* variables Slurm sets."""
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -140,6 +141,54 @@ def test_two_nodes_one_killed_then_resumed_by_the_sbatch_end_as_one_node(tmp_pat
     assert any(not torch.equal(final[k], epoch1["model"][k]) for k in final)  # epoch 2 trained
     for key, value in final.items():
         torch.testing.assert_close(value, alone[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+# Two processes of a process group (no torchrun: rank 0 holds the store), joined through
+# fusion.distributed.session with a dist_timeout of argv[1] seconds. First rank 0 works alone
+# for longer than the timeout, as in the final test, while rank 1 waits at the barrier; then
+# both sum across ranks until rank 1 freezes (SIGSTOP: its connections stay open, as those of
+# a node that vanished).
+PAIR = """
+import os, signal, sys, time
+from fusion import distributed
+timeout = float(sys.argv[1])
+with distributed.session("cpu", timeout) as (context, device):
+    if context.rank == 0:
+        time.sleep(2.5 * timeout)
+    distributed.barrier(context)
+    print(f"rank {context.rank} passed the barrier", flush=True)
+    for step in range(10000):
+        if context.rank == 1 and step == 5:
+            print(f"stopping at {time.time()}", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        distributed.sum_across([1.0], context, device)
+        time.sleep(0.05)
+"""
+
+
+def test_a_long_wait_for_rank_0_is_no_loss_and_a_vanished_rank_is_named_after_the_timeout():
+    """Waiting at the barrier while rank 0 works alone is not bounded by dist_timeout. A frozen
+    rank closes no connection: only dist_timeout ends the others' wait, and rank 0 then names
+    it within the timeout plus the census (as long again)."""
+    timeout, port = 3.0, str(free_port())
+    survivor, frozen = (subprocess.Popen(
+        [sys.executable, "-c", PAIR, str(timeout)], text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, env=environment(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0",
+                                                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+        for rank in (0, 1))
+    try:
+        printed = survivor.communicate(timeout=120)[0]
+        ended = time.time()
+    finally:
+        frozen.kill()
+    assert "rank 0 passed the barrier" in printed, printed[-2000:]
+    assert survivor.returncode != 0
+    assert "RankLost: rank 0: lost rank 1 of 2: no answer" in printed, printed[-2000:]
+    assert "Timed out" in printed  # gloo's own error, after dist_timeout
+    frozen_printed = frozen.communicate()[0]
+    assert "rank 1 passed the barrier" in frozen_printed
+    stopped = float(re.search(r"stopping at ([\d.]+)", frozen_printed).group(1))
+    assert timeout - 0.5 < ended - stopped < 2 * timeout + 10
 
 
 def write_videos(folder: Path, count: int = 3, frames: int = 6) -> Path:

@@ -99,6 +99,8 @@ def test_grid_flags_and_file_make_named_runs_with_train_fusion_options(tmp_path)
         parse_grid(["flow_stak=1,2"])
     with pytest.raises(ValueError, match="run_name is set by the sweep"):
         parse_grid(["run_name=a,b"])
+    with pytest.raises(ValueError, match="run name 'lr=1': a run starts with its name"):
+        parse_named([["lr=1", "seed=2"]])
     assert as_flags("oversample", "false") == ["--no-oversample"]
     assert as_flags("fusion_weights", [1, 1.5]) == ["--fusion-weights", "1", "1.5"]
     assert as_flags("fusion_weights", "1 1.5") == ["--fusion-weights", "1", "1.5"]
@@ -238,3 +240,30 @@ def test_a_run_preempted_mid_training_resumes_to_the_weights_of_an_uninterrupted
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     for key, value in resumed["model"].items():
         torch.testing.assert_close(value, alone["model"][key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_slurm_launcher_options_become_the_job_array_s_sbatch_lines(tmp_path, load_script,
+                                                                    monkeypatch):
+    """No Slurm here: submitit's Slurm executor, built as sweep.py builds it (a stub srun on
+    the PATH lets it start), writes the batch file the jobs would get."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (stubs / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
+    sweep = load_script("sweep")
+    args, common = sweep.parse([
+        "--out", "runs/s", "--launcher", "slurm", "--partition", "gpu", "--time", "90",
+        "--account", "proj", "--mem-gb", "32", "--slurm", "exclude=node12",
+        "--setup", "module load cuda", "--parallel", "3", "--epochs", "5"])
+    assert common == ["--epochs", "5"]
+    executor = sweep.make_executor(tmp_path / "jobs", cluster="slurm", max_requeues=7,
+                                   parameters=sweep.submitit_parameters(args, Path("runs/s")))
+    assert executor._executor.max_num_timeout == 7
+    assert executor._executor.parameters["array_parallelism"] == 3
+    text = executor._executor._make_submission_file_text("python -m job", "uid")
+    for line in ("--partition=gpu", "--time=90", "--account=proj", "--mem=32GB",
+                 "--exclude=node12", "--gpus-per-node=1", "--cpus-per-task=8", "--nodes=1",
+                 "--job-name=sweep-s", "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in text, line
+    assert "\nmodule load cuda\n" in text
