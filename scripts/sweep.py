@@ -1,4 +1,4 @@
-"""Run a sweep of train_fusion.py runs, each in its own folder under --out, then print one table
+r"""Run a sweep of train_fusion.py runs, each in its own folder under --out, then print one table
 and write summary.png (scripts/summarize.py's).
 
     python scripts/sweep.py --out runs/s --grid fuse=conv1x1,sum --grid split=1,2,3 \
@@ -20,7 +20,7 @@ The runs are every --run (NAME KEY=VALUE ...) times every combination of the --g
     schedule = "step"
 
 Every other option goes to each run's train_fusion.py as given. A run is named by its --run name
-and its grid values (conv1x1_split-2, fuse-sum_split-2), in OUT/<name>/. A finished run
+and its grid values (step_split-2, fuse-sum_split-2), in OUT/<name>/. A finished run
 (metrics.json) is never run again, an interrupted one (last.pt) resumes, a failed one shows in
 the table with its error line and the others go on; each run's attempts and output are in its
 sweep.log. On Slurm, a run preempted or at its --time limit is requeued and resumes from last.pt
@@ -46,7 +46,7 @@ def parse(argv):
                         help="a train_fusion.py option and its values; several --grid: every "
                              "combination")
     parser.add_argument("--run", action="append", default=[], nargs="+",
-                        metavar="NAME [KEY=VALUE ...]",
+                        metavar=("NAME", "KEY=VALUE"),
                         help="a named run with its own options (times the grid)")
     parser.add_argument("--grid-file", help="TOML file with [grid] and [runs.NAME] tables")
     parser.add_argument("--launcher", choices=("local", "slurm", "submitit-local"),
