@@ -43,7 +43,7 @@ AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 DECODES = ("auto", "cpu", "device")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
-             "channels_last", "decode", "keep")
+             "channels_last", "decode", "keep", "dist_timeout")
 
 
 @dataclass
@@ -162,6 +162,9 @@ class Config:
     # on kernel launches, not the GPU) | max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes
+    # under torchrun: seconds a collective waits for the other processes (gloo and NCCL) before
+    # the run stops naming the lost ranks; longer than any pause of one rank alone
+    dist_timeout: float = 600.0
     # --- runs ---
     best_rule: str = "both"  # both: val loss and accuracy improve (seed 001) | loss | accuracy
     run_name: str = ""  # runs/<run_name>; empty: from fusion, tap and time
@@ -224,7 +227,7 @@ class Config:
         choice("decode", DECODES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
                  "flow_bound", "short_side", "diff_stack", "diff_weight",
-                 "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
+                 "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips", "dist_timeout")
         if any(not 0 < s <= 1 for s in self.crop_scales):
             raise ValueError(f"config key crop_scales: fractions in (0, 1] of the short side, "
                              f"got {self.crop_scales}")

@@ -273,7 +273,7 @@ def fit(config: Config, *, overrides: dict | None = None):
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
-    with distributed.session(config.device) as (context, device), \
+    with distributed.session(config.device, config.dist_timeout) as (context, device), \
             claimed(run_dir, context, new=checkpoint is None), \
             cpu_threads(config.workers) as threads:
         main = context.main
@@ -351,17 +351,17 @@ def fit(config: Config, *, overrides: dict | None = None):
                                          scaler=scaler, epoch=epoch + 1, best=best,
                                          history=history, train_time=train_time, config=config,
                                          classes=classes)
-                save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
-                if improved:
+                if improved:  # best.pt first: a run stopped between the two redoes the epoch
                     save_atomic(weights_only(state), run_dir / "best.pt")
+                save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
                 log_epoch(writer, epoch, train_metrics, val_metrics, improved)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
             state = checkpoint_state(model=model, optimizer=None, scheduler=None, scaler=scaler,
                                      epoch=0, best=best, history=history, train_time=train_time,
                                      config=config, classes=classes)
-            save_atomic(state, run_dir / "last.pt")
             save_atomic(weights_only(state), run_dir / "best.pt")
+            save_atomic(state, run_dir / "last.pt")
         distributed.barrier(context)
         if main:
             tested = run_dir / "best.pt"

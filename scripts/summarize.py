@@ -75,9 +75,17 @@ def main(argv=None) -> int:
     parser = ArgumentParser(__doc__)
     parser.add_argument("sweep", help="folder holding run folders")
     args = parser.parse_args(argv)
-    files = sorted(Path(args.sweep).glob("*/metrics.json"))
-    if not files:
-        print(f"error: no <run>/metrics.json under {args.sweep}", file=sys.stderr)
+    return report(Path(args.sweep))
+
+
+def report(sweep: Path, failed: dict[str, str] | None = None) -> int:
+    """Print the table of every run folder under `sweep` with a metrics.json, and a row per
+    `failed` run (name -> error line, in an error column); write summary.png of the finished
+    runs. 1 when there is nothing to show or a metrics file is not this project's."""
+    failed = failed or {}
+    files = sorted(Path(sweep).glob("*/metrics.json"))
+    if not files and not failed:
+        print(f"error: no <run>/metrics.json under {sweep}", file=sys.stderr)
         return 1
     runs = []
     for path in files:
@@ -88,12 +96,20 @@ def main(argv=None) -> int:
             print(f"error: {path} is not a metrics file of this project ({err!r})",
                   file=sys.stderr)
             return 1
-    print(table([describe(m) for m in runs]))
-    variable, rows = swept_rows(runs)
-    figure = summary_figure(rows, variable=variable)
-    out = Path(args.sweep) / "summary.png"
-    save_png(figure, out)
-    print(f"\nplot: {out}")
+    rows = [describe(m) for m in runs]
+    if failed:
+        blank = dict.fromkeys(rows[0] if rows else ("run", "fusion", "tap", "RGB %", "flow %",
+                                                    "fused %", "parameters", "train time"), "-")
+        rows = sorted([{**row, "error": ""} for row in rows] +
+                      [{**blank, "run": name, "error": error} for name, error in failed.items()],
+                      key=lambda row: row["run"])
+    print(table(rows))
+    if runs:
+        variable, plotted = swept_rows(runs)
+        figure = summary_figure(plotted, variable=variable)
+        out = Path(sweep) / "summary.png"
+        save_png(figure, out)
+        print(f"\nplot: {out}")
     return 0
 
 

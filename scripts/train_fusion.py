@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fusion.config import build_parser, resolve
 from fusion.data.loader import FrameError
+from fusion.distributed import RankLost
 from fusion.engine import TrainingDiverged, train
 from fusion.evaluate import print_table
 
@@ -25,7 +26,8 @@ def main(argv=None) -> int:
     try:
         config = resolve(args)
         run_dir = train(config, overrides=given)
-    except (TrainingDiverged, FrameError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (TrainingDiverged, FrameError, RankLost, ValueError, FileNotFoundError,
+            FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     import json

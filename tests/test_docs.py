@@ -28,7 +28,10 @@ def script_calls(command: str) -> list[tuple[str, list[str]]]:
     in a command (several may be joined by && or ;)."""
     calls = []
     for part in re.split(r"&&|;|\|", command):
-        words = shlex.split(part, posix=True)
+        try:
+            words = shlex.split(part, posix=True)
+        except ValueError:  # a quote opened in one part and closed in another
+            words = part.split()
         for i, word in enumerate(words):
             if word.startswith("scripts/") and word.endswith((".py", ".sh")):
                 calls.append((word, words[i + 1:]))
