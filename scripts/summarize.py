@@ -25,6 +25,8 @@ def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
     varying = [k for k in configs[0] if k not in IGNORED
                and len({json.dumps(c.get(k)) for c in configs}) > 1]
     variable = next((k for k in SWEPT if k in varying), varying[0] if varying else "run")
+    if len({json.dumps(c.get(variable)) for c in configs}) < len(configs):
+        variable = "run"  # several keys vary (the demo: rgb, flow, conv1x1): runs by name
 
     def label(m):
         return m["run"] if variable == "run" else str(m["config"][variable])
