@@ -259,10 +259,10 @@ def inapplicable(config: Config) -> set[str]:
 
 
 def run_hparams(config: Config) -> dict:
-    """The HParams tab's settings of a run: its model's identity (fusion, tap or stream) and
-    every key that applies to its model and differs from `Config()`'s default. TensorBoard
-    puts the ones that differ across the runs it shows first; keeping defaults out keeps a
-    single run's table to what was chosen for it."""
+    """The HParams tab's settings of a run: its model's identity (fusion, tap, and its streams:
+    `stream` is rgb+flow for a fused model) and every key that applies to its model and differs
+    from `Config()`'s default. TensorBoard puts the ones that differ across the runs it shows
+    first; keeping defaults out keeps a single run's table to what was chosen for it."""
     defaults = Config().to_dict()
     skip = inapplicable(config)
     hparams = {}
@@ -272,6 +272,8 @@ def run_hparams(config: Config) -> dict:
         if isinstance(value, list):
             value = ", ".join(map(str, value))
         hparams[key] = value
+    if config.fuse != "none":  # the streams the model has, beside single streams' rgb or flow
+        hparams["stream"] = "rgb+flow" + ("+rgbdiff" if config.diff else "")
     return hparams
 
 

@@ -144,7 +144,7 @@ def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_scr
         set(chosen)
     assert "aggregate" not in chosen  # the default: the same for every run
     conv = hparams_of(EventAccumulator(str(tmp_path / "conv" / "test")).Reload())
-    assert conv["fuse"] == "conv1x1" and conv["at"] == "layer3" and "stream" not in conv
+    assert conv["fuse"] == "conv1x1" and conv["at"] == "layer3" and conv["stream"] == "rgb+flow"
     # A frozen model with nothing left to train is an error, not a silent no-op.
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--at", "layer3", *inits,

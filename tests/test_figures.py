@@ -136,6 +136,8 @@ def test_summary_of_a_categorical_sweep_is_grouped_bars_named_by_run(load_script
             sweep_metrics("conv1x1", fuse="conv1x1", fused=0.6, parameters=22_000_000)]
     variable, rows = module.swept_rows(demo)
     assert variable == "run" and [r["label"] for r in rows] == ["conv1x1", "flow", "rgb"]
+    # a single stream's fused output is its own: one bar, under the stream's name
+    assert [(r["fused"], r["rgb"]) for r in rows] == [(60, None), (None, None), (None, 30)]
 
 
 def test_pictures_of_a_single_stream_name_its_output_not_fused():
