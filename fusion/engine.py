@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from fusion import distributed
@@ -30,7 +31,7 @@ from fusion.checkpoint import (checkpoint_state, load_for_resume, restore, resum
 from fusion.config import Config, to_toml
 from fusion.data.device_decode import DecodeAhead
 from fusion.device import amp_dtype, autocast, cpu_threads, move, to_channels_last
-from fusion.evaluate import metric_figures, test_checkpoint
+from fusion.evaluate import metric_figures, shown_outputs, test_checkpoint
 from fusion.figures import first_flow_picture, rgb_beside_flow
 from fusion.lock import acquire, release
 from fusion.policy import freeze_until
@@ -202,11 +203,18 @@ def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metrics: dict,
-              improved: bool) -> None:
+              improved: bool, fuse: str) -> None:
+    """Per epoch, tagged so that TensorBoard (which sorts tag groups by name) opens on the
+    curves read first: `accuracy/<split>/<output>`, `loss/<split>/<output>`, then `lr` (per
+    step, `log_step`) and `speed/clips_per_s/<split>`. Only the model's own outputs
+    (`shown_outputs`): a single stream has no fused curve of its own."""
+    outputs = shown_outputs([key[len("acc/"):] for key in train_metrics
+                             if key.startswith("acc/")], fuse)
     for split, metrics in (("train", train_metrics), ("val", val_metrics)):
-        for key, value in metrics.items():
-            if key.startswith(("loss/", "acc/")) or key == "clips_per_s":
-                writer.add_scalar(f"{split}/{key}", value, epoch + 1)
+        for name in outputs:
+            writer.add_scalar(f"accuracy/{split}/{name}", metrics[f"acc/{name}"], epoch + 1)
+            writer.add_scalar(f"loss/{split}/{name}", metrics[f"loss/{name}"], epoch + 1)
+        writer.add_scalar(f"speed/clips_per_s/{split}", metrics["clips_per_s"], epoch + 1)
     print(f"epoch {epoch + 1}: train loss {train_metrics['loss/fused']:.3f} "
           f"acc {train_metrics['acc/fused']:.3f} | val loss {val_metrics['loss/fused']:.3f} "
           f"acc {val_metrics['acc/fused']:.3f}{' (best)' if improved else ''} | "
@@ -216,13 +224,75 @@ def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metric
         print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
 
+# Keys that name a run's model in the HParams tab whether or not they keep their default (a
+# sweep's conv1x1 run is conv1x1 like its neighbours are average), where they apply
+IDENTITY = ("fuse", "stream", "at")
+# Bookkeeping, not settings of the experiment
+NOT_HPARAMS = ("run_name", "logdir", "resume", "workers", "device", "keep")
+FUSION_KEYS = ("at", "at_flow", "keep_spatial_head", "keep_temporal_tower", "kept_average",
+               "fusion_init", "fusion_bn", "fusion_weights", "diff", "diff_stack",
+               "diff_weight", "init_diff", "freeze_until", "unfreeze")
+RGB_KEYS = ("rgb", "rgb_stack", "init_rgb", "augment")
+FLOW_KEYS = ("flow", "flow_stack", "init_flow", "augment_flow", "flow_method", "flow_bound",
+             "flow_format", "flow_mean_subtraction", "raft_model", "raft_weights")
+SCHEDULE_KEYS = {"step": ("step_size", "gamma"), "plateau": ("patience", "gamma"),
+                 "cyclic": ("base_lr", "max_lr", "cycle_up", "cyclic_mode", "cyclic_gamma"),
+                 "cosine": ("warmup_epochs",), "constant": ()}
+
+
+def inapplicable(config: Config) -> set[str]:
+    """The keys that do nothing in this run: fusion keys without fusion, the other stream's
+    keys of a single stream, other schedules' and optimizers' keys."""
+    keys = set(NOT_HPARAMS)
+    if config.fuse == "none":
+        keys |= set(FUSION_KEYS) | (set(RGB_KEYS) if config.stream == "flow" else set(FLOW_KEYS))
+    else:
+        keys.add("stream")
+    for schedule, own in SCHEDULE_KEYS.items():
+        if schedule != config.schedule:
+            keys |= set(own) - set(SCHEDULE_KEYS[config.schedule])
+    if config.optimizer != "sgd":
+        keys.add("momentum")
+    if not config.compile:
+        keys.add("compile_mode")
+    return keys
+
+
+def run_hparams(config: Config) -> dict:
+    """The HParams tab's settings of a run: its model's identity (fusion, tap, and its streams:
+    `stream` is rgb+flow for a fused model) and every key that applies to its model and differs
+    from `Config()`'s default. TensorBoard puts the ones that differ across the runs it shows
+    first; keeping defaults out keeps a single run's table to what was chosen for it."""
+    defaults = Config().to_dict()
+    skip = inapplicable(config)
+    hparams = {}
+    for key, value in config.to_dict().items():
+        if key in skip or (value == defaults[key] and key not in IDENTITY):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        hparams[key] = value
+    if config.fuse != "none":  # the streams the model has, beside single streams' rgb or flow
+        hparams["stream"] = "rgb+flow" + ("+rgbdiff" if config.diff else "")
+    return hparams
+
+
 def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
+    """The test pictures, and the run's row of the HParams tab: `run_hparams` and the test
+    accuracy of each output. The row lives in the run's `test` folder (a run of its own to
+    TensorBoard) with the accuracies as its only scalars, `test/accuracy/<output>`: the HParams
+    tab's metric columns are exactly those, and on the Scalars page they sort last. No
+    experiment summary is written, so TensorBoard compares the runs' settings itself."""
     for name, figure in metric_figures(metrics).items():
         writer.add_figure(f"test/{name}", figure, 0)
-    hparams = {k: v for k, v in config.to_dict().items()
-               if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
-    writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
-                                 for k, m in metrics["test"].items()}, run_name=".")
+    accuracies = {f"test/accuracy/{name}": metrics["test"][name]["accuracy"]
+                  for name in shown_outputs(metrics["test"], config.fuse)}
+    _, session_start, session_end = hparams(run_hparams(config), accuracies)
+    with SummaryWriter(log_dir=str(Path(writer.log_dir) / "test")) as test:
+        test.file_writer.add_summary(session_start)
+        test.file_writer.add_summary(session_end)
+        for tag, value in accuracies.items():
+            test.add_scalar(tag, value, 0)
 
 
 @contextlib.contextmanager
@@ -354,7 +424,7 @@ def fit(config: Config, *, overrides: dict | None = None):
                 if improved:  # best.pt first: a run stopped between the two redoes the epoch
                     save_atomic(weights_only(state), run_dir / "best.pt")
                 save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
-                log_epoch(writer, epoch, train_metrics, val_metrics, improved)
+                log_epoch(writer, epoch, train_metrics, val_metrics, improved, config.fuse)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
             state = checkpoint_state(model=model, optimizer=None, scheduler=None, scaler=scaler,

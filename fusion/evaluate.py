@@ -81,16 +81,25 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: 
             "confusion": confusion.tolist()}
 
 
+def shown_outputs(names, fuse: str) -> list[str]:
+    """The outputs a run's curves and pictures show: a single stream's "fused" output is the
+    stream's own, shown under the stream's name alone."""
+    return [n for n in names if not (fuse == "none" and n == "fused")]
+
+
 def metric_figures(metrics: dict) -> dict[str, Figure]:
-    """The test split's pictures: a labelled confusion matrix per output (fused, RGB, flow,
-    kept heads) and the fused output's per-class accuracy, worst first."""
+    """The test split's pictures: a labelled confusion matrix per output the model has (fused,
+    RGB, flow, kept heads; a single stream's alone) and the per-class accuracy, worst first, of
+    its final output (fused, or the single stream's), each titled by the output it shows."""
     classes = metrics["classes"]
-    figures = {f"confusion_{name}": confusion_figure(m["confusion"], classes,
-                                                     title=f"{metrics['run']}: {name}")
-               for name, m in metrics["test"].items()}
-    figures["per_class"] = per_class_figure(metrics["test"]["fused"]["per_class"],
+    outputs = shown_outputs(metrics["test"], metrics["config"]["fuse"])
+    figures = {f"confusion_{name}": confusion_figure(metrics["test"][name]["confusion"], classes,
+                                                     title=f"{metrics['run']}: {name} output")
+               for name in outputs}
+    final = "fused" if "fused" in outputs else outputs[0]
+    figures["per_class"] = per_class_figure(metrics["test"][final]["per_class"],
                                             title=f"{metrics['run']}: per-class accuracy "
-                                                  f"(fused), worst first")
+                                                  f"({final} output), worst first")
     return figures
 
 

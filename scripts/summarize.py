@@ -25,8 +25,12 @@ def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
     varying = [k for k in configs[0] if k not in IGNORED
                and len({json.dumps(c.get(k)) for c in configs}) > 1]
     variable = next((k for k in SWEPT if k in varying), varying[0] if varying else "run")
+    if len({json.dumps(c.get(variable)) for c in configs}) < len(configs):
+        variable = "run"  # several keys vary (the demo: rgb, flow, conv1x1): runs by name
 
     def label(m):
+        if variable == "fuse" and m["config"]["fuse"] == "none":
+            return f"none ({m['config']['stream']})"
         return m["run"] if variable == "run" else str(m["config"][variable])
     if variable == "at":  # tower order of the RGB backbone
         taps = build_stream(configs[0]["rgb"], num_classes=2).taps
@@ -38,8 +42,9 @@ def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
     else:
         metrics = sorted(metrics, key=label)
 
-    def acc(m, name):
-        return 100 * m["test"][name]["accuracy"] if name in m["test"] else None
+    def acc(m, name):  # a single stream's "fused" output is the stream's own: one bar
+        own = name in m["test"] and not (name == "fused" and m["config"]["fuse"] == "none")
+        return 100 * m["test"][name]["accuracy"] if own else None
     return variable, [{"label": label(m), "fused": acc(m, "fused"), "rgb": acc(m, "rgb"),
                        "flow": acc(m, "flow"), "parameters": m["parameters"]} for m in metrics]
 

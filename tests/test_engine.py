@@ -77,8 +77,11 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script, monk
 
     events = EventAccumulator(str(run)).Reload()
     scalars = events.Tags()["scalars"]
-    for tag in ("train/loss/fused", "val/acc/fused", "val/acc/rgb", "train/clips_per_s", "lr"):
+    for tag in ("loss/train/fused", "accuracy/val/fused", "accuracy/val/rgb",
+                "speed/clips_per_s/train", "lr"):
         assert tag in scalars, tag
+    # TensorBoard sorts tag groups by name: accuracy and loss first, then the LR
+    assert sorted({tag.split("/")[0] for tag in scalars}) == ["accuracy", "loss", "lr", "speed"]
     # 8 training videos (the other training group of each class validates), batches of 4
     assert len(events.Scalars("lr")) == 2 * 2
     assert {"inputs/rgb", "inputs/flow", "inputs/rgb_and_flow", "test/confusion_fused",
@@ -124,10 +127,37 @@ def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_scr
         assert torch.equal(fused["rgb." + key[len("stream."):]], value), key
     assert json.loads((tmp_path / "rgb" / "metrics.json").read_text())["test"].keys() == \
         {"fused", "rgb"}
+
+    # TensorBoard: a single stream's curves and pictures are its own, none called fused; the
+    # HParams row (the run's test folder) holds the settings chosen for it, no fusion keys, and
+    # its test accuracy, with no hparam/ charts on the Scalars page
+    events = EventAccumulator(str(tmp_path / "rgb")).Reload()
+    tags = events.Tags()["scalars"] + events.Tags()["images"]
+    assert "accuracy/val/rgb" in tags and "test/confusion_rgb" in tags
+    assert not [t for t in tags if "fused" in t or t.startswith("hparam")]
+    row = EventAccumulator(str(tmp_path / "rgb" / "test")).Reload()
+    assert row.Tags()["scalars"] == ["test/accuracy/rgb"]
+    chosen = hparams_of(row)
+    assert chosen["fuse"] == "none" and chosen["stream"] == "rgb"
+    assert chosen["image_size"] == 32 and chosen["optimizer"] == "adam" and chosen["epochs"] == 1
+    assert not {"at", "at_flow", "flow", "flow_stack", "momentum", "run_name", "logdir"} & \
+        set(chosen)
+    assert "aggregate" not in chosen  # the default: the same for every run
+    conv = hparams_of(EventAccumulator(str(tmp_path / "conv" / "test")).Reload())
+    assert conv["fuse"] == "conv1x1" and conv["at"] == "layer3" and conv["stream"] == "rgb+flow"
     # A frozen model with nothing left to train is an error, not a silent no-op.
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--at", "layer3", *inits,
                               "--run-name", "sum")))
+
+
+def hparams_of(events) -> dict:
+    """A run's row in TensorBoard's HParams tab, read from its session start summary."""
+    from tensorboard.plugins.hparams import metadata
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    start = metadata.parse_session_start_info_plugin_data(content)
+    return {name: getattr(value, value.WhichOneof("kind"))
+            for name, value in start.hparams.items()}
 
 
 def final_weights(run):
@@ -319,7 +349,7 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
                                    "bilinear"])
     assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
     events = EventAccumulator(str(tmp_path / "sweep" / "conv3d")).Reload()
-    assert {"train/loss/fused", "val/acc/fused", "lr"} <= set(events.Tags()["scalars"])
+    assert {"loss/train/fused", "accuracy/val/fused", "lr"} <= set(events.Tags()["scalars"])
     assert {"inputs/rgb", "inputs/rgb_and_flow", "test/confusion_fused"} <= \
         set(events.Tags()["images"])
     # Run again: finished runs are skipped, the table is the same.
