@@ -26,11 +26,11 @@ the table with its error line and the others go on; each run's attempts and outp
 sweep.log. On Slurm, a run preempted or at its --time limit is requeued and resumes from last.pt
 (submitit's checkpointing). The exit status is 1 when a run failed.
 """
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
 
+from fusion.cli import ArgumentParser
 from fusion.config import build_parser, resolve
 from fusion.sweep import (expand, gpu_pool, load_sweep_file, make_executor, parse_grid,
                           parse_named, run_local, run_submitit)
@@ -39,8 +39,7 @@ SCRIPTS = Path(__file__).resolve().parent
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__, allow_abbrev=False)
     parser.add_argument("--out", required=True, help="the sweep folder; a run in OUT/<name>")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                         help="a train_fusion.py option and its values; several --grid: every "
@@ -64,13 +63,14 @@ def parse(argv):
     slurm = parser.add_argument_group("slurm (and submitit-local)")
     slurm.add_argument("--time", type=int, default=1440,
                        help="minutes per job; a run still going is requeued and resumes")
-    slurm.add_argument("--gpus-per-run", type=int, default=1)
+    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each run's job")
     slurm.add_argument("--cpus-per-run", type=int, default=8, help="also its loader workers")
-    slurm.add_argument("--mem-gb", type=float, default=None)
-    slurm.add_argument("--partition")
-    slurm.add_argument("--account")
-    slurm.add_argument("--qos")
-    slurm.add_argument("--constraint")
+    slurm.add_argument("--mem-gb", type=float, default=None,
+                       help="memory of each run's job (default: Slurm's)")
+    slurm.add_argument("--partition", help="Slurm partition (sbatch --partition)")
+    slurm.add_argument("--account", help="Slurm account to charge (sbatch --account)")
+    slurm.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
+    slurm.add_argument("--constraint", help="node features required (sbatch --constraint)")
     slurm.add_argument("--max-requeues", type=int, default=20,
                        help="time-outs a run may be requeued after (preemptions are free)")
     slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    # Every run's options are checked here: a typo stops the sweep (argparse's message), a bad
+    # Every run's options are checked here: a typo stops the sweep (the parser's message), a bad
     # value fails that run alone, before anything starts.
     parser = build_parser(__doc__)
     invalid = {}

@@ -172,7 +172,8 @@ def test_the_frames_folder_is_an_option(tmp_path):
     assert len(data) == 2 and data[0][0].shape[-2:] == (16, 16)
     from fusion.build import build_dataset
     from fusion.config import Config
-    config = Config(dataset="rawframes", data_root=str(tmp_path / "mm"), train_list="train.txt",
-                    test_list="test.txt", rawframes_dir="frames_train", image_size=16,
-                    fuse="none", stream="rgb")
+    config = Config(dataset="rawframes", data_root=str(tmp_path / "mm"),
+                    train_list=str(tmp_path / "mm" / "train.txt"),
+                    test_list=str(tmp_path / "mm" / "test.txt"), rawframes_dir="frames_train",
+                    image_size=16, fuse="none", stream="rgb")
     assert len(build_dataset(config, "test", "val")) == 2

@@ -171,7 +171,7 @@ def test_local_sweep_n_at_a_time_a_gpu_each_reports_failures_and_runs_nothing_tw
     with pytest.raises(SystemExit):
         sweep.main(["--out", str(tmp_path / "typo"), "--script", str(fake), "--grid", "lr=1",
                     "--epohcs", "3"])
-    assert "unrecognized arguments: --epohcs" in capsys.readouterr().err
+    assert "unknown option --epohcs; did you mean --epochs?" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
 
 

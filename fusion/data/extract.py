@@ -146,12 +146,12 @@ def _run(job, out, settings, options):
         return job, "failed", 0, None, failure(err)
 
 
-def die_with_parent() -> None:
-    """A worker process's initializer: end with the process that started it, also when that
-    one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting into a
-    folder a rerun is about to clean). Linux: the kernel's parent-death signal; elsewhere a
-    thread that notices the parent is gone."""
-    parent = os.getppid()
+def die_with_parent(parent: int) -> None:
+    """A worker process's initializer: end with the process `parent` that started it, also
+    when that one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting
+    into a folder a rerun is about to clean). Linux: the kernel's parent-death signal, then a
+    check that the parent did not die while this worker was starting; elsewhere a thread that
+    notices the parent is gone."""
     try:
         import ctypes
 
@@ -251,7 +251,8 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                 initializer=die_with_parent) as pool:
+                                 initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
             for future in as_completed(futures):
                 _tally(summary, *future.result())
