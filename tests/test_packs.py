@@ -190,8 +190,8 @@ def test_a_pack_is_a_plain_tar_that_gives_the_loose_files_back(trees, tmp_path):
     with tarfile.open(packed / "packs" / "walk" / "clip02.tar") as tar:
         members = tar.getnames()
         assert members[0] == ".pack-index/walk/clip02.jsonl"
-        assert members[1:4] == ["walk/clip02/frame000001.jpg", "walk/clip02/frame000002.jpg",
-                                "walk/clip02/frame000003.jpg"]
+        assert members[1:5] == ["walk/clip02/frame000001.jpg", "walk/clip02/u/frame000001.jpg",
+                                "walk/clip02/v/frame000001.jpg", "walk/clip02/frame000002.jpg"]
         assert "walk/clip02/u/frame000007.jpg" in members
     if shutil.which("tar") is None:
         pytest.skip("no tar command here")

@@ -174,9 +174,8 @@ def pack_video(src: Path, dst: Path, video: VideoFolders, verify: bool = False) 
         files = video_files(src, video)
         if not complete(pack):
             result["status"] = "redone" if pack.exists() else "packed"
-            result["bytes_out"] = write_pack(pack, files, video.key)
+            result["bytes_out"], result["bytes_in"] = write_pack(pack, files, video.key)
             result["files"] = len(files)
-            result["bytes_in"] = sum(path.stat().st_size for _, path in files)
         if verify:
             result["problems"] = verify_pack(pack, files)
     except (OSError, ValueError) as err:

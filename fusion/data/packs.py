@@ -4,9 +4,10 @@ index member, so that any frame is one positioned read (`os.pread`), never a sca
 
     <root>/packs/v_X.tar                       one video (`scripts/pack_frames.py` writes them)
         .pack-index/v_X.jsonl                  the index, the first member
-        jpegs_256/v_X/frame000001.jpg ...      the loose files, sorted by name
-        tvl1_flow/u/v_X/frame000001.jpg ...
-        tvl1_flow/v/v_X/frame000001.jpg ...
+        jpegs_256/v_X/frame000001.jpg          the loose files, frame by frame: each number's
+        tvl1_flow/u/v_X/frame000001.jpg        files of every stream together, so a clip's
+        tvl1_flow/v/v_X/frame000001.jpg        frames (a stack of flow and the RGB frames in
+        jpegs_256/v_X/frame000002.jpg ...      its span) lie in one stretch of the file
 
 `tar -xf v_X.tar -C DIR` gives the loose files back (with `--exclude=.pack-index` not even the
 index). A frame inside a pack is addressed like a file inside a folder,
@@ -51,6 +52,7 @@ INDEX_DIR = ".pack-index"
 PARTIAL = ".partial"
 BLOCK = tarfile.BLOCKSIZE  # 512
 HEAD = 4096  # bytes read to find the index's first line (a pack's header at start-up)
+READER_HEAD = 1 << 14  # and to open a pack for reading: most indexes whole in one read
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # tarfile's own defaults on POSIX
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")  # prefix, the last run of digits, suffix
 
@@ -145,26 +147,47 @@ class PackHeader:
 
     def has(self, folder: str, name: str) -> bool:
         entry = self.dirs.get(folder)
-        if entry is None:
-            return False
-        if name in entry.get("names", ()):
-            return True
+        return entry is not None and _Folder(entry).position(name) is not None
+
+
+class _Folder:
+    """A folder's entry of the index, made quick to look names up in: a name's position in
+    the folder's table, from its number (no list of names built)."""
+
+    def __init__(self, entry: dict):
+        self.runs = []  # (prefix, suffix, digits, first, count, position of the first)
+        at = 0
         for template, first, count in entry.get("runs", ()):
             prefix, suffix = _template_ends(template)
-            digits = name[len(prefix):len(name) - len(suffix)]
-            if (name.startswith(prefix) and name.endswith(suffix) and digits.isdigit()
-                    and template.format(int(digits)) == name
-                    and first <= int(digits) < first + count):
-                return True
-        return False
+            digits = len(template.format(first)) - len(prefix) - len(suffix)
+            self.runs.append((prefix, suffix, digits, first, count, at))
+            at += count
+        self.names = {name: at + k for k, name in enumerate(entry.get("names", ()))}
+
+    def position(self, name: str) -> int | None:
+        for prefix, suffix, digits, first, count, at in self.runs:
+            number = name[len(prefix):len(name) - len(suffix)]
+            if (len(number) == digits and number.isdigit() and name.startswith(prefix)
+                    and name.endswith(suffix) and first <= int(number) < first + count):
+                return at + int(number) - first
+        return self.names.get(name)
 
 
 def _matches(name: str, prefix: str, suffix: str) -> bool:
     return name.startswith(prefix) and name.endswith(suffix)
 
 
+_INDEX_START = INDEX_DIR.encode() + b"/"
+
+
 def _first_member(fd: int, path: str, head: bytes) -> tuple[int, int]:
     """(data offset, size) of the pack's first member, which must be its index."""
+    # the usual header, read by hand (tarfile's parser takes several times as long, and a
+    # dataset reads one per video at start-up): a regular file under .pack-index/, in ustar
+    if (head.startswith(_INDEX_START) and head[156:157] == tarfile.REGTYPE
+            and head[257:262] == b"ustar" and head[124:135].isdigit()
+            and b"8" not in head[124:135] and b"9" not in head[124:135]):
+        return BLOCK, int(head[124:135], 8)
     try:
         info = tarfile.TarInfo.frombuf(head[:BLOCK], _ENCODING, _ERRORS)
         if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME):
@@ -182,10 +205,10 @@ def _first_member(fd: int, path: str, head: bytes) -> tuple[int, int]:
     return at, info.size
 
 
-def _read_header(fd: int, path: str) -> tuple[PackHeader, bytes | None]:
-    """The header of the open pack `fd`, and the rest of its index where the read reached its
-    end (else None)."""
-    head = os.pread(fd, HEAD, 0)
+def _read_header(fd: int, path: str, head: int = HEAD) -> tuple[PackHeader, bytes | None]:
+    """The header of the open pack `fd` (read `head` bytes at first), and the rest of its index
+    where that read reached its end (else None)."""
+    head = os.pread(fd, head, 0)
     at, size = _first_member(fd, path, head)
     index = head[at:at + size]
     end = index.find(b"\n")
@@ -263,11 +286,21 @@ def _index_text(files: list[tuple[str, int]], offsets: dict[str, int], total: in
     return "\n".join([first, *lines, ""]).encode()
 
 
-def write_pack(dest: str | Path, files: Sequence[tuple[str, str | Path]], key: str) -> int:
-    """Write the pack `dest` of `files` (member name, source file; members sorted by name),
-    its index first; written to `dest.partial` and renamed when complete. Returns its size."""
+def member_order(name: str) -> tuple:
+    """Where a file goes in a pack: by the number its name ends in (frame000012.jpg, img_00012
+    .jpg, flow_x_00012.jpg: 12), then by name; files without a number last."""
+    match = _NUMBERED.match(name.rpartition("/")[2])
+    return (0, int(match.group(2)), name) if match else (1, 0, name)
+
+
+def write_pack(dest: str | Path, files: Sequence[tuple[str, str | Path]],
+               key: str) -> tuple[int, int]:
+    """Write the pack `dest` of `files` (member name, source file; in `member_order`), its
+    index first; written to `dest.partial` and renamed when complete. Returns its size and
+    the files' bytes."""
     dest = Path(dest)
-    files = sorted((name, Path(source)) for name, source in files)
+    files = sorted(((name, Path(source)) for name, source in files),
+                   key=lambda f: member_order(f[0]))
     names = [name for name, _ in files]
     if len(set(names)) != len(names):
         raise ValueError(f"{dest}: two files with one name in a pack")
@@ -312,7 +345,7 @@ def write_pack(dest: str | Path, files: Sequence[tuple[str, str | Path]], key: s
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return total
+    return total, sum(st.st_size for st in stats)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -329,18 +362,21 @@ class PackReader:
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(path)
             self.file_size = st.st_size
-            header, rest = _read_header(self.fd, path)
+            header, rest = _read_header(self.fd, path, READER_HEAD)
             self.expected_size = header.size
             if rest is None:  # the index is longer than the first read: read all of it
                 rest = os.pread(self.fd, header.index_size, header.index_at)
                 rest = rest[rest.find(b"\n") + 1:]
-            self.files: dict[str, tuple[int, int]] = {}
-            for text in rest.decode().splitlines():
+            # folder -> (its names' positions, their data offsets, their sizes)
+            self.folders: dict[str, tuple[_Folder, list[int], list[int]]] = {}
+            for text in rest.splitlines():
                 table = json.loads(text)
-                folder = table["dir"]
-                names = _expand(header.dirs[folder])
-                for name, at, size in zip(names, table["at"], table["sizes"], strict=True):
-                    self.files[f"{folder}/{name}" if folder else name] = (at, size)
+                entry = header.dirs[table["dir"]]
+                if len(table["at"]) != len(table["sizes"]) or len(table["at"]) != sum(
+                        count for _, _, count in entry.get("runs", ())) + len(
+                        entry.get("names", ())):
+                    raise ValueError(f"folder {table['dir']}: a table of another length")
+                self.folders[table["dir"]] = (_Folder(entry), table["at"], table["sizes"])
         except (ValueError, KeyError, TypeError) as err:
             os.close(self.fd)
             raise PackError(f"{path}: the pack's index is damaged ({err})") from None
@@ -359,10 +395,12 @@ class PackReader:
 
     def read(self, member: str) -> bytes:
         """The bytes of `member` (its name in the pack), one positioned read."""
-        try:
-            at, size = self.files[member]
-        except KeyError:
-            raise PackError(f"no file {member} in the pack") from None
+        folder, _, name = member.rpartition("/")
+        found = self.folders.get(folder)
+        k = None if found is None else found[0].position(name)
+        if k is None:
+            raise PackError(f"no file {member} in the pack")
+        at, size = found[1][k], found[2][k]
         if at + size > self.file_size:
             raise PackError(f"the pack is truncated: {self.file_size} of its "
                             f"{self.expected_size} bytes, and this file lies at bytes {at} to "

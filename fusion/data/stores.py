@@ -124,7 +124,8 @@ class PackedStore:
         self.root = root
         self.tree = root / PACKS
         self._headers: dict[Path, PackHeader | PackError] = {}
-        self._lower: dict[str, str] | None = None
+        self._names: set[str] | None = None  # the packs in packs/ (UCF101's layout)
+        self._lower: dict[str, str] = {}
 
     def lookup(self, folder: str, what: str) -> _PackLookup:
         return _PackLookup(self, folder)
@@ -133,13 +134,12 @@ class PackedStore:
         return self.tree / f"{key}{SUFFIX}"
 
     def pack_named(self, name: str) -> str | None:
-        """The key of the pack named `name`, else of one whose name matches ignoring case."""
-        if self.pack(name).is_file():
-            return name
-        if self._lower is None:
-            self._lower = {n[:-len(SUFFIX)].lower(): n[:-len(SUFFIX)]
-                           for n in os.listdir(self.tree) if n.endswith(SUFFIX)}
-        return self._lower.get(name.lower())
+        """The key of the pack named `name` in packs/, else of one whose name matches ignoring
+        case (from one listing of packs/, not a look-up per video)."""
+        if self._names is None:
+            self._names = {n[:-len(SUFFIX)] for n in os.listdir(self.tree) if n.endswith(SUFFIX)}
+            self._lower = {n.lower(): n for n in self._names}
+        return name if name in self._names else self._lower.get(name.lower())
 
     def header(self, pack: Path) -> PackHeader:
         """The pack's header, read once; a damaged one is a `FrameError` naming the pack."""
