@@ -140,7 +140,7 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
                    seed=config.seed, oversample=config.oversample, modalities=config.modalities,
                    segments=config.segments, flow_stack=config.flow_stack,
                    rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
-                   image_size=config.image_size, on_bad=config.on_bad)
+                   image_size=config.image_size, on_bad=config.on_bad, frames=config.frames)
     if kind != "rawframes":
         options["flow_format"] = config.flow_format
     if kind == "folder":

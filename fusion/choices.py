@@ -14,6 +14,7 @@ MODES = ("train", "val", "test")  # how a dataset samples and transforms
 SUBSETS = ("train", "val", "test")  # which part of a split a dataset holds
 ON_BAD = ("raise", "skip")  # what an unreadable frame does
 DECODE_PLACES = ("cpu", "device")  # where a video dataset's JPEG frames are decoded
+FRAME_STORES = ("auto", "loose", "packed")  # how a root keeps its frames: files or packs
 FREEZE_MODES = ("none", "streams", "bn")  # what training holds fixed
 KEPT_AVERAGES = ("logits", "softmax")  # how kept heads join the fused scores
 FUSION_BN = ("auto", "on", "off")  # conv fusions: BatchNorm + ReLU after the conv?

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fusion.cli import ArgumentParser
-from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FREEZE_MODES, FUSION_BN,
-                            KEPT_AVERAGES)
+from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FRAME_STORES, FREEZE_MODES,
+                            FUSION_BN, KEPT_AVERAGES)
 from fusion.data.flow import METHODS, RAFT_MODELS
 from fusion.data.rawframes import TEMPLATES as RAWFRAME_TEMPLATES
 from fusion.data.sampling import POLICIES, SPREAD
@@ -43,7 +43,7 @@ AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 DECODES = ("auto", "cpu", "device")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
-             "channels_last", "decode", "keep", "dist_timeout")
+             "channels_last", "decode", "keep", "dist_timeout", "frames")
 
 
 @dataclass
@@ -52,6 +52,10 @@ class Config:
     # synthetic | ucf101 | hmdb51 | folder | rawframes (MMAction2's) | images (still images)
     dataset: str = "synthetic"
     data_root: str = "data/synthetic"  # dataset root; synthetic data is generated there if absent
+    # how the root keeps its frames: loose (a file per frame) | packed (a tar per video under
+    # <data_root>/packs/, scripts/pack_frames.py; the same bytes, the same samples) | auto
+    # (packed when <data_root>/packs/ exists)
+    frames: str = "auto"
     split: int = 1  # official split 1-3 (ucf101, hmdb51, synthetic)
     # rawframes: MMAction2 list file of the training videos, "<video dir> <total_frames>
     # <label from 0>" a line
@@ -225,6 +229,7 @@ class Config:
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
         choice("decode", DECODES)
+        choice("frames", FRAME_STORES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
                  "flow_bound", "short_side", "diff_stack", "diff_weight",
                  "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips", "dist_timeout")

@@ -15,7 +15,13 @@ Ratios are measured within the run, so they hold even on a noisy machine:
     the two-stream model also through the project's training loop (engine.run_epoch), and,
     with --amp / --channels-last / --compile, in plain fp32 for the speed-up within the run;
   - evaluation clips/s of the two-stream model; peak memory;
-  - flow extraction frame pairs/s for TV-L1, DIS and Farneback, one worker vs all cores.
+  - flow extraction frame pairs/s for TV-L1, DIS and Farneback, one worker vs all cores;
+  - with --storage, the packed frame store against loose files (`fusion.data.packs`): file
+    counts and bytes of a generated UCF101-shaped root (--storage-videos videos of 101 classes,
+    25 groups, frame counts drawn from UCF101's, tiny 32 x 24 frames), the time from a dataset's
+    construction to its first batch on it, loader clips/s on 256 x 340 frames with a warm and a
+    cold page cache (--cold), and packing MB/s with 1 and 2 workers. Loose and packed take
+    turns within each round; the ratios are per round, medians over rounds.
 """
 from __future__ import annotations
 
@@ -39,7 +45,9 @@ from torchvision import transforms as T
 
 from fusion.cli import ArgumentParser
 from fusion.data.device_decode import DecodeAhead
+from fusion.data.index import INDEX_NAME
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
+from fusion.data.packing import pack_tree
 from fusion.data.splits import ucf101
 from fusion.data.sampling import clip_frames
 from fusion.data.synthetic import make_synthetic
@@ -257,6 +265,259 @@ def bench_flow(args, root: Path) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------- frame stores
+
+# UCF101's clips (Soomro et al. 2012): 13,320 clips of 101 classes in 25 groups, 7.21 s long on
+# average (1.06 s to 71.04 s) at 25 fps. Lengths are drawn log-normal with that mean, clipped to
+# that range (an approximation of the distribution, not the list of the real clips).
+UCF101_CLASSES, UCF101_GROUPS, FPS = 101, 25, 25
+MEAN_S, MIN_S, MAX_S, SIGMA = 7.21, 1.06, 71.04, 0.6
+
+
+def tiny_jpegs(gray: bool, count: int = 16) -> list[bytes]:
+    """A few 32 x 24 JPEGs of noise: the bytes of the generated root's frames."""
+    import cv2
+
+    rng = np.random.default_rng(int(gray))
+    shape = (24, 32) if gray else (24, 32, 3)
+    return [cv2.imencode(".jpg", rng.integers(0, 256, shape).astype(np.uint8))[1].tobytes()
+            for _ in range(count)]
+
+
+def ucf101_shaped(root: Path, videos: int, seed: int = 0) -> dict:
+    """A loose root shaped like UCF101 (its layout and lists, `videos` clips over 101 classes x
+    25 groups, frame counts drawn like its clips', flow one frame shorter) of tiny frames;
+    generated once per `root`. Returns the frame counts."""
+    done = root / "generated.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    median = MEAN_S / np.exp(SIGMA ** 2 / 2)
+    seconds = np.clip(rng.lognormal(np.log(median), SIGMA, videos), MIN_S, MAX_S)
+    frames = np.maximum(np.round(seconds * FPS).astype(int), 2)
+    rgb, gray = tiny_jpegs(False), tiny_jpegs(True)
+    classes = [f"Action{c:03d}" for c in range(UCF101_CLASSES)]
+    train, test = [], []
+    for v in range(videos):  # every group of a class in turn, then the next class
+        label, group = v // UCF101_GROUPS % UCF101_CLASSES, v % UCF101_GROUPS + 1
+        cls = classes[label]
+        name = f"v_{cls}_g{group:02d}_c{v // (UCF101_CLASSES * UCF101_GROUPS) + 1:02d}"
+        n = int(frames[v])
+        for folder, count, images in (("jpegs_256", n, rgb), ("tvl1_flow/u", n - 1, gray),
+                                      ("tvl1_flow/v", n - 1, gray)):
+            path = root / folder / name
+            path.mkdir(parents=True)
+            for k in range(1, count + 1):  # os.open: millions of files, each call counts
+                fd = os.open(path / f"frame{k:06d}.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
+                os.write(fd, images[k % len(images)])
+                os.close(fd)
+        entry = f"{cls}/{name}.avi"
+        (test if group <= 7 else train).append(  # split 1 tests on groups 1-7
+            entry if group <= 7 else f"{entry} {label + 1}")
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("".join(f"{i} {c}\r\n" for i, c in enumerate(classes, 1)))
+    (lists / "trainlist01.txt").write_text("".join(f"{e}\r\n" for e in train))
+    (lists / "testlist01.txt").write_text("".join(f"{e}\r\n" for e in test))
+    counts = {"videos": videos, "rgb_frames": int(frames.sum()),
+              "frames_mean": float(frames.mean()), "frames_min": int(frames.min()),
+              "frames_max": int(frames.max())}
+    done.write_text(json.dumps(counts))
+    return counts
+
+
+def tree_size(root: Path) -> dict:
+    """Files, their bytes, and the disk they take (allocated blocks), under `root`."""
+    files = size = disk = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(folder, name))
+            files, size, disk = files + 1, size + st.st_size, disk + st.st_blocks * 512
+    return {"files": files, "bytes": size, "disk_bytes": disk}
+
+
+def can_drop_caches() -> bool:
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
+
+
+def make_cold(how: str, roots: list[Path]) -> None:
+    """Empty the page cache: `drop` (as root: sync, then drop page, dentry and inode caches),
+    or `fadvise` (each file's pages dropped with POSIX_FADV_DONTNEED; directories and inodes
+    stay cached, which favours loose files)."""
+    if how == "drop":
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    elif how == "fadvise":
+        for root in roots:
+            for folder, _, names in os.walk(root):
+                for name in names:
+                    fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    os.close(fd)
+
+
+def first_batch_seconds(root: Path, frames: str, workers: int, image_size: int) -> float:
+    """From the training set's construction to its loader's first batch (1 RGB + 10 flow)."""
+    start = time.perf_counter()
+    data = ucf101(root, subset="train", frames=frames, flow_stack=10, image_size=image_size)
+    loader = DataLoader(data, batch_size=8, num_workers=workers, collate_fn=collate_clips,
+                        sampler=SeededSampler(len(data), shuffle=True))
+    next(iter(loader))
+    return time.perf_counter() - start
+
+
+def epoch_clips_per_s(dataset, workers: int, batch_size: int, epoch: int) -> float:
+    """One epoch with fresh workers (a first epoch: no pack or file open yet)."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        sampler=SeededSampler(len(dataset), shuffle=True),
+                        collate_fn=collate_clips)
+    loader.sampler.set_epoch(epoch)
+    start = time.perf_counter()
+    clips = sum(len(batch.label) for batch in loader)
+    return clips / (time.perf_counter() - start)
+
+
+def pack_seconds(src: Path, dst: Path, workers: int) -> float:
+    """scripts/pack_frames.py run as a user runs it (process start-up included), into a new
+    `dst`: its wall time."""
+    shutil.rmtree(dst, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(Path(__file__).with_name("pack_frames.py")), str(src),
+                    str(dst), "--workers", str(workers), "--quiet"], check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def loader_rounds(sets: dict, args, cold: str) -> dict[str, list[dict]]:
+    """Clips/s of loose and packed datasets taking turns, per round: warm (the epoch run once
+    before, so its files are cached) and cold (`make_cold` first)."""
+    rounds = {"warm": [], "cold": []}
+    for r in range(args.storage_rounds):
+        for state in ("warm", "cold") if cold != "off" else ("warm",):
+            row = {}
+            for name, (dataset, root) in sets.items():
+                if state == "cold":
+                    make_cold(cold, [root])
+                else:
+                    epoch_clips_per_s(dataset, args.workers, args.batch_size, r)
+                row[name] = epoch_clips_per_s(dataset, args.workers, args.batch_size, r)
+            rounds[state].append(row)
+    return {state: rows for state, rows in rounds.items() if rows}
+
+
+def bench_storage(args, root: Path) -> dict:
+    cold = args.cold if args.cold != "auto" else "drop" if can_drop_caches() else "fadvise"
+    report = {"cold": cold, "workers": args.workers}
+    # 1. a UCF101-shaped root: files, bytes, start-up
+    shaped = root / f"ucf101_shaped_{args.storage_videos}"
+    start = time.perf_counter()
+    report["generated"] = ucf101_shaped(shaped / "loose", args.storage_videos)
+    report["generate_s"] = time.perf_counter() - start
+    packed = shaped / "packed"
+    if not (packed / "packs").is_dir():
+        report["pack_shaped_s"] = pack_seconds(shaped / "loose", packed, args.workers)
+    report["files"] = sizes(shaped / "loose", packed)
+    size = args.data_image_size
+    startup = {}
+    for first, label, frames, target in [(True, "loose, first use", "loose", shaped / "loose"),
+                                         (False, "loose, index cached", "loose",
+                                          shaped / "loose"),
+                                         (True, "packed, first use", "packed", packed)]:
+        for state in ("cold", "warm") if first else ("warm",):
+            if state == "cold":
+                if cold == "off":
+                    continue
+                make_cold(cold, [target])
+            if first and frames == "loose":
+                (target / INDEX_NAME).unlink(missing_ok=True)
+            startup[f"{label}, {state}"] = first_batch_seconds(target, frames, args.workers,
+                                                                size)
+    report["startup"] = startup
+    # 2. loader clips/s on 256 x 340 frames, loose and packed taking turns
+    data = root / f"frames_{args.data_groups}x{args.data_clips}"
+    if not (data / "ucfTrainTestlist").is_dir():
+        make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
+                       height=256, width=340, min_frames=24, max_frames=32)
+    data_packed = root / f"frames_{args.data_groups}x{args.data_clips}_packed"
+    pack_tree(data, data_packed, progress=False)
+    report["files_256x340"] = sizes(data, data_packed)
+    report["loader"] = []
+    for frames, loose, packed_root, image_size in (
+            ("256 x 340", data, data_packed, size),
+            ("32 x 24 (the UCF101-shaped root)", shaped / "loose", packed, 32)):
+        options = dict(subset="train", segments=1, flow_stack=10, image_size=image_size)
+        sets = {"loose": (ucf101(loose, frames="loose", **options), loose),
+                "packed": (ucf101(packed_root, frames="packed", **options), packed_root)}
+        for state, rows in loader_rounds(sets, args, cold).items():
+            report["loader"].append({
+                "frames": frames, "page cache": state, "clips": len(sets["loose"][0]),
+                "loose_clips_per_s": float(np.median([r["loose"] for r in rows])),
+                "packed_clips_per_s": float(np.median([r["packed"] for r in rows])),
+                "ratio": float(np.median([r["packed"] / r["loose"] for r in rows]))})
+    # 3. packing speed, workers taking turns
+    mb = report["files_256x340"]["loose"]["bytes"] / 1e6
+    videos = len(os.listdir(data / "jpegs_256"))
+    seconds = {1: [], 2: []}
+    for _ in range(args.storage_rounds):
+        for workers in seconds:
+            seconds[workers].append(pack_seconds(data, root / "pack_speed", workers))
+    shutil.rmtree(root / "pack_speed", ignore_errors=True)
+    report["packing"] = [{"workers": w, "videos": videos, "mb": mb,
+                          "mb_per_s": mb / float(np.median(t)),
+                          "videos_per_s": videos / float(np.median(t))}
+                         for w, t in seconds.items()]
+    return report
+
+
+def sizes(loose: Path, packed: Path) -> dict:
+    a, b = tree_size(loose), tree_size(packed)
+    return {"loose": a, "packed": b, "files_ratio": a["files"] / b["files"],
+            "bytes_ratio": b["bytes"] / a["bytes"], "disk_ratio": b["disk_bytes"] / a["disk_bytes"]}
+
+
+def print_storage(report: dict) -> None:
+    gen = report["generated"]
+    packed = (f", packed in {report['pack_shaped_s']:.0f} s with {report['workers']} workers"
+              if "pack_shaped_s" in report else "")
+    print(f"\n## frame stores: a UCF101-shaped root ({gen['videos']} videos, {gen['rgb_frames']} "
+          f"RGB frames, {gen['frames_min']} to {gen['frames_max']} per video, mean "
+          f"{gen['frames_mean']:.0f}; 32 x 24 frames; generated in {report['generate_s']:.0f} s"
+          f"{packed}), and the 256 x 340 frames of the loader figures\n")
+    rows = [{"root": root, "store": name, **report[key][name]}
+            for root, key in (("UCF101-shaped", "files"), ("256 x 340", "files_256x340"))
+            for name in ("loose", "packed")]
+    print(markdown(rows, [("root", "root", ""), ("store", "store", ""),
+                          ("files", "files", ",d"), ("bytes", "bytes", ",d"),
+                          ("disk bytes", "disk_bytes", ",d")]))
+    for root, key in (("UCF101-shaped", "files"), ("256 x 340", "files_256x340")):
+        files = report[key]
+        print(f"\n{root}: loose / packed files {files['files_ratio']:.0f}; packed / loose "
+              f"bytes {files['bytes_ratio']:.3f}, disk {files['disk_ratio']:.3f}")
+    print(f"\n## start-up: the training set's construction to its first batch "
+          f"({report['workers']} workers; cold: {report['cold']})\n")
+    print(markdown([{"case": k, "seconds": v} for k, v in report["startup"].items()],
+                   [("case", "case", ""), ("seconds", "seconds", ".2f")]))
+    print(f"\n## loader clips/s, loose vs packed (1 RGB + 10 flow frames a clip, "
+          f"{report['workers']} workers, fresh each epoch; cold: {report['cold']})\n")
+    print(markdown(report["loader"], [("frames", "frames", ""),
+                                      ("page cache", "page cache", ""), ("clips", "clips", "d"),
+                                      ("loose clips/s", "loose_clips_per_s", ".1f"),
+                                      ("packed clips/s", "packed_clips_per_s", ".1f"),
+                                      ("packed / loose", "ratio", ".2f")]))
+    print("\n## packing: scripts/pack_frames.py on the 256 x 340 frames (process start-up "
+          "included; medians over rounds)\n")
+    print(markdown(report["packing"], [("workers", "workers", "d"), ("videos", "videos", "d"),
+                                       ("MB", "mb", ".1f"), ("MB/s", "mb_per_s", ".1f"),
+                                       ("videos/s", "videos_per_s", ".1f")]))
+
+
 # ---------------------------------------------------------------------------- report
 
 def main(argv=None) -> int:
@@ -291,6 +552,17 @@ def main(argv=None) -> int:
     parser.add_argument("--fast-frames", type=int, default=300, help="frames per DIS/FB video")
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"],
                         help="sections not to run")
+    parser.add_argument("--storage", action="store_true",
+                        help="also run the frame-store section (generates a UCF101-shaped root: "
+                             "minutes, and about 40 GB at the full 13,320 videos)")
+    parser.add_argument("--storage-videos", type=int, default=13320,
+                        help="videos of the generated UCF101-shaped root")
+    parser.add_argument("--storage-rounds", type=int, default=3,
+                        help="rounds of loose and packed loader epochs")
+    parser.add_argument("--cold", choices=["auto", "drop", "fadvise", "off"], default="auto",
+                        help="how the page cache is emptied for cold figures: drop (root: "
+                             "/proc/sys/vm/drop_caches), fadvise (per file), auto (drop where "
+                             "allowed), off (no cold figures)")
     parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")
     parser.add_argument("--json", default="bench.json", help="file that receives all figures")
     args = parser.parse_args(argv)
@@ -349,6 +621,9 @@ def main(argv=None) -> int:
                                   (f"pairs/s, {cores} workers", f"pairs_per_s_{cores}_workers",
                                    ".2f"),
                                   ("speed-up", "speedup", ".2f")]))
+        if args.storage:
+            report["storage"] = bench_storage(args, root)
+            print_storage(report["storage"])
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory of this process: {report['peak_rss_mb']:.0f} MB")
     Path(args.json).write_text(json.dumps(report, indent=1))

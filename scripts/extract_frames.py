@@ -4,6 +4,8 @@
     python scripts/extract_frames.py --videos my_videos/ --out data/own --layout folder --flow dis
     python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --flow tvl1-torch \
         --device cuda --workers 8 --shard 3/8       # one GPU of a job array of 8
+    python scripts/extract_frames.py --videos UCF-101/ --out data/ucf101 --store packed \
+        --workers 8                     # a tar per video (data/ucf101/packs/), no frame files
     python scripts/extract_frames.py --videos hmdb51/ --out data/hmdb51 --flow raft \
         --flow-pairs spread-around-middle --flow-stack 8 --pad-square --short-side 224 \
         --flow-format rgb                                                         # seed 001
@@ -18,7 +20,7 @@ import sys
 from fusion.choices import FLOW_FORMATS
 from fusion.cli import ArgumentParser
 from fusion.data.extract import extract_all, parse_shard
-from fusion.data.jobs import LAYOUTS, Settings
+from fusion.data.jobs import LAYOUTS, STORES, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
                         help="output layout: ucf101 (the released datasets') or folder (a "
                              "folder per class, from the videos' parent folders)")
+    parser.add_argument("--store", choices=STORES, default="loose",
+                        help="loose: a file per frame; packed: one tar per video under "
+                             "<out>/packs/ (the same bytes; the datasets read either)")
     parser.add_argument("--strict", action="store_true",
                         help="fail a video that decodes clearly fewer frames than its container "
                              "declares (a truncated file); without it the video is kept and "
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
         summary = extract_all(args.videos, args.out, settings,
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
                               workers=args.workers, strict=args.strict, device=args.device,
-                              batch_size=args.batch_size, shard=parse_shard(args.shard))
+                              batch_size=args.batch_size, shard=parse_shard(args.shard),
+                              store=args.store)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -18,6 +18,12 @@ keep the selected ones), so memory holds L + 1 frames whatever its length.
 A video is written under <out>/.partial/ and moved into place when complete, RGB last, so a
 killed run leaves no half video: a video counts as done when its RGB folder exists, and
 leftovers of an unfinished one are removed and redone.
+
+With store "packed" (`--store packed`) each finished video's partial folders are written into
+its pack instead, <out>/packs/<video>.tar (folder layout: packs/<class>/<video>.tar), the files
+named as they would have been moved (`fusion.data.packs`; what scripts/pack_frames.py makes of
+the loose tree): the millions of frame files never reach the dataset root. A video is done
+when its pack is there, whole.
 """
 from __future__ import annotations
 
@@ -27,8 +33,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -36,7 +40,8 @@ from pathlib import Path
 
 from fusion.data.flow import BATCHED, FlowEstimator
 from fusion.data.jobs import (LAYOUTS, PARTIAL, RECORDED_DEFAULTS, Job, Settings, Work,
-                              failure)
+                              check_store, failure)
+from fusion.data.parallel import die_with_parent, parse_shard  # noqa: F401 (scripts import it)
 from fusion.data.video import VideoError
 from fusion.files import write_json_atomic
 from fusion.lock import LOCK_NAME, FolderLocked, live_holders, locked
@@ -90,12 +95,13 @@ def find_videos(videos: Path, extensions: tuple[str, ...], layout: str = "ucf101
 
 
 def extract_video(job: Job, out: Path, settings: Settings = Settings(), *,
-                  layout: str = "ucf101", strict: bool = False,
-                  device: str = "auto") -> tuple[str, int, str | None]:
+                  layout: str = "ucf101", strict: bool = False, device: str = "auto",
+                  store: str = "loose") -> tuple[str, int, str | None]:
     """Extract one video in this process: (done / skipped, frames, a note when it decoded
     fewer frames than declared). Raises VideoError for an unreadable file, and with `strict`
     for a short one."""
-    work = Work.start(job, out, layout, settings.flow_method is not None, settings.flow_format)
+    work = Work.start(job, out, layout, settings.flow_method is not None, settings.flow_format,
+                      store)
     if work is None:
         return "skipped", 0, None
     pairs = PairStream(work, _estimator(settings, device), settings.flow_bound) \
@@ -146,50 +152,19 @@ def _run(job, out, settings, options):
         return job, "failed", 0, None, failure(err)
 
 
-def die_with_parent(parent: int) -> None:
-    """A worker process's initializer: end with the process `parent` that started it, also
-    when that one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting
-    into a folder a rerun is about to clean). Linux: the kernel's parent-death signal, then a
-    check that the parent did not die while this worker was starting; elsewhere a thread that
-    notices the parent is gone."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(1, signal.SIGKILL) == 0:  # 1: PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before the call
-                os._exit(1)
-            return
-    except (OSError, AttributeError):
-        pass
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """"K/N" -> (K, N), 1 <= K <= N, or an error naming --shard."""
-    if not text:
-        return None
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
-        raise ValueError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 3/8")
-    return int(k), int(n)
-
-
 def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
                 extensions=("avi", "mp4"), layout="ucf101", workers: int = 1,
                 progress: bool = True, strict: bool = False, device: str = "auto",
-                batch_size: int = 32, shard: tuple[int, int] | None = None) -> Summary:
+                batch_size: int = 32, shard: tuple[int, int] | None = None,
+                store: str = "loose") -> Summary:
     """Extract every video under `videos` (or shard K of N of them: every N-th from the K-th,
     so N machines share one extraction into one `out`); never stops on a bad file. OpenCV's
     methods run a video per worker process; the batched ones (tvl1-torch, raft) run on one
-    device, fed `batch_size` pairs at a time across videos by `workers` decoding threads."""
+    device, fed `batch_size` pairs at a time across videos by `workers` decoding threads.
+    `store`: "loose" (frame files) or "packed" (a pack per video)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    check_store(Path(out), layout, store)
     # fail now, not in every worker, on a bad method, device, weights file or missing cv2; the
     # estimator made here is the one that runs (batched methods, or one worker in-process)
     if settings.flow_method in BATCHED:
@@ -204,7 +179,7 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         _record_settings(out, settings)
         return _extract(jobs, out, settings, estimator if settings.flow_method in BATCHED
                         else None, layout=layout, workers=workers, progress=progress,
-                        strict=strict, device=device, shard=shard)
+                        strict=strict, device=device, shard=shard, store=store)
 
 
 @contextlib.contextmanager
@@ -225,8 +200,8 @@ def extraction_lock(out: Path, shard: tuple[int, int] | None):
 
 def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layout: str,
              workers: int, progress: bool, strict: bool, device: str,
-             shard: tuple[int, int] | None) -> Summary:
-    options = dict(layout=layout, strict=strict, device=device)
+             shard: tuple[int, int] | None, store: str) -> Summary:
+    options = dict(layout=layout, strict=strict, device=device, store=store)
     summary = Summary()
     start = time.perf_counter()
     from tqdm import tqdm
@@ -240,7 +215,7 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
         from fusion.data.pipeline import extract_on_device
 
         extract_on_device(jobs, out, settings, estimator, layout=layout, strict=strict,
-                          workers=max(workers, 1), report=report)
+                          workers=max(workers, 1), report=report, store=store)
     elif workers <= 1:
         results = (_run(job, out, settings, options) for job in jobs)
         for result in results:

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fusion.data.packs import MARK, read_member
+
 _FLAGS = {True: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
           False: cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION}
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -24,10 +26,14 @@ class DecodeError(ValueError):
 
 def read_bytes(path: str) -> bytes:
     """A frame file's bytes, as stored (the one place frame files are read, decoded here or
-    on the device); missing, empty and truncated JPEG files are a `DecodeError`."""
+    on the device): a loose file, or a file inside a pack, `<root>/packs/<video>.tar/<member>`
+    (`fusion.data.packs`, one positioned read). Missing, empty and truncated JPEG files, and
+    damaged packs, are a `DecodeError`."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_member(path) if MARK in path else None
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as err:
         raise DecodeError(err.strerror or str(err)) from err
     if not data:

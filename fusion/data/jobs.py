@@ -1,8 +1,8 @@
 """One video's extraction, shared by the per-process driver (extract.py) and the device
 pipeline (pipeline.py): how frames and flow are made (`Settings`, recorded in extraction.json),
 which video (`Job`), where its folders go (`final_dirs`), the partial folders it is written
-into and moved out of (`Work`), and how a failure reads (`failure`). The layouts are described
-in extract.py.
+into and moved out of, or packed from (`Work`), and how a failure reads (`failure`). The
+layouts are described in extract.py.
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from fusion.data.clips import COLOUR_FLOW_TEMPLATE, flow_components
 from fusion.data.flow import DEFAULT_BOUND, FlowEstimator, quantize
 from fusion.data.flow_colours import colour_video
 from fusion.data.imagefiles import write_jpeg, write_png
+from fusion.data.packs import PACKS, PARTIAL as PACK_PARTIAL, SUFFIX, complete, write_pack
 from fusion.data.sampling import FLOW_PAIRS, SPREAD, spread_around_middle
 from fusion.data.video import VideoError, declared_frame_count, iter_frames
 
 LAYOUTS = ("ucf101", "folder")
+STORES = ("loose", "packed")  # extract_frames.py --store: frame files, or a pack per video
 PARTIAL = ".partial"
 SHORT_TOLERANCE = 3  # frames a video may decode fewer than declared without a word
 
@@ -91,6 +93,31 @@ def final_dirs(out: Path, job: Job, layout: str, with_flow: bool,
     return dirs
 
 
+def pack_path(out: Path, job: Job, layout: str) -> Path:
+    """Where a finished video's pack lives (`fusion.data.stores`): packs/<video>.tar, or
+    packs/<class>/<video>.tar in the folder layout."""
+    key = f"{job.group}/{job.name}" if layout == "folder" else job.name
+    return out / PACKS / f"{key}{SUFFIX}"
+
+
+def check_store(out: Path, layout: str, store: str) -> None:
+    """One store per root: packs are not written beside loose frames, nor the reverse."""
+    resolve_name(store, STORES, "store")
+    if not out.is_dir():
+        return
+    if store == "loose":
+        clash = [out / PACKS] if (out / PACKS).is_dir() else []
+    elif layout == "ucf101":
+        clash = [out / d for d in ("jpegs_256", "tvl1_flow") if (out / d).is_dir()]
+    else:
+        clash = [d for d in out.iterdir() if d.is_dir() and d.name != PACKS
+                 and not d.name.startswith(".")]
+    if clash:
+        other = "packed" if store == "loose" else "loose"
+        raise ValueError(f"{out} holds {other} frames ({clash[0]}); this run writes {store} "
+                         f"ones. Use another --out (scripts/pack_frames.py packs a loose root).")
+
+
 def shortfall(decoded: int, declared: int) -> str | None:
     """What to say when a video decodes clearly fewer frames than its container declares (a
     file cut short decodes only its start): None within a few frames (declared counts are
@@ -103,13 +130,16 @@ def shortfall(decoded: int, declared: int) -> str | None:
 
 @dataclass
 class Work:
-    """One video under way: its partial folders, then where they move when complete."""
+    """One video under way: its partial folders, then where they move when complete, or the
+    pack they are written into (store "packed": its files named by where they would move)."""
 
     job: Job
     dirs: dict[str, Path]
     partial: Path
     with_flow: bool
     flow_format: str = "uv"
+    pack: Path | None = None  # the video's pack (store "packed"), else None
+    out: Path | None = None
     count: int = 0
     note: str | None = None
     colour_fields: dict[int, object] = field(default_factory=dict)  # rgb: number -> float field
@@ -129,16 +159,21 @@ class Work:
 
     @classmethod
     def start(cls, job: Job, out: Path, layout: str, with_flow: bool,
-              flow_format: str = "uv") -> "Work | None":
-        """The video's work, its partial folders made afresh; None when it is already done."""
+              flow_format: str = "uv", store: str = "loose") -> "Work | None":
+        """The video's work, its partial folders made afresh; None when it is already done
+        (its RGB folder is in place, or its pack is, whole)."""
         dirs = final_dirs(out, job, layout, with_flow, flow_format)
-        if list(dirs.values())[-1].is_dir():
+        pack = pack_path(out, job, layout) if store == "packed" else None
+        if complete(pack) if pack else list(dirs.values())[-1].is_dir():
             return None
         partial = out / PARTIAL / (f"{job.group}__{job.name}" if job.group else job.name)
         shutil.rmtree(partial, ignore_errors=True)  # a leftover of a killed run
-        for d in dirs.values():
-            shutil.rmtree(d, ignore_errors=True)  # flow moved in before a kill, without its RGB
-        work = cls(job, dirs, partial, with_flow, flow_format)
+        if pack:
+            pack.with_name(pack.name + PACK_PARTIAL).unlink(missing_ok=True)
+        else:
+            for d in dirs.values():  # flow moved in before a kill, without its RGB
+                shutil.rmtree(d, ignore_errors=True)
+        work = cls(job, dirs, partial, with_flow, flow_format, pack, out)
         for d in (work.rgb_dir, *work.flow_dirs):
             d.mkdir(parents=True)
         return work
@@ -188,10 +223,13 @@ class Work:
         self.colour_fields.clear()
 
     def finish(self, layout: str) -> None:
-        """Move the complete video into place, RGB last (the folder that marks it done)."""
+        """Move the complete video into place, RGB last (the folder that marks it done), or
+        write its pack."""
         if self.with_flow and self.flow_format == "rgb":
             self.write_colour_flow()
-        if layout == "folder":
+        if self.pack is not None:
+            self.write_pack(layout)
+        elif layout == "folder":
             target = self.dirs["video"]
             for d in self.flow_dirs:
                 d.rename(self.rgb_dir / d.name)
@@ -204,6 +242,21 @@ class Work:
                 self.dirs[key].parent.mkdir(parents=True, exist_ok=True)
                 source.rename(self.dirs[key])
         shutil.rmtree(self.partial, ignore_errors=True)
+
+    def write_pack(self, layout: str) -> None:
+        """The partial folders' files into the video's pack, named as `finish` would move them
+        (the names `scripts/pack_frames.py` gives the loose tree's files)."""
+        if layout == "folder":
+            video = self.dirs["video"]
+            folders = [(video, self.rgb_dir), *((video / d.name, d) for d in self.flow_dirs)]
+        else:
+            components = flow_components(self.flow_format) if self.with_flow else ()
+            folders = [*((self.dirs[c + "_flow"], self.flow_dir(c)) for c in components),
+                       (self.dirs["rgb"], self.rgb_dir)]
+        files = [(f"{final.relative_to(self.out).as_posix()}/{f.name}", f)
+                 for final, folder in folders for f in folder.iterdir() if f.is_file()]
+        key = self.pack.relative_to(self.out / PACKS).as_posix()[:-len(SUFFIX)]
+        write_pack(self.pack, files, key)
 
 
 def failure(err: Exception) -> str:

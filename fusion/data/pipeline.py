@@ -3,7 +3,8 @@ videos and write JPEGs while this thread feeds the device batches of frame pairs
 videos (pairs of one frame size batch together), so the device never waits for one video's
 decoding. OpenCV's decoding, colour conversion and JPEG coding release the GIL, so threads
 run them in parallel. Each video is still written under .partial/ and moved into place when
-its last flow frame is written (jobs.py's `Work`), so a killed run resumes as before.
+its last flow frame is written (jobs.py's `Work`; or packed into the video's pack), so a killed
+run resumes as before.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class _Video:
 
 
 def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowEstimator, *,
-                      layout: str, strict: bool, workers: int, report) -> None:
+                      layout: str, strict: bool, workers: int, report,
+                      store: str = "loose") -> None:
     """Extract `jobs` with `settings`' batched `estimator` (its `batch_size` pairs a batch),
     calling `report(job, status, frames, note, error)` for each."""
     batch_size = estimator.batch_size
@@ -36,7 +38,8 @@ def extract_on_device(jobs: list[Job], out, settings: Settings, estimator: FlowE
     queued: dict[tuple, list] = defaultdict(list)  # frame size -> (video, number, a, b)
 
     def decode(job: Job):
-        work = Work.start(job, out, layout, with_flow=True, flow_format=settings.flow_format)
+        work = Work.start(job, out, layout, with_flow=True, flow_format=settings.flow_format,
+                          store=store)
         if work is None:
             return None, []
         frames = []

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
 from fusion.data.clips import Video, VideoDataset
-from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
 from fusion.data.splits import finish, read_lines, select_classes
+from fusion.data.stores import open_store
 
 TEMPLATES = ("img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")  # MMAction2's defaults
 
@@ -56,15 +56,23 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
               val_fraction: float = 0.0, seed: int = 0, oversample: bool = False,
               modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
               templates: Sequence[str] = TEMPLATES, frames_dir: str | Path = "rawframes",
-              **kwargs) -> VideoDataset:
+              frames: str = "auto", **kwargs) -> VideoDataset:
     """The `subset` of a rawframes dataset. `lists` maps train / val / test to list files
     (a relative path is read from `root`); without a val list, validation is a stratified
     `val_fraction` of the training list, by UCF101 group when the videos carry UCF101 names
-    (`..._gXX_cYY`), else by video. `templates`: RGB, flow x, flow y file names."""
+    (`..._gXX_cYY`), else by video. `templates`: RGB, flow x, flow y file names. Packed
+    (`frames`: "auto" | "loose" | "packed"): `<root>/packs/<video dir>.tar`, each holding
+    `<frames_dir>/<video dir>/`."""
     root = Path(root)
     resolve_name(subset, SUBSETS, "subset")
+    store = open_store(root, frames)
     frames_root = root / frames_dir  # MMAction2's data_prefix; an absolute path stays one
-    if not frames_root.is_dir():
+    if store.kind == "packed" and Path(frames_dir).is_absolute():
+        raise ValueError(f"rawframes dataset: a packed root holds its frames under "
+                         f"{store.tree}; rawframes_dir {str(frames_dir)!r} must be relative "
+                         f"(the folder the packs' files are named under, MMAction2's "
+                         f"data_prefix)")
+    if store.kind == "loose" and not frames_root.is_dir():
         raise FileNotFoundError(f"rawframes dataset: expected the frames folder {frames_root} "
                                 f"(config key rawframes_dir, MMAction2's data_prefix)")
     lists = {k: (Path(v) if Path(v).is_absolute() else root / v) for k, v in lists.items() if v}
@@ -88,24 +96,25 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
     for video_dir, total, label in entries:
         if all_classes[label] not in chosen:
             continue
-        folder = frames_root / video_dir
-        if not folder.is_dir():
+        inside = f"{Path(frames_dir).as_posix()}/{video_dir}"  # the folder, from the root
+        folder = store.video_dir(video_dir, inside)
+        if folder is None:
             if on_bad == "raise":
-                raise FrameError(f"video {video_dir}: expected the folder {folder} "
-                                 f"(listed in {lists[source]})")
+                raise FrameError(f"video {video_dir}: expected the folder "
+                                 f"{store.where(video_dir, inside)} (listed in {lists[source]})")
             videos.append(None)
             continue
         video = Video(video_dir, chosen.index(all_classes[label]))
         if "rgb" in modalities:
             video.rgb_dir, video.rgb_template = folder, rgb_template
-            video.rgb_first = first_number(folder, rgb_template)
+            video.rgb_first = first_number(store, folder, rgb_template)
         if "flow" in modalities:
             video.flow_dirs, video.flow_templates = (folder, folder), (x_template, y_template)
-            video.flow_first = first_number(folder, x_template)
+            video.flow_first = first_number(store, folder, x_template)
         video.total_frames = total
         videos.append(video)
     dataset = finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                     oversample_train=oversample, index=FrameIndex(root), on_bad=on_bad,
+                     oversample_train=oversample, store=store, on_bad=on_bad,
                      modalities=modalities, **kwargs)
     numbering, counts, totals_off = Counter(), Counter(), []
     for video in {v.video_id: v for v in dataset.videos}.values():  # oversampling repeats
@@ -142,10 +151,10 @@ def classes_without_videos(train: list[tuple[str, int, int]], all_classes: list[
             f"them): {names}"]
 
 
-def first_number(folder: Path, template: str) -> int:
+def first_number(store, folder: Path, template: str) -> int:
     """1 if the folder's first file is numbered 1 (MMAction2's RGB), 0 if numbered 0 (flow
     written by some denseflow builds)."""
-    return 0 if (folder / template.format(0)).is_file() else 1
+    return 0 if store.is_file(folder / template.format(0)) else 1
 
 
 def _notes(numbering: Counter, gaps: Counter, totals_off: list[str], list_file: Path) -> list[str]:

@@ -16,37 +16,16 @@ import torch
 
 from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
 from fusion.data.clips import COLOUR_FLOW_TEMPLATE, Video, VideoDataset, flow_components
-from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
+from fusion.data.stores import LooseStore, PackedStore, open_store, require_dir
 
 HMDB51_SEED001_CLASSES = ("clap", "climb", "drink", "jump", "pour", "ride_bike", "ride_horse",
                           "run", "shoot_bow", "smoke", "throw", "wave")
 
 
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what}: expected the folder {path}")
-    return path
-
-
-class _FolderLookup:
-    """Find a video's folder by name, falling back to a case-insensitive match (UCF101's
-    HandstandPushups / HandStandPushups)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.lower = {name.lower(): name for name in os.listdir(root)}
-
-    def find(self, name: str) -> Path | None:
-        if (self.root / name).is_dir():
-            return self.root / name
-        actual = self.lower.get(name.lower())
-        return self.root / actual if actual else None
-
-
 def class_folders(root: Path, what: str, items: str) -> list[str]:
     """The sorted class folders of a `<root>/<class>/...` dataset (hidden ones skipped)."""
-    _require_dir(root, what)
+    require_dir(root, what)
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not names:
         raise FileNotFoundError(f"expected one folder of {items} per class in {root}")
@@ -133,12 +112,14 @@ def oversample(items: list, labels: Sequence[int], *, seed: int = 0) -> list:
 
 
 def finish(videos: list[Video | None], classes: list[str], subset: str, *,
-           val_fraction: float, seed: int, oversample_train: bool, index: FrameIndex,
-           on_bad: str, group_of=None, **kwargs) -> VideoDataset:
+           val_fraction: float, seed: int, oversample_train: bool,
+           store: LooseStore | PackedStore, on_bad: str, group_of=None,
+           **kwargs) -> VideoDataset:
     """Common tail of the dataset factories: the validation carve-out of a training list
     (val_fraction > 0; by `group_of(video_id)` where given, else by UCF101 group when every
-    video carries a UCF101 name, else by video), frame counts, checks. `None` stands for a
-    listed video whose folder is missing (skipped and counted)."""
+    video carries a UCF101 name, else by video), frame counts (from the store: a loose root's
+    folders or the packs' indexes), checks. `None` stands for a listed video whose folder is
+    missing (skipped and counted)."""
     missing = sum(v is None for v in videos)
     videos = [v for v in videos if v is not None]
     if val_fraction > 0:
@@ -149,19 +130,15 @@ def finish(videos: list[Video | None], classes: list[str], subset: str, *,
         videos = [videos[i] for i in (train if subset == "train" else val)]
     kept = []
     for video in videos:
-        problem = None
-        if video.rgb_dir is not None:
-            video.rgb_frames = index.count(video.rgb_dir, video.rgb_template)
-            problem = None if video.rgb_frames else f"no frames in {video.rgb_dir}"
-        if video.flow_dirs is not None and problem is None:
-            counts = [index.count(d, t) for d, t in zip(video.flow_dirs, video.flow_templates)]
-            video.flow_frames = min(counts)
-            problem = None if video.flow_frames else f"no flow frames in {video.flow_dirs[0]}"
+        try:
+            problem = _count_frames(video, store)
+        except FrameError as err:  # a damaged pack
+            problem = str(err)
         if problem is None:
             kept.append(video)
         elif on_bad == "raise":
             raise FrameError(f"video {video.video_id}: {problem}")
-    index.save()
+    store.save()
     skipped_at_start = missing + len(videos) - len(kept)
     if subset == "train" and oversample_train:
         kept = oversample(kept, [v.label for v in kept], seed=seed)
@@ -171,6 +148,20 @@ def finish(videos: list[Video | None], classes: list[str], subset: str, *,
     dataset = VideoDataset(kept, classes, mode=mode, on_bad=on_bad, **kwargs)
     dataset.skipped = skipped_at_start
     return dataset
+
+
+def _count_frames(video: Video, store) -> str | None:
+    """Set the video's RGB and flow frame counts; what is wrong with it, or None."""
+    if video.rgb_dir is not None:
+        video.rgb_frames = store.count(video.rgb_dir, video.rgb_template)
+        if not video.rgb_frames:
+            return f"no frames in {video.rgb_dir}"
+    if video.flow_dirs is not None:
+        counts = [store.count(d, t) for d, t in zip(video.flow_dirs, video.flow_templates)]
+        video.flow_frames = min(counts)
+        if not video.flow_frames:
+            return f"no flow frames in {video.flow_dirs[0]}"
+    return None
 
 
 def _official_subset(subset: str, val_fraction: float) -> str:
@@ -189,11 +180,10 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
             if line.strip()]
 
 
-def _modality_roots(root: Path, rgb: str, flow: str, modalities: Sequence[str],
+def _modality_roots(store, rgb: str, flow: str, modalities: Sequence[str],
                     flow_format: str):
-    rgb_lookup = _FolderLookup(_require_dir(root / rgb, "RGB frames")) \
-        if "rgb" in modalities else None
-    flow_lookups = tuple(_FolderLookup(_require_dir(root / flow / c, _flow_what(c)))
+    rgb_lookup = store.lookup(rgb, "RGB frames") if "rgb" in modalities else None
+    flow_lookups = tuple(store.lookup(f"{flow}/{c}", _flow_what(c))
                          for c in flow_components(flow_format)) \
         if "flow" in modalities else None
     return rgb_lookup, flow_lookups
@@ -221,13 +211,13 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
         if video.rgb_dir is None:
             if on_bad == "raise":
                 raise FrameError(f"video {video_id}: expected its frames in "
-                                 f"{rgb_lookup.root / video_id}")
+                                 f"{rgb_lookup.where(video_id)}")
             return None
     if flow_lookups is not None:
         dirs = tuple(lookup.find(video_id) for lookup in flow_lookups)
         if None in dirs:
             if on_bad == "raise":
-                missing = flow_lookups[dirs.index(None)].root / video_id
+                missing = flow_lookups[dirs.index(None)].where(video_id)
                 raise FrameError(f"video {video_id}: expected its flow in {missing}")
             return None
         video.flow_dirs = dirs
@@ -239,9 +229,11 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
-           **kwargs) -> VideoDataset:
+           frames: str = "auto", **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
-    and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt).
+    and the official `ucfTrainTestlist/` (classInd.txt, trainlist0N.txt, testlist0N.txt); or
+    the same packed, `packs/v_X_gYY_cZZ.tar` (`frames`: "auto" | "loose" | "packed",
+    `fusion.data.stores`).
 
     subset: "train" (trainlist0N, minus a stratified `val_fraction` of each class's groups),
     "val" (those groups: a gXX group's clips share actor and scene, so validation never shares
@@ -249,11 +241,12 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     (HandstandPushups).
     """
     root = Path(root)
-    _require_dir(root, "UCF101 root")
+    require_dir(root, "UCF101 root")
+    store = open_store(root, frames)
     official = _official_subset(subset, val_fraction)
     if split not in (1, 2, 3):
         raise ValueError(f"UCF101 split must be 1, 2 or 3, got {split}")
-    lists = Path(lists) if lists else _require_dir(root / "ucfTrainTestlist", "UCF101 split files")
+    lists = Path(lists) if lists else require_dir(root / "ucfTrainTestlist", "UCF101 split files")
     class_file = lists / "classInd.txt"
     all_classes = []
     for n, line in read_lines(class_file):
@@ -266,7 +259,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     label_of = {name.lower(): i for i, name in enumerate(chosen)}
     known = {name.lower() for name in all_classes}
     list_file = lists / f"{official}list0{split}.txt"
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
                                                flow_format)
     videos = []
     for n, line in read_lines(list_file):
@@ -283,7 +276,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
                             flow_lookups, on_bad, flow_format)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                  seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                  seed=seed, oversample_train=oversample, store=store,
                   on_bad=on_bad, modalities=modalities, group_of=ucf101_group, **kwargs)
 
 
@@ -291,25 +284,26 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
            seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
-           **kwargs) -> VideoDataset:
-    """HMDB51: `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
+           frames: str = "auto", **kwargs) -> VideoDataset:
+    """HMDB51 (loose, or packed as `packs/<video>.tar`: `frames`, as `ucf101`): `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
     train, 2 test, 0 unused) with frames in `jpegs_256/<video>/` and `tvl1_flow/{u,v}/<video>/`.
     Validation (`val_fraction`) is carved out of the training videos by video, per class.
     Classes are the split files' class names in sorted order; `classes` picks a subset
     (`HMDB51_SEED001_CLASSES` is seed 001's)."""
     root = Path(root)
-    _require_dir(root, "HMDB51 root")
+    require_dir(root, "HMDB51 root")
+    store = open_store(root, frames)
     official = _official_subset(subset, val_fraction)
     if split not in (1, 2, 3):
         raise ValueError(f"HMDB51 split must be 1, 2 or 3, got {split}")
-    lists = Path(lists) if lists else _require_dir(root / "testTrainMulti_7030_splits",
-                                                   "HMDB51 split files")
+    lists = Path(lists) if lists else require_dir(root / "testTrainMulti_7030_splits",
+                                                  "HMDB51 split files")
     pattern = re.compile(rf"^(.+)_test_split{split}\.txt$")
     files = {m.group(1): lists / m.group(0) for m in map(pattern.match, os.listdir(lists)) if m}
     if not files:
         raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
     chosen = select_classes(sorted(files), classes)
-    rgb_lookup, flow_lookups = _modality_roots(root, "jpegs_256", "tvl1_flow", modalities,
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
                                                flow_format)
     wanted = "2" if official == "test" else "1"
     videos = []
@@ -323,7 +317,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                 videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
                                           on_bad, flow_format))
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                  seed=seed, oversample_train=oversample, index=FrameIndex(root),
+                  seed=seed, oversample_train=oversample, store=store,
                   on_bad=on_bad, modalities=modalities, **kwargs)
 
 
@@ -343,17 +337,19 @@ def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
            modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           flow_format: str = "uv", **kwargs) -> VideoDataset:
+           flow_format: str = "uv", frames: str = "auto", **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
     `u/` and `v/` subfolders (flow_format "rgb": colour images in `flow_rgb/`).
 
     `<root>/train.txt` and `<root>/test.txt` (lines `<class>/<video>`) fix the split, and
     `<root>/val.txt` the validation videos; without val.txt, validation is a stratified
     `val_fraction` of train.txt only (never of the test videos). Without any list the videos
-    are split by `stratified_split` (val and test fractions, seed)."""
+    are split by `stratified_split` (val and test fractions, seed). Packed (`frames`, as
+    `ucf101`): `<root>/packs/<class>/<video>.tar`, the lists beside `packs/`."""
     root = Path(root)
     resolve_name(subset, SUBSETS, "subset")
-    all_classes = class_folders(root, "folder dataset root", "videos")
+    store = open_store(root, frames)
+    all_classes = class_folders(store.tree, "folder dataset root", "videos")
     chosen = select_classes(all_classes, classes)
     lists = {name: root / f"{name}.txt" for name in SUBSETS}
     carve = 0.0
@@ -369,8 +365,7 @@ def folder(root: str | Path, *, subset: str = "train",
         raise FileNotFoundError(f"expected {lists['train']} beside "
                                 f"{lists['val'] if lists['val'].is_file() else lists['test']}")
     else:
-        every = [(c, d.name) for c in all_classes for d in sorted((root / c).iterdir())
-                 if d.is_dir()]
+        every = [(c, name) for c in all_classes for name in store.videos_in(c)]
         split = stratified_split([all_classes.index(c) for c, _ in every],
                                  val_fraction=val_fraction, test_fraction=test_fraction,
                                  seed=seed, groups=ucf101_groups([name for _, name in every]))
@@ -379,13 +374,14 @@ def folder(root: str | Path, *, subset: str = "train",
     for class_name, name in entries:
         if class_name not in chosen:
             continue
-        video_dir = root / class_name / name
-        if not video_dir.is_dir():
+        key = f"{class_name}/{name}"
+        video_dir = store.video_dir(key, key)
+        if video_dir is None:
             if on_bad == "raise":
-                raise FrameError(f"video {class_name}/{name}: expected the folder {video_dir}")
+                raise FrameError(f"video {key}: expected the folder {store.where(key, key)}")
             videos.append(None)
             continue
-        video = Video(f"{class_name}/{name}", chosen.index(class_name),
+        video = Video(key, chosen.index(class_name),
                       video_dir if "rgb" in modalities else None,
                       tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
                             for c in flow_components(flow_format))
@@ -393,7 +389,7 @@ def folder(root: str | Path, *, subset: str = "train",
         flow_files(video, flow_format)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                  oversample_train=oversample, index=FrameIndex(root),
+                  oversample_train=oversample, store=store,
                   on_bad=on_bad, modalities=modalities, **kwargs)
 
 

@@ -1,0 +1,200 @@
+"""Where a dataset root keeps its frames, as the dataset readers see it (DESIGN §8): loose (one
+file per frame, the releases' layouts) or packed (one tar per video under `<root>/packs/`,
+`fusion.data.packs`). The readers ask a store for a video's folders and their frame counts, and
+get paths that `imagefiles.read_bytes` reads from either store.
+
+    store = open_store(root, "auto")      # packed when <root>/packs/ exists, else loose
+
+Where a video's pack lies mirrors what names the video in its layout:
+    ucf101, hmdb51:  packs/<video>.tar               (jpegs_256/<video>/, tvl1_flow/u/<video>/ ...)
+    folder:          packs/<class>/<video>.tar       (<class>/<video>/, <class>/<video>/u/ ...)
+    rawframes:       packs/<video dir>.tar           (rawframes/<video dir>/)
+A pack's files keep their loose paths, so a packed video's folder is the pack's path followed by
+the loose folder: `<root>/packs/v_X.tar/jpegs_256/v_X`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fusion.choices import FRAME_STORES, resolve_name
+from fusion.data.index import FrameIndex
+from fusion.data.loader import FrameError
+from fusion.data.packs import PACKS, SUFFIX, PackError, PackHeader, read_header, split
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: expected the folder {path}")
+    return path
+
+
+def open_store(root: str | Path, frames: str = "auto") -> "LooseStore | PackedStore":
+    """The store of `root`: `frames` "loose", "packed", or "auto" (packed when the root holds
+    a `packs/` folder, as `scripts/pack_frames.py` and `extract_frames.py --store packed` write
+    it)."""
+    resolve_name(frames, FRAME_STORES, "frames")
+    root = Path(root)
+    packed = (root / PACKS).is_dir()
+    if frames == "packed" and not packed:
+        raise FileNotFoundError(f"frames = 'packed': expected the packs of {root} in the folder "
+                                f"{root / PACKS} (scripts/pack_frames.py writes them)")
+    return PackedStore(root) if frames == "packed" or (frames == "auto" and packed) \
+        else LooseStore(root)
+
+
+class FolderLookup:
+    """Find a video's folder by name, falling back to a case-insensitive match (UCF101's
+    HandstandPushups / HandStandPushups)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lower = {name.lower(): name for name in os.listdir(root)}
+
+    def find(self, name: str) -> Path | None:
+        if (self.root / name).is_dir():
+            return self.root / name
+        actual = self.lower.get(name.lower())
+        return self.root / actual if actual else None
+
+    def where(self, name: str) -> Path:
+        return self.root / name
+
+
+class LooseStore:
+    """Frames as files: a video's folder is `<root>/<folder>`; counts come from `FrameIndex`
+    (scanned on first use, cached in the root)."""
+
+    kind = "loose"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tree = root  # where a folder dataset's class folders are
+        self.index = FrameIndex(root)
+
+    def lookup(self, folder: str, what: str) -> FolderLookup:
+        """Videos by name in `<root>/<folder>` (`jpegs_256`, `tvl1_flow/u`, ...)."""
+        return FolderLookup(require_dir(self.root / folder, what))
+
+    def video_dir(self, key: str, folder: str) -> Path | None:
+        """The video `key`'s folder `folder` (relative to the root), or None if missing."""
+        path = self.root / folder
+        return path if path.is_dir() else None
+
+    def where(self, key: str, folder: str) -> Path:
+        """Where `video_dir` looks (for messages)."""
+        return self.root / folder
+
+    def videos_in(self, group: str) -> list[str]:
+        """The videos of a folder dataset's class, sorted."""
+        return sorted(d.name for d in (self.root / group).iterdir() if d.is_dir())
+
+    def count(self, folder: Path, template: str) -> int:
+        return self.index.count(folder, template)
+
+    def is_file(self, path: Path) -> bool:
+        return path.is_file()
+
+    def save(self) -> None:
+        self.index.save()
+
+
+class _PackLookup:
+    """Videos by name among the packs of a UCF101-layout root, each holding `<folder>/<name>`
+    (packs matched by name, then ignoring case, as `FolderLookup` matches folders)."""
+
+    def __init__(self, store: "PackedStore", folder: str):
+        self.store, self.folder = store, folder
+
+    def find(self, name: str) -> Path | None:
+        key = self.store.pack_named(name)
+        return None if key is None else self.store.video_dir(key, f"{self.folder}/{key}")
+
+    def where(self, name: str) -> Path:
+        return self.store.where(name, f"{self.folder}/{name}")
+
+
+class PackedStore:
+    """Frames in packs under `<root>/packs/`. Counts come from the packs' own indexes (the
+    first line of each, a few hundred bytes), read once per pack while the dataset is made."""
+
+    kind = "packed"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.tree = root / PACKS
+        self._headers: dict[Path, PackHeader | PackError] = {}
+        self._names: set[str] | None = None  # the packs in packs/ (UCF101's layout)
+        self._lower: dict[str, str] = {}
+
+    def lookup(self, folder: str, what: str) -> _PackLookup:
+        return _PackLookup(self, folder)
+
+    def pack(self, key: str) -> Path:
+        return self.tree / f"{key}{SUFFIX}"
+
+    def pack_named(self, name: str) -> str | None:
+        """The key of the pack named `name` in packs/, else of one whose name matches ignoring
+        case (from one listing of packs/, not a look-up per video)."""
+        if self._names is None:
+            self._names = {n[:-len(SUFFIX)] for n in os.listdir(self.tree) if n.endswith(SUFFIX)}
+            self._lower = {n.lower(): n for n in self._names}
+        return name if name in self._names else self._lower.get(name.lower())
+
+    def header(self, pack: Path) -> PackHeader:
+        """The pack's header, read once; a damaged one is a `FrameError` naming the pack."""
+        cached = self._headers.get(pack)
+        if cached is None:
+            try:
+                cached = read_header(pack)
+            except FileNotFoundError:
+                raise
+            except PackError as err:
+                cached = err
+            except OSError as err:
+                cached = PackError(f"{pack}: {err.strerror or err}")
+            self._headers[pack] = cached
+        if isinstance(cached, PackError):
+            raise FrameError(f"cannot read the pack {cached}")
+        return cached
+
+    def video_dir(self, key: str, folder: str) -> Path | None:
+        """`<pack of key>/<folder>` when the pack holds that folder (or one matching it but for
+        case); None when there is no such pack or folder. A damaged pack gives its path, and
+        counting its frames the error that names it."""
+        pack = self.pack(key)
+        try:
+            actual = self.header(pack).find_dir(folder)
+        except FileNotFoundError:
+            return None
+        except FrameError:
+            return pack / folder
+        return None if actual is None else pack / actual
+
+    def where(self, key: str, folder: str) -> Path:
+        return self.pack(key) / folder
+
+    def videos_in(self, group: str) -> list[str]:
+        return sorted(p.name[:-len(SUFFIX)] for p in (self.tree / group).iterdir()
+                      if p.name.endswith(SUFFIX) and p.is_file())
+
+    def _parts(self, path: Path) -> tuple[Path, str]:
+        parts = split(str(path))
+        if parts is None:
+            raise ValueError(f"{path} is not a path into a pack")
+        return Path(parts[0]), parts[1]
+
+    def count(self, folder: Path, template: str) -> int:
+        pack, member = self._parts(folder)
+        return self.header(pack).count(member, template)
+
+    def is_file(self, path: Path) -> bool:
+        pack, member = self._parts(path)
+        folder, _, name = member.rpartition("/")
+        try:
+            return self.header(pack).has(folder, name)
+        except (FileNotFoundError, FrameError):
+            return False
+
+    def save(self) -> None:
+        self._headers.clear()  # the dataset is made: the readers open the packs themselves
