@@ -102,6 +102,22 @@ def resolve_decode(config: Config, device: torch.device | None) -> tuple[str, st
                      f"{device if device is not None else 'the CPU'}"
 
 
+def working_dir_file(config: Config, key: str) -> str:
+    """The file a path option names, read like every path option from the working directory
+    (the library's rawframes reader takes relative list paths from the dataset root); "" stays
+    "". A file missing there but present under data_root is an error that says where it is."""
+    value = getattr(config, key)
+    if not value:
+        return ""
+    path = Path(value).absolute()
+    beside_data = Path(config.data_root) / value
+    if not path.exists() and beside_data.is_file():
+        raise FileNotFoundError(f"config key {key}: {value} is not in the working directory "
+                                f"{Path.cwd()}, which every path option is read from; the file "
+                                f"is under data_root: give {beside_data}")
+    return str(path)
+
+
 def build_dataset(config: Config, subset: str, mode: str, *, device: torch.device | None = None):
     """The dataset of a config for subset train / val / test, read in mode train / val / test;
     `device`: where the model runs, which decode = auto decodes on when it is a GPU (the
@@ -130,11 +146,12 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
     if kind == "folder":
         options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
     elif kind == "rawframes":
-        options.update(val_fraction=config.val_fraction, class_file=config.class_names or None,
+        options.update(val_fraction=config.val_fraction,
+                       class_file=working_dir_file(config, "class_names") or None,
                        templates=tuple(config.rawframe_templates),
                        frames_dir=config.rawframes_dir,
-                       lists={"train": config.train_list, "val": config.val_list,
-                              "test": config.test_list})
+                       lists={key: working_dir_file(config, f"{key}_list")
+                              for key in ("train", "val", "test")})
     else:
         options.update(split=config.split, val_fraction=config.val_fraction)
     if mode == "train":

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fusion.config import RESUMABLE, Config, from_dict
-from fusion.files import check_state_dict, load_tensors, write_atomic
+from fusion.files import CorruptFile, check_state_dict, load_tensors, write_atomic
 from fusion.schedules import EPOCH_SIZED, rebuilt_for_epochs
 from fusion.streams import Stream
 
@@ -26,20 +26,57 @@ def checkpoint_state(*, model, optimizer, scheduler, scaler, epoch: int, best: d
             "rng": rng_state(), "classes": classes}
 
 
-def save_atomic(state: dict, path: Path) -> None:
-    """A crash never leaves a half-written checkpoint (`write_atomic`)."""
-    write_atomic(path, lambda f: torch.save(state, f))
+# What only a resume needs; best.pt leaves it out (for a two-stream ResNet-18 under SGD, the
+# momentum buffers alone are as large as the weights).
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+
+
+def weights_only(state: dict) -> dict:
+    """What evaluation and fine-tuning need of a checkpoint: weights, config, classes, the
+    validation metrics and history (best.pt)."""
+    return {k: v for k, v in state.items() if k not in TRAINING_STATE}
+
+
+def save_atomic(state: dict, path: Path, *, previous: Path | None = None) -> None:
+    """A crash never leaves a half-written checkpoint (`write_atomic`); with `previous`, the
+    checkpoint it replaces is kept under that name (last.prev.pt)."""
+    write_atomic(path, lambda f: torch.save(state, f), previous=previous)
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by training (a run folder means its last.pt). A damaged one is an
+    error naming the run's other checkpoints to go on from."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
-    state = load_tensors(path, "checkpoint")
+    try:
+        state = load_tensors(path, "checkpoint")
+    except (CorruptFile, FileNotFoundError) as err:
+        names = ("last.prev.pt", "best.pt", "last.pt")
+        others = [path.with_name(n) for n in names if n != path.name and
+                  path.with_name(n).is_file()]
+        if not others:
+            raise
+        hint = {"last.prev.pt": "the run's previous checkpoint, to resume from: --resume {}",
+                "best.pt": "its best weights, to evaluate or to initialise a new run from: {}",
+                "last.pt": "its last checkpoint (a run no epoch of which did better than "
+                           "guessing has no best.pt): {}"}
+        raise type(err)(f"{err}; go on from " + ", or ".join(
+            hint[p.name].format(p) for p in others)) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a training checkpoint of this project")
     state["path"] = str(path)
     return state
+
+
+def load_for_resume(path: str | Path) -> dict:
+    """A checkpoint that holds what resuming needs (last.pt, not best.pt)."""
+    checkpoint = load_checkpoint(path)
+    if "optimizer" not in checkpoint:
+        raise ValueError(f"{checkpoint['path']} holds weights only (best.pt keeps no optimizer "
+                         f"state); resume from the run's last.pt, or start a new run from these "
+                         f"weights with --init-rgb / --init-flow")
+    return checkpoint
 
 
 def resume_config(checkpoint: dict, overrides: dict) -> Config:

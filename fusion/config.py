@@ -2,18 +2,25 @@
 overridable on the command line (`--flow-stack 5` sets `flow_stack`).
 
 Precedence: defaults < `--config file.toml` < command-line flags. Unknown keys and bad values
-are errors that name the key. The resolved config is saved in the run folder and in every
-checkpoint; resuming takes the architecture from the checkpoint.
+are errors that name the key. Every path (data_root, the list files, class_names, weights,
+init_*, raft_weights, logdir, resume, and --config itself), on the command line or in a TOML
+file, is relative to the working directory the command runs in. The resolved config is saved
+in the run folder and in every checkpoint; resuming takes the architecture from the
+checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
+import inspect
+import textwrap
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from fusion.cli import ArgumentParser
 from fusion.choices import (DATASET_NAMES, FLOW_FORMATS, FRAME_STORES, FREEZE_MODES,
                             FUSION_BN, KEPT_AVERAGES)
 from fusion.data.flow import METHODS, RAFT_MODELS
@@ -31,11 +38,12 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 CHANNELS_LAST = ("auto", "on", "off")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BEST_RULES = ("both", "loss", "accuracy")
+KEEP = ("both", "best", "last")
 AGGREGATES = ("mean-softmax", "sum-logits", "vote")
 DECODES = ("auto", "cpu", "device")
 # Keys that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE = ("epochs", "device", "workers", "resume", "amp", "compile", "compile_mode",
-             "channels_last", "decode", "frames")
+             "channels_last", "decode", "keep", "dist_timeout", "frames")
 
 
 @dataclass
@@ -49,14 +57,16 @@ class Config:
     # (packed when <data_root>/packs/ exists)
     frames: str = "auto"
     split: int = 1  # official split 1-3 (ucf101, hmdb51, synthetic)
-    # rawframes: MMAction2 list files ("<video dir> <total_frames> <label>"; relative paths are
-    # read from data_root), an optional class-name file (one a line, in label order; else the
-    # classes are the numbers) and the RGB, flow x, flow y file names
+    # rawframes: MMAction2 list file of the training videos, "<video dir> <total_frames>
+    # <label from 0>" a line
     train_list: str = ""
-    val_list: str = ""  # empty: val_fraction of train_list
-    test_list: str = ""
+    val_list: str = ""  # rawframes: list file of the validation videos; empty: val_fraction
+    test_list: str = ""  # rawframes: list file of the test videos
+    # rawframes: class names, one a line in label order; empty: the labels are the names
     class_names: str = ""
-    rawframes_dir: str = "rawframes"  # the frames folder under data_root (MMAction2's data_prefix)
+    # rawframes: the frames folder under data_root (MMAction2's data_prefix)
+    rawframes_dir: str = "rawframes"
+    # rawframes: file names of the RGB, flow x and flow y frames, with a number field
     rawframe_templates: list[str] = field(default_factory=lambda: list(RAWFRAME_TEMPLATES))
     classes: list[str] = field(default_factory=list)  # class subset by name; empty: all
     max_classes: int = 0  # class subset: the first N classes; 0: all
@@ -83,7 +93,7 @@ class Config:
     on_bad: str = "raise"  # raise | skip: what a missing or corrupt frame does
     # how the flow frames were made: tvl1 | tvl1-torch | dis | farneback | raft
     flow_method: str = "tvl1"
-    flow_bound: float = 20.0  # their quantisation bound in pixels (DESIGN §5)
+    flow_bound: float = 20.0  # their quantisation bound in pixels (docs/design.md §5)
     short_side: int = 256  # their frames' short side (predict.py prepares new videos alike)
     pad_square: bool = False  # frames zero-padded to squares before resizing (seed 001)
     raft_model: str = "large"  # flow_method raft: torchvision's raft_large | raft_small
@@ -124,18 +134,19 @@ class Config:
     # inner taps, Feichtenhofer) | on | off
     fusion_bn: str = "auto"
     fusion_weights: list[float] = field(default_factory=list)  # average: e.g. [1, 1.5]
-    freeze: str = "none"  # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
+    # none | streams (train only the fusion) | bn (the streams' BatchNorm fixed)
+    freeze: str = "none"
     partial_bn: bool = False  # TSN partial BN: all BatchNorm but the first frozen
     freeze_until: str = ""  # staged fine-tuning: stream stages up to this tap start frozen
     # staged fine-tuning: later freeze points, "EPOCH:TAP" or "EPOCH:none" (1-based epochs)
     unfreeze: list[str] = field(default_factory=list)
     # --- optimisation ---
     epochs: int = 10  # 0: assemble the model (e.g. trained streams, late fusion) and test it
-    batch_size: int = 8
+    batch_size: int = 8  # clips per training step (per process under torchrun)
     optimizer: str = "sgd"  # sgd | adam | adamw
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd
-    weight_decay: float = 5e-4
+    lr: float = 1e-3  # learning rate (the peak of warm-up and cosine)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # the optimizer's weight decay
     schedule: str = "step"  # step | cyclic | plateau | cosine | constant (stepped per epoch)
     step_size: int = 5  # step: epochs between decays (seed 001: halve every 5)
     gamma: float = 0.5  # step: decay factor; plateau: reduction factor
@@ -148,19 +159,26 @@ class Config:
     warmup_epochs: int = 0  # cosine: linear warm-up
     grad_clip: float = 0.0  # max gradient norm; 0: off
     amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | none | bf16 | fp16
-    channels_last: str = "auto"  # NHWC weights, faster convolutions with AMP: auto (on GPUs) |
-    # on (also on the CPU) | off
+    # NHWC weights, faster convolutions with AMP: auto (on GPUs) | on (also on the CPU) | off
+    channels_last: str = "auto"
     compile: bool = False  # torch.compile the training step
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs:
-    # small models on fast GPUs wait on kernel launches, not the GPU) | max-autotune
+    # torch.compile mode: default | reduce-overhead (CUDA graphs: small models on fast GPUs wait
+    # on kernel launches, not the GPU) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes
+    # under torchrun: seconds a collective waits for the other processes (gloo and NCCL) before
+    # the run stops naming the lost ranks; longer than any pause of one rank alone
+    dist_timeout: float = 600.0
     # --- runs ---
     best_rule: str = "both"  # both: val loss and accuracy improve (seed 001) | loss | accuracy
     run_name: str = ""  # runs/<run_name>; empty: from fusion, tap and time
-    logdir: str = "runs"
+    logdir: str = "runs"  # the folder that holds the run folders
     resume: str = ""  # run folder or checkpoint to continue
+    # checkpoints a finished run keeps: both | best (best.pt: weights for evaluation and
+    # fine-tuning; what a sweep needs) | last (last.pt: what a resume needs)
+    keep: str = "both"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
+    seed: int = 0  # seeds the model's initialisation, the data order and augmentation
     eval_clips: int = 25  # test protocol: clips per video (Simonyan: 25)
     # center | three | ten | full (the whole frame, seed 001); validation takes full where this
     # is full, else the centre crop
@@ -207,13 +225,14 @@ class Config:
         choice("channels_last", CHANNELS_LAST)
         choice("compile_mode", COMPILE_MODES)
         choice("best_rule", BEST_RULES)
+        choice("keep", KEEP)
         choice("eval_crops", CROP_MODES)
         choice("aggregate", AGGREGATES)
         choice("decode", DECODES)
         choice("frames", FRAME_STORES)
         positive("segments", "flow_stack", "rgb_stack", "image_size", "batch_size",
                  "flow_bound", "short_side", "diff_stack", "diff_weight",
-                 "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips")
+                 "lr", "step_size", "base_lr", "max_lr", "cycle_up", "eval_clips", "dist_timeout")
         if any(not 0 < s <= 1 for s in self.crop_scales):
             raise ValueError(f"config key crop_scales: fractions in (0, 1] of the short side, "
                              f"got {self.crop_scales}")
@@ -374,17 +393,39 @@ def load_toml(path: str | Path) -> dict:
     return out
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
-    """`--config` plus one flag per Config key; unset flags stay None (not given)."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=None)
-    parser.add_argument("--config", help="TOML file with Config keys")
+def key_descriptions() -> dict[str, str]:
+    """Each Config key's description, read from the class's own comments (one source for the
+    code and --help): the comment lines right above the key and the comment ending its line."""
+    lines = textwrap.dedent(inspect.getsource(Config)).splitlines()
+    body = ast.parse("\n".join(lines)).body[0].body
+    descriptions = {}
+    for node in body:
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        above, row = [], node.lineno - 2
+        while row >= 0 and lines[row].strip().startswith("#") and "---" not in lines[row]:
+            above.insert(0, lines[row].strip().lstrip("# "))
+            row -= 1
+        trailing = lines[node.end_lineno - 1][node.end_col_offset:].strip().lstrip("# ")
+        descriptions[node.target.id] = " ".join(filter(None, [*above, trailing]))
+    return descriptions
+
+
+def build_parser(description: str = "") -> ArgumentParser:
+    """`--config` plus one flag per Config key, described by its comment; unset flags stay None
+    (not given)."""
+    parser = ArgumentParser(description, argument_default=None)
+    parser.add_argument("--config", help="TOML file with Config keys (its paths, like every "
+                                         "path option, relative to the working directory)")
+    descriptions = key_descriptions()
     for f in fields(Config):
         kind = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"default: {default!r}"
+        if not descriptions[f.name]:
+            raise TypeError(f"Config.{f.name} has no comment saying what it does (--help "
+                            f"shows it)")
+        help_text = f"{descriptions[f.name]} (default: {default!r})".replace("%", "%%")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif typing.get_origin(kind) is list:

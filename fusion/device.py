@@ -1,10 +1,11 @@
-"""Where and how the model computes: autocast dtype, NHWC weights, moving inputs.
+"""Where and how the model computes: autocast dtype, NHWC weights, moving inputs, CPU threads.
 
 Used by the training loop, the test protocol, prediction and the benchmark alike.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -58,3 +59,42 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: this machine has no CUDA GPU (use cpu or auto)")
     return resolved
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, which cgroup cpusets, Slurm and
+    taskset narrow, rather than the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this OS (macOS)
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def cpu_threads(workers: int):
+    """Split the usable CPUs between the main process and the loader workers for the block;
+    yields the split in words for the run's log.
+
+    Each DataLoader worker runs one intra-op thread (torch sets that in every worker); the main
+    process gets the CPUs left, at least one, shared with the other processes torchrun started
+    on this node (LOCAL_WORLD_SIZE). Without this, the main process's default of a thread per
+    core and the workers oversubscribe the cores, and OpenMP threads spin waiting for one
+    another: on 2 cores with one busy elsewhere, training ran 7 to 14 times slower.
+    OMP_NUM_THREADS, when set, is the user's choice and stays."""
+    cpus = usable_cpus()
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if "OMP_NUM_THREADS" in os.environ:
+        threads = torch.get_num_threads()
+        why = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    else:
+        threads = max(1, cpus // processes - workers)
+        why = f"{cpus} usable CPUs" + (f" / {processes} processes" if processes > 1 else "") + \
+            (f" - {workers} loader workers" if workers else "")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield f"CPU threads: {threads} in the main process ({why}), " + \
+            (f"1 in each of the {workers} loader workers" if workers else
+             "which also loads the data (no loader workers)")
+    finally:
+        torch.set_num_threads(before)

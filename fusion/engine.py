@@ -11,32 +11,43 @@ weights as one that was never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 from fusion import distributed
 from fusion.build import (build_dataset, build_model, make_loader, training_runner,
                           validation_subset)
-from fusion.checkpoint import (checkpoint_state, load_checkpoint, restore, resume_config,
-                               save_atomic)
+from fusion.checkpoint import (checkpoint_state, load_for_resume, restore, resume_config,
+                               save_atomic, weights_only)
 from fusion.config import Config, to_toml
 from fusion.data.device_decode import DecodeAhead
-from fusion.device import amp_dtype, autocast, move, to_channels_last
-from fusion.evaluate import metric_figures, test_checkpoint
+from fusion.device import amp_dtype, autocast, cpu_threads, move, to_channels_last
+from fusion.evaluate import metric_figures, shown_outputs, test_checkpoint
 from fusion.figures import first_flow_picture, rgb_beside_flow
+from fusion.lock import acquire, release
 from fusion.policy import freeze_until
 from fusion.schedules import build_optimizer, build_scheduler, step_scheduler
 from fusion.streams import count_parameters
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or the training loss finite but DIVERGED times that of
+    a uniform guess; the last good checkpoint is kept."""
+
+
+# A loss this many times that of a uniform guess over K classes (ln K, where an untrained
+# classifier starts) has diverged even while finite (Adam at lr 1e6 reaches 2e14): it stops
+# the run as a NaN does. Overconfident but sane models stay orders of magnitude below.
+DIVERGED = 1e4
 
 
 def to_device(batch, device):
@@ -66,6 +77,7 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     model.train(training)
     sums: dict[str, torch.Tensor] = {}  # output name -> [loss sum, correct], on the device
     unchecked: list[tuple[int, torch.Tensor]] = []  # (step, fused loss) not read yet
+    limit = None  # the training loss that counts as diverged (DIVERGED x a uniform guess's)
     seen = processed = skipped = 0  # counted samples, all samples, unreadable ones
     start = time.perf_counter()
     # decode = device: batches of JPEG bytes, decoded here one batch ahead
@@ -73,19 +85,24 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                disable=None if context.main else True)
 
     def read():
-        """Wait for the device: stop on a non-finite loss, show the running figures."""
-        flags = torch.isfinite(torch.stack([loss for _, loss in unchecked])).tolist() \
-            if unchecked else []
+        """Wait for the device: stop on a diverged loss, show the running figures."""
+        flags = []
+        if unchecked:
+            losses = torch.stack([loss for _, loss in unchecked])
+            flags = (torch.isfinite(losses) & (losses < limit)).tolist()
         bad = flags.count(False)
         if context.enabled:  # every rank, every read, even with nothing to read: none hangs
             bad = int(distributed.sum_across([float(bad)], context, device)[0])
         if bad:
             if all(flags):
-                raise TrainingDiverged(f"the {desc or 'training'} loss became non-finite on "
-                                       f"another process")
+                raise TrainingDiverged(f"the {desc or 'training'} loss diverged on another "
+                                       f"process")
             step, loss = unchecked[flags.index(False)]
-            raise TrainingDiverged(f"the {desc or 'training'} loss became {loss.item()} at "
-                                   f"step {step}")
+            value = loss.item()
+            why = "" if not math.isfinite(value) else \
+                f", over {DIVERGED:g} times a uniform guess's ({limit / DIVERGED:.3g}): diverged"
+            raise TrainingDiverged(f"the {desc or 'training'} loss became {value:.3g} at step "
+                                   f"{step}{why}")
         unchecked.clear()
         if seen:
             bar.set_postfix(loss=f"{sums['fused'][0].item() / seen:.3f}",
@@ -109,6 +126,11 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
                 scaler.update()
                 if on_step is not None:
                     on_step(step, batch)
+            if limit is None:  # training only: in eval mode, BatchNorm's running statistics
+                # of a barely trained model can give finite but huge losses (1e11) that are no
+                # divergence; such epochs are simply not the best (`is_better`)
+                limit = DIVERGED * max(math.log(parts["fused"].shape[-1]), 1.0) if training \
+                    else math.inf
             seen += int(batch.counted.sum())  # a CPU tensor: no wait for the device
             processed += len(batch.label)
             unchecked.append((step, loss.detach()))
@@ -136,8 +158,14 @@ def run_epoch(model, loader, device, *, optimizer=None, scaler=None, dtype=None,
     return metrics
 
 
-def is_better(metrics: dict, best: dict | None, rule: str) -> bool:
-    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy."""
+def is_better(metrics: dict, best: dict | None, rule: str, num_classes: int) -> bool:
+    """seed 001's rule ("both"): a new best needs a lower loss and a higher accuracy.
+
+    Whatever the rule, an epoch whose validation loss is not below that of guessing every
+    class alike (ln K) is never the best, the first epoch included: such a model learned
+    nothing or diverged, and its loss falling from 3e14 to 2e14 is no improvement."""
+    if not metrics["loss/fused"] < math.log(num_classes):
+        return False
     if best is None:
         return True
     lower = metrics["loss/fused"] < best["loss/fused"]
@@ -175,11 +203,18 @@ def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
 
 
 def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metrics: dict,
-              improved: bool) -> None:
+              improved: bool, fuse: str) -> None:
+    """Per epoch, tagged so that TensorBoard (which sorts tag groups by name) opens on the
+    curves read first: `accuracy/<split>/<output>`, `loss/<split>/<output>`, then `lr` (per
+    step, `log_step`) and `speed/clips_per_s/<split>`. Only the model's own outputs
+    (`shown_outputs`): a single stream has no fused curve of its own."""
+    outputs = shown_outputs([key[len("acc/"):] for key in train_metrics
+                             if key.startswith("acc/")], fuse)
     for split, metrics in (("train", train_metrics), ("val", val_metrics)):
-        for key, value in metrics.items():
-            if key.startswith(("loss/", "acc/")) or key == "clips_per_s":
-                writer.add_scalar(f"{split}/{key}", value, epoch + 1)
+        for name in outputs:
+            writer.add_scalar(f"accuracy/{split}/{name}", metrics[f"acc/{name}"], epoch + 1)
+            writer.add_scalar(f"loss/{split}/{name}", metrics[f"loss/{name}"], epoch + 1)
+        writer.add_scalar(f"speed/clips_per_s/{split}", metrics["clips_per_s"], epoch + 1)
     print(f"epoch {epoch + 1}: train loss {train_metrics['loss/fused']:.3f} "
           f"acc {train_metrics['acc/fused']:.3f} | val loss {val_metrics['loss/fused']:.3f} "
           f"acc {val_metrics['acc/fused']:.3f}{' (best)' if improved else ''} | "
@@ -189,13 +224,113 @@ def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metric
         print(f"  skipped {skipped} unreadable samples (on_bad = skip)")
 
 
+# Keys that name a run's model in the HParams tab whether or not they keep their default (a
+# sweep's conv1x1 run is conv1x1 like its neighbours are average), where they apply
+IDENTITY = ("fuse", "stream", "at")
+# Bookkeeping, not settings of the experiment
+NOT_HPARAMS = ("run_name", "logdir", "resume", "workers", "device", "keep")
+FUSION_KEYS = ("at", "at_flow", "keep_spatial_head", "keep_temporal_tower", "kept_average",
+               "fusion_init", "fusion_bn", "fusion_weights", "diff", "diff_stack",
+               "diff_weight", "init_diff", "freeze_until", "unfreeze")
+RGB_KEYS = ("rgb", "rgb_stack", "init_rgb", "augment")
+FLOW_KEYS = ("flow", "flow_stack", "init_flow", "augment_flow", "flow_method", "flow_bound",
+             "flow_format", "flow_mean_subtraction", "raft_model", "raft_weights")
+SCHEDULE_KEYS = {"step": ("step_size", "gamma"), "plateau": ("patience", "gamma"),
+                 "cyclic": ("base_lr", "max_lr", "cycle_up", "cyclic_mode", "cyclic_gamma"),
+                 "cosine": ("warmup_epochs",), "constant": ()}
+
+
+def inapplicable(config: Config) -> set[str]:
+    """The keys that do nothing in this run: fusion keys without fusion, the other stream's
+    keys of a single stream, other schedules' and optimizers' keys."""
+    keys = set(NOT_HPARAMS)
+    if config.fuse == "none":
+        keys |= set(FUSION_KEYS) | (set(RGB_KEYS) if config.stream == "flow" else set(FLOW_KEYS))
+    else:
+        keys.add("stream")
+    for schedule, own in SCHEDULE_KEYS.items():
+        if schedule != config.schedule:
+            keys |= set(own) - set(SCHEDULE_KEYS[config.schedule])
+    if config.optimizer != "sgd":
+        keys.add("momentum")
+    if not config.compile:
+        keys.add("compile_mode")
+    return keys
+
+
+def run_hparams(config: Config) -> dict:
+    """The HParams tab's settings of a run: its model's identity (fusion, tap, and its streams:
+    `stream` is rgb+flow for a fused model) and every key that applies to its model and differs
+    from `Config()`'s default. TensorBoard puts the ones that differ across the runs it shows
+    first; keeping defaults out keeps a single run's table to what was chosen for it."""
+    defaults = Config().to_dict()
+    skip = inapplicable(config)
+    hparams = {}
+    for key, value in config.to_dict().items():
+        if key in skip or (value == defaults[key] and key not in IDENTITY):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        hparams[key] = value
+    if config.fuse != "none":  # the streams the model has, beside single streams' rgb or flow
+        hparams["stream"] = "rgb+flow" + ("+rgbdiff" if config.diff else "")
+    return hparams
+
+
 def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
+    """The test pictures, and the run's row of the HParams tab: `run_hparams` and the test
+    accuracy of each output. The row lives in the run's `test` folder (a run of its own to
+    TensorBoard) with the accuracies as its only scalars, `test/accuracy/<output>`: the HParams
+    tab's metric columns are exactly those, and on the Scalars page they sort last. No
+    experiment summary is written, so TensorBoard compares the runs' settings itself."""
     for name, figure in metric_figures(metrics).items():
         writer.add_figure(f"test/{name}", figure, 0)
-    hparams = {k: v for k, v in config.to_dict().items()
-               if isinstance(v, (int, float, str, bool)) and k not in ("resume", "run_name")}
-    writer.add_hparams(hparams, {f"hparam/test_acc_{k}": m["accuracy"]
-                                 for k, m in metrics["test"].items()}, run_name=".")
+    accuracies = {f"test/accuracy/{name}": metrics["test"][name]["accuracy"]
+                  for name in shown_outputs(metrics["test"], config.fuse)}
+    _, session_start, session_end = hparams(run_hparams(config), accuracies)
+    with SummaryWriter(log_dir=str(Path(writer.log_dir) / "test")) as test:
+        test.file_writer.add_summary(session_start)
+        test.file_writer.add_summary(session_end)
+        for tag, value in accuracies.items():
+            test.add_scalar(tag, value, 0)
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path, context: distributed.Context, *, new: bool):
+    """The run folder, locked for the block by global rank 0 alone (`fusion.lock`); a new run
+    also refuses a folder that holds a finished or interrupted one. When rank 0 cannot claim
+    the folder, every rank stops with its error (none waits for the others)."""
+    lock, error = None, None
+    if context.main:
+        try:
+            lock = acquire(run_dir)
+            if new and (run_dir / "last.pt").exists():
+                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
+                                      f"{run_dir} or choose another --run-name")
+        except FileExistsError as err:
+            if lock is not None:
+                release(lock)
+            error = err
+    message = distributed.from_main(None if error is None else str(error), context)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise FileExistsError(f"rank 0: {message}")
+    try:
+        yield
+    finally:
+        if lock is not None:
+            release(lock)
+
+
+def keep_checkpoints(run_dir: Path, keep: str) -> None:
+    """A finished run keeps best.pt, last.pt or both (`keep`); last.prev.pt, the guard against
+    a crash while last.pt is written, is no longer needed."""
+    (run_dir / "last.prev.pt").unlink(missing_ok=True)
+    if keep == "best" and (run_dir / "best.pt").exists():
+        (run_dir / "last.pt").unlink()
+    elif keep == "last":
+        (run_dir / "best.pt").unlink(missing_ok=True)
 
 
 def fit(config: Config, *, overrides: dict | None = None):
@@ -203,18 +338,16 @@ def fit(config: Config, *, overrides: dict | None = None):
     share of each batch (DistributedDataParallel); only rank 0 writes."""
     checkpoint = None
     if config.resume:
-        checkpoint = load_checkpoint(config.resume)
+        checkpoint = load_for_resume(config.resume)
         config = resume_config(checkpoint, overrides or {})
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_dir = Path(config.logdir) / run_name(config)
-    with distributed.session(config.device) as (context, device):
+    with distributed.session(config.device, config.dist_timeout) as (context, device), \
+            claimed(run_dir, context, new=checkpoint is None), \
+            cpu_threads(config.workers) as threads:
         main = context.main
         if checkpoint is None and main:
-            if (run_dir / "last.pt").exists():
-                raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume "
-                                      f"{run_dir} or choose another --run-name")
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(to_toml(config))
         dtype = amp_dtype(config.amp, device)
         torch.manual_seed(config.seed)
@@ -246,6 +379,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             print(f"run {run_dir}: {count_parameters(model):,} parameters, {len(train_set)} "
                   f"training and {len(val_set)} validation videos, {len(classes)} classes, "
                   f"device {device}" + (f", {context.world} processes" if context.enabled else ""))
+            print(threads)
             for note in dict.fromkeys(train_set.notes + val_set.notes):
                 print(f"note: {note}")
 
@@ -277,7 +411,7 @@ def fit(config: Config, *, overrides: dict | None = None):
             lr_used = optimizer.param_groups[0]["lr"]  # before the step sets the next epoch's
             step_scheduler(scheduler, val_metrics["loss/fused"])
             train_time += time.perf_counter() - began
-            improved = is_better(val_metrics, best, config.best_rule)
+            improved = is_better(val_metrics, best, config.best_rule, len(classes))
             if improved:
                 best = {**val_metrics, "epoch": epoch + 1}
             history.append({"epoch": epoch + 1, "train": train_metrics, "val": val_metrics,
@@ -287,22 +421,29 @@ def fit(config: Config, *, overrides: dict | None = None):
                                          scaler=scaler, epoch=epoch + 1, best=best,
                                          history=history, train_time=train_time, config=config,
                                          classes=classes)
-                save_atomic(state, run_dir / "last.pt")
-                if improved:
-                    save_atomic(state, run_dir / "best.pt")
-                log_epoch(writer, epoch, train_metrics, val_metrics, improved)
+                if improved:  # best.pt first: a run stopped between the two redoes the epoch
+                    save_atomic(weights_only(state), run_dir / "best.pt")
+                save_atomic(state, run_dir / "last.pt", previous=run_dir / "last.prev.pt")
+                log_epoch(writer, epoch, train_metrics, val_metrics, improved, config.fuse)
 
         if config.epochs == 0 and main:  # nothing trained: the assembled model is the checkpoint
             state = checkpoint_state(model=model, optimizer=None, scheduler=None, scaler=scaler,
                                      epoch=0, best=best, history=history, train_time=train_time,
                                      config=config, classes=classes)
+            save_atomic(weights_only(state), run_dir / "best.pt")
             save_atomic(state, run_dir / "last.pt")
-            save_atomic(state, run_dir / "best.pt")
         distributed.barrier(context)
         if main:
-            metrics = test_checkpoint(run_dir / "best.pt", device=device,
-                                      workers=config.workers, train_time_s=train_time)
+            tested = run_dir / "best.pt"
+            if not tested.exists():
+                tested = run_dir / "last.pt"
+                print(f"note: no epoch had a validation loss below that of guessing every class "
+                      f"alike (ln {len(classes)} = {math.log(len(classes)):.3g}), so there is "
+                      f"no best.pt; testing last.pt")
+            metrics = test_checkpoint(tested, device=device, workers=config.workers,
+                                      out=run_dir / "metrics.json", train_time_s=train_time)
             log_test(writer, config, metrics)
             writer.close()
+            keep_checkpoints(run_dir, config.keep)
         distributed.barrier(context)
     return run_dir, model

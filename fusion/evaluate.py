@@ -1,7 +1,9 @@
 """The test protocol: every clip x crop view of every video, aggregated per video, and the
 metrics, confusion matrices, per-class chart and tables made of it.
 
-    metrics = test_checkpoint("runs/x/best.pt")   # also written to runs/x/metrics.json
+    metrics = test_checkpoint("runs/x/best.pt")
+    # also written to runs/x/metrics_best_25-clips_center-crops_mean-softmax.json; training
+    # writes its own test result to runs/x/metrics.json, which no later protocol overwrites
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from tqdm import tqdm
 from fusion import distributed
 from fusion.build import build_dataset, model_from_checkpoint
 from fusion.checkpoint import load_checkpoint
-from fusion.config import from_dict
+from fusion.config import Config, from_dict
 from fusion.data.device_decode import DecodeAhead
 from fusion.data.loader import collate_clips
-from fusion.device import amp_dtype, autocast, move
+from fusion.device import amp_dtype, autocast, cpu_threads, move
 from fusion.figures import confusion_figure, per_class_figure, save_png
 from fusion.files import write_json_atomic
 from fusion.streams import count_parameters
@@ -79,16 +81,25 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, classes: 
             "confusion": confusion.tolist()}
 
 
+def shown_outputs(names, fuse: str) -> list[str]:
+    """The outputs a run's curves and pictures show: a single stream's "fused" output is the
+    stream's own, shown under the stream's name alone."""
+    return [n for n in names if not (fuse == "none" and n == "fused")]
+
+
 def metric_figures(metrics: dict) -> dict[str, Figure]:
-    """The test split's pictures: a labelled confusion matrix per output (fused, RGB, flow,
-    kept heads) and the fused output's per-class accuracy, worst first."""
+    """The test split's pictures: a labelled confusion matrix per output the model has (fused,
+    RGB, flow, kept heads; a single stream's alone) and the per-class accuracy, worst first, of
+    its final output (fused, or the single stream's), each titled by the output it shows."""
     classes = metrics["classes"]
-    figures = {f"confusion_{name}": confusion_figure(m["confusion"], classes,
-                                                     title=f"{metrics['run']}: {name}")
-               for name, m in metrics["test"].items()}
-    figures["per_class"] = per_class_figure(metrics["test"]["fused"]["per_class"],
+    outputs = shown_outputs(metrics["test"], metrics["config"]["fuse"])
+    figures = {f"confusion_{name}": confusion_figure(metrics["test"][name]["confusion"], classes,
+                                                     title=f"{metrics['run']}: {name} output")
+               for name in outputs}
+    final = "fused" if "fused" in outputs else outputs[0]
+    figures["per_class"] = per_class_figure(metrics["test"][final]["per_class"],
                                             title=f"{metrics['run']}: per-class accuracy "
-                                                  f"(fused), worst first")
+                                                  f"({final} output), worst first")
     return figures
 
 
@@ -108,23 +119,40 @@ def print_table(metrics: dict) -> None:
         print(f"{name:<8} {100 * m['accuracy']:>14.1f}%")
 
 
+def protocol_file(checkpoint_path: Path, config: Config, trained: Config) -> Path:
+    """Where a test of `checkpoint_path` under `config` writes its metrics: beside the
+    checkpoint, named by the checkpoint and the protocol, and by the split and data root where
+    they differ from the run's (`trained`), so that no protocol overwrites another's result."""
+    name = (f"metrics_{checkpoint_path.stem}_{config.eval_clips}-clips_{config.eval_crops}-crops_"
+            f"{config.aggregate}")
+    if config.split != trained.split:
+        name += f"_split{config.split}"
+    if Path(config.data_root) != Path(trained.data_root):
+        name += f"_{Path(config.data_root).resolve().name}"
+    return checkpoint_path.with_name(name + ".json")
+
+
 def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", workers: int = 0,
                     overrides: dict | None = None, out: str | Path | None = None,
                     train_time_s: float | None = None) -> dict:
-    """The standard test protocol on a checkpoint; writes metrics.json next to it (or `out`).
+    """The standard test protocol on a checkpoint; writes its metrics to `out` (default: the
+    protocol's own file beside the checkpoint, `protocol_file`), the pictures beside them, and
+    returns them with the file's path under "file".
     `train_time_s`: the whole run's training time (default: the time up to this checkpoint)."""
     checkpoint = load_checkpoint(path)
+    trained = from_dict(checkpoint["config"])
     config = from_dict({**checkpoint["config"], **(overrides or {})})
+    out = Path(out) if out else protocol_file(Path(checkpoint["path"]), config, trained)
     device = distributed.device_for(device) if isinstance(device, str) else device
     dataset = build_dataset(config, "test", "test", device=device)
     if dataset.classes != checkpoint["classes"]:
         raise ValueError(f"the test set's classes {dataset.classes} differ from the "
                          f"checkpoint's {checkpoint['classes']}")
     model = model_from_checkpoint(checkpoint).to(device)
-    result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
-                            batch_size=max(1, config.batch_size // dataset.views_per_video),
-                            workers=workers,
-                            mode=config.aggregate)
+    with cpu_threads(workers):
+        result = predict_videos(model, dataset, device, dtype=amp_dtype(config.amp, device),
+                                batch_size=max(1, config.batch_size // dataset.views_per_video),
+                                workers=workers, mode=config.aggregate)
     best = checkpoint["best"] or {}
     metrics = {
         "run": Path(checkpoint["path"]).parent.name, "checkpoint": checkpoint["path"],
@@ -139,8 +167,8 @@ def test_checkpoint(path: str | Path, *, device: torch.device | str = "auto", wo
                  for name, s in result["scores"].items()},
         "config": config.to_dict(),
     }
-    out = Path(out) if out else Path(checkpoint["path"]).parent / "metrics.json"
     write_json_atomic(out, metrics)
+    metrics["file"] = str(out)  # for the caller to report; not part of the file
     # beside metrics.json: confusion_<output>.png, per_class.png; beside another --out file,
     # under its name, so that two protocols of one run keep their own pictures
     save_figures(metric_figures(metrics), out.parent,

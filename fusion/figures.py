@@ -28,7 +28,9 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
                      title: str = "") -> Figure:
     """Rows: true class, columns: predicted, in class-index order; colour is the row-normalised
     share (each true class sums to 1), the cells carry the counts while they fit (up to
-    CELL_TEXT_UP_TO classes). The canvas grows with the classes so that 101 stay readable."""
+    CELL_TEXT_UP_TO classes). The canvas grows with the classes (0.16 inch, 16 pixels a class
+    at 100 dpi) and the names stay at 7 points, so that 101 classes read at full size (a
+    2000-pixel picture in TensorBoard and confusion_<output>.png)."""
     counts = np.asarray(confusion, dtype=np.int64)
     k = len(classes)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
@@ -37,7 +39,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     axes = figure.add_subplot()
     image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    font = 8 if k <= 12 else max(3, 9 - k // 15)
+    font = 8 if k <= 12 else 7  # points: 7 fill a 0.16-inch row
     long_names = k > 8 or max(len(c) for c in classes) > 6
     axes.set_xticks(range(k), labels=list(classes), rotation=90 if long_names else 0,
                     fontsize=font)
@@ -65,7 +67,7 @@ def per_class_figure(per_class: dict[str, float | None], *, title: str = "") -> 
     axes = figure.add_subplot()
     axes.barh(range(len(items)), [100 * acc for acc, _ in items], color="tab:blue")
     axes.set_yticks(range(len(items)), labels=[name for _, name in items],
-                    fontsize=8 if len(items) <= 40 else 5)
+                    fontsize=8 if len(items) <= 40 else 7)  # a 0.18-inch row holds 7 points
     axes.invert_yaxis()  # the worst class at the top
     axes.set_xlim(0, 100)
     axes.set_xlabel("video accuracy (%)")
@@ -75,8 +77,8 @@ def per_class_figure(per_class: dict[str, float | None], *, title: str = "") -> 
 
 
 def flow_colours(flow: torch.Tensor, bound: float) -> torch.Tensor:
-    """Quantised flow `... x 2 x H x W` (u, v uint8, DESIGN §5) -> `... x 3 x H x W` uint8 in
-    the Middlebury colour coding, each image on its own scale (`colour_fields`)."""
+    """Quantised flow `... x 2 x H x W` (u, v uint8, docs/design.md §5) -> `... x 3 x H x W`
+    uint8 in the Middlebury colour coding, each image on its own scale (`colour_fields`)."""
     pixels = dequantize(flow.cpu(), bound)
     # flow_to_image divides by the longest vector; a pixel of exactly that length can round
     # past 1 and its uint8 colour wrap to white (floor(-1e-7) = -1 -> 255). An extra column
@@ -104,27 +106,60 @@ def rgb_beside_flow(rgb: torch.Tensor, flow: torch.Tensor, bound: float,
     return torch.cat([frame, motion], dim=-1)
 
 
-def summary_figure(rows: list[dict], *, variable: str) -> Figure:
-    """Fused / RGB / flow accuracy (%) of each run against the swept variable, in the order of
-    `rows`, with the parameter count on a second axis. A row: {"label", "fused", "rgb",
-    "flow" (float or None), "parameters"}."""
-    figure = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
+OUTPUT_COLOURS = {"fused": "tab:blue", "rgb": "tab:orange", "flow": "tab:green"}
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+ORDERED = ("at", "at_flow", "freeze_until")  # taps: swept in tower order
+
+
+def summary_figure(rows: list[dict], *, variable: str, ordered: bool | None = None) -> Figure:
+    """Fused / RGB / flow test accuracy (%) of each run of a sweep, in the order of `rows`. A
+    row: {"label", "fused", "rgb", "flow" (float or None), "parameters"}.
+
+    A categorical sweep (fusion type, schedule, stream, runs by name) is grouped bars, one
+    group per run named by its label and parameter count; an ordered one (taps in tower order,
+    numbers: `ordered`, by default from the variable and labels) is lines, with the parameter
+    count on a second axis from zero. The legend sits above the data."""
+    if ordered is None:
+        ordered = variable in ORDERED or all(_is_number(r["label"]) for r in rows)
+    outputs = [k for k in OUTPUT_COLOURS if any(r[k] is not None for r in rows)]
+    labels = [f"{r['label']}\n{r['parameters'] / 1e6:.3g} M parameters" if not ordered
+              else r["label"] for r in rows]
+    figure = Figure(figsize=(max(6.0, (1.3 if ordered else 1.6) * len(rows) + 2), 5.0))
     axes = figure.add_subplot()
     x = np.arange(len(rows))
-    for key, style in (("fused", "o-"), ("rgb", "s--"), ("flow", "^--")):
-        points = [(i, r[key]) for i, r in enumerate(rows) if r[key] is not None]
-        if points:
-            axes.plot(*zip(*points), style, label=f"{key} %")
-    axes.set_xticks(x, labels=[r["label"] for r in rows], rotation=30 if len(rows) > 5 else 0)
+    if ordered:
+        for key, style in zip(outputs, ("o-", "s--", "^--")):
+            points = [(i, r[key]) for i, r in enumerate(rows) if r[key] is not None]
+            axes.plot(*zip(*points), style, color=OUTPUT_COLOURS[key], label=f"{key} %")
+        counts = axes.twinx()
+        counts.plot(x, [r["parameters"] / 1e6 for r in rows], "x:", color="grey")
+        counts.set_ylim(0, 1.1 * max(r["parameters"] for r in rows) / 1e6)
+        counts.set_ylabel("parameters (millions, grey)", color="grey")
+    else:
+        width = 0.8 / len(outputs)
+        for j, key in enumerate(outputs):
+            offset = (j - (len(outputs) - 1) / 2) * width
+            bars = axes.bar(x + offset, [r[key] or 0.0 for r in rows], width,
+                            color=OUTPUT_COLOURS[key], label=f"{key} %")
+            axes.bar_label(bars, labels=[f"{r[key]:.0f}" if r[key] is not None else ""
+                                         for r in rows], fontsize=7, padding=1)
+    long_labels = max(len(str(r["label"])) for r in rows) > 12 and len(rows) > 3
+    axes.set_xticks(x, labels=labels, rotation=30 if long_labels else 0,
+                    ha="right" if long_labels else "center", fontsize=8)
     axes.set_xlabel(variable)
     axes.set_ylabel("test video accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.legend(loc="lower left")
-    counts = axes.twinx()
-    counts.plot(x, [r["parameters"] / 1e6 for r in rows], "x:", color="grey",
-                label="parameters")
-    counts.set_ylabel("parameters (millions)", color="grey")
-    axes.set_title(f"sweep over {variable}")
+    axes.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(outputs), frameon=False)
+    axes.set_title(f"sweep over {variable}", loc="right")
     figure.tight_layout()
     return figure
 

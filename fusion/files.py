@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -12,9 +13,12 @@ from typing import BinaryIO
 import torch
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], *,
+                 previous: Path | None = None) -> None:
     """Call `write` on a temporary file in `path`'s folder, sync it, and rename it to `path`:
-    readers see the old file or the new one. The temporary file is removed on failure."""
+    readers see the old file or the new one. The temporary file is removed on failure. With
+    `previous`, the file being replaced is kept under that name (renamed only once the new one
+    is complete, just before it takes its place)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -22,6 +26,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -42,9 +48,31 @@ def load_tensors(path: str | Path, what: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, ... by the file's kind
+        damage = damaged(path)
+        if damage:
+            raise CorruptFile(f"{what} {path} is corrupt or truncated ({damage})") from None
         raise ValueError(f"{what} {path} is not a PyTorch state dict (torch.load with "
                          f"weights_only=True refused it: {type(err).__name__}); save it with "
                          f"torch.save(model.state_dict(), path)") from None
+
+
+class CorruptFile(ValueError):
+    """A file in torch.save's format that was cut short or damaged."""
+
+
+def damaged(path: Path) -> str | None:
+    """What is wrong with a file in torch.save's format (a zip archive) that torch cannot
+    read: cut short (the archive's directory, written last, is missing) or a member whose
+    checksum fails; None for a sound archive or another kind of file."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError):
+        return f"{path.stat().st_size:,} bytes, the end of the file is missing"
+    return f"{bad} fails its checksum" if bad else None
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Fusion functions (DESIGN §6), one small module each, in the FUSIONS registry.
+"""Fusion functions (docs/design.md §6), one small module each, in the FUSIONS registry.
 
 A feature-map fusion takes plain channel counts and joins the two streams' maps at a tap:
 

@@ -1,14 +1,14 @@
-"""The parts a model is assembled from, each built on its own (DESIGN §7):
+"""The parts a model is assembled from, each built on its own (docs/design.md §7):
 
     rgb = StreamSpec("googlenet", "rgb", weights="imagenet").build(num_classes=12)
     flow = StreamSpec("resnet18", "flow", frames=8, init="runs/flow/best.pt").build(12)
     model = assemble(rgb, flow, FusionSpec("conv1x1", at="inception5b",
                                            keep_spatial_head=True), num_classes=12)
 
-`build_two_stream` does the common case in one call. A stream spec says what one stream is (backbone, modality, frames per snippet, flow input,
-weights or a trained checkpoint, dropout); a fusion spec says how two streams are joined (the
-fusion function and its options, the taps, the kept heads); a third, RGB-difference stream is
-one more stream spec. Training policy (freezing, partial BN, staged unfreezing) is applied by
+`build_two_stream` does the common case in one call. A stream spec says what one stream is
+(backbone, modality, frames per snippet, flow input, weights or a trained checkpoint,
+dropout); a fusion spec says how two streams are joined (the fusion function and its options,
+the taps, the kept heads); a third, RGB-difference stream is one more stream spec. Training policy (freezing, partial BN, staged unfreezing) is applied by
 training (`fusion.policy`), not here.
 """
 from __future__ import annotations

@@ -80,6 +80,12 @@ class ClipMaker:
             return colour_video([self.flow_cache[p] for p in pairs]).transpose(0, 3, 1, 2)
         return np.stack([self.flow_cache[p] for p in pairs])
 
+    def frames_needed(self) -> int:
+        """Frames one snippet spans (a flow stack of L joins L + 1 frames); a window with fewer
+        is filled by looping them, as the datasets fill short videos (seed 002)."""
+        c = self.config
+        return max(c.flow_stack + 1 if self.use_flow else 1, c.rgb_frames if self.use_rgb else 1)
+
     def forget_before(self, k: int) -> None:
         for key in [key for key in self.flow_cache if key[0] < k]:
             del self.flow_cache[key]
@@ -135,25 +141,52 @@ def _windows(frames_iter: Iterator[np.ndarray], size: int, stride: int):
         yield frames, total - size, total
 
 
+def short_window(path: str | Path, count: int, needed: int, maker: ClipMaker, *, whole: bool,
+                 strict: bool) -> str:
+    """The note for a window of `count` frames (`whole`: the whole video, shorter than one
+    window), fewer than the `needed` of one clip; with `strict`, a VideoError instead. A flow
+    model needs two frames in any case."""
+    if maker.use_flow and count < 2:
+        raise VideoError(f"{path} has {count} frame; a flow model needs at least two (flow is "
+                         f"the motion between frames)")
+    what = (f"{count} frames" if whole else f"windows of {count} frames (--window)") + \
+        f", fewer than the {needed} one clip needs" + \
+        (f" for its {maker.config.flow_stack} flow fields" if maker.use_flow else "")
+    if strict:
+        raise VideoError(f"{path}: {what}; refused (--strict); without it the clip repeats "
+                         f"the frames in a loop to fill itself")
+    return f"{what}: the clip repeats them in a loop to fill itself (--strict refuses)"
+
+
 @torch.no_grad()
 def predict_video(model: torch.nn.Module, config: Config, classes: list[str], path: str | Path,
                   *, window: float = 2.0, stride: float = 1.0,
-                  device: torch.device | str = "cpu") -> dict:
-    """Windows with start / end times, top class and probability, and the video's class."""
+                  device: torch.device | str = "cpu", strict: bool = False) -> dict:
+    """Windows with start / end times, top class and probability, and the video's class.
+    A window shorter than one clip (a short video) is filled by looping its frames, and the
+    report's note says so; with `strict` it is an error."""
     if window <= 0 or stride <= 0:
         raise ValueError(f"window and stride must be > 0 seconds, got {window}, {stride}")
     capture, fps = open_video(path)
     capture.release()
-    note = None
+    notes = []
     if not fps or math.isnan(fps) or fps <= 0:
-        fps, note = DEFAULT_FPS, f"no frame rate in the file; assumed {DEFAULT_FPS} fps"
+        fps = DEFAULT_FPS
+        notes.append(f"no frame rate in the file; assumed {DEFAULT_FPS} fps")
     size = max(2, round(window * fps))
     step = max(1, min(round(stride * fps), size))
     maker = ClipMaker(config, str(device))
+    needed = maker.frames_needed()
     model.eval()
     results, total = [], 0
-    for frames, first, last in _windows(iter_frames(path, config.short_side, config.pad_square), size, step):
+    decoded = iter_frames(path, config.short_side, config.pad_square)
+    for frames, first, last in _windows(decoded, size, step):
         total = max(total, max(frames) + 1)
+        if last - first < needed:
+            note = short_window(path, last - first, needed, maker, whole=last - first < size,
+                                strict=strict)
+            if note not in notes:
+                notes.append(note)
         rgb, flow = maker(frames, first, last)
         probabilities = model(move(rgb, device), move(flow, device)).float().softmax(-1)[0].cpu()
         top = int(probabilities.argmax())
@@ -163,7 +196,7 @@ def predict_video(model: torch.nn.Module, config: Config, classes: list[str], pa
     mean = torch.tensor([w.scores for w in results]).mean(0)
     top = int(mean.argmax())
     return {"video": str(path), "fps": fps, "frames": total, "duration": total / fps,
-            "note": note, "windows": [asdict(w) for w in results],
+            "note": "; ".join(notes) or None, "windows": [asdict(w) for w in results],
             "prediction": {"label": classes[top], "probability": float(mean[top])}}
 
 

@@ -1,4 +1,4 @@
-"""Backbone streams as ordered, named stages (DESIGN §4).
+"""Backbone streams as ordered, named stages (docs/design.md §4).
 
 A stream wraps one of torchvision's own classification models. Its modules are regrouped into an
 ordered ``ModuleDict`` of stages, one per tap, so that a two-stream model can run a stream up to a
@@ -29,8 +29,8 @@ from fusion.timm_streams import is_timm, timm_stages
 # Per-channel statistics in [0, 1] units; `Stream.normalize` repeats them over stacked frames.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Flow is stored quantised to [0, 255] with 127.5 as zero motion (DESIGN §5), so mean 0.5 and
-# std 0.5 map a stored component back to flow / bound in [-1, 1].
+# Flow is stored quantised to [0, 255] with 127.5 as zero motion (docs/design.md §5), so mean
+# 0.5 and std 0.5 map a stored component back to flow / bound in [-1, 1].
 FLOW_MEAN = (0.5, 0.5)
 FLOW_STD = (0.5, 0.5)
 # RGB difference (TSN): differences of consecutive frames in [0, 1] units, scaled by twice the

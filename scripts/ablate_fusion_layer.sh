@@ -18,8 +18,9 @@ print(" ".join(i["name"] for i in build_stream(config.rgb).feature_info))
 PY
 )
 fi
+runs=()
 for tap in $TAPS; do
-  bash scripts/sweep_run.sh "$SWEEP" "${FUSE}_$tap" --config "$CONFIG" --epochs "$EPOCHS" \
-    --fuse "$FUSE" --at "$tap" "$@"
+  runs+=(--run "${FUSE}_$tap" "at=$tap")
 done
-"$PYTHON" scripts/summarize.py "$SWEEP"
+"$PYTHON" scripts/sweep.py --out "$SWEEP" "${runs[@]}" --config "$CONFIG" --epochs "$EPOCHS" \
+  --fuse "$FUSE" "$@"

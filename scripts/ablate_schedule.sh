@@ -8,8 +8,7 @@ cd "$(dirname "$0")/.."
 CONFIG=${1:-configs/synthetic_demo.toml}; EPOCHS=${2:-10}; shift $(( $# < 2 ? $# : 2 ))
 source scripts/python.sh  # PYTHON: the project's virtualenv, else the active python
 SWEEP=${SWEEP:-runs/ablate_schedule}
-bash scripts/sweep_run.sh "$SWEEP" step --config "$CONFIG" --epochs "$EPOCHS" \
-  --schedule step --step-size 5 --gamma 0.5 "$@"
-bash scripts/sweep_run.sh "$SWEEP" cyclic --config "$CONFIG" --epochs "$EPOCHS" \
-  --schedule cyclic --base-lr 1e-5 --max-lr 1e-4 --cycle-up 5 --cyclic-mode halve-peak "$@"
-"$PYTHON" scripts/summarize.py "$SWEEP"
+"$PYTHON" scripts/sweep.py --out "$SWEEP" \
+  --run step schedule=step step_size=5 gamma=0.5 \
+  --run cyclic schedule=cyclic base_lr=1e-5 max_lr=1e-4 cycle_up=5 cyclic_mode=halve-peak \
+  --config "$CONFIG" --epochs "$EPOCHS" "$@"

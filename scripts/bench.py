@@ -43,6 +43,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from fusion.cli import ArgumentParser
 from fusion.data.device_decode import DecodeAhead
 from fusion.data.index import INDEX_NAME
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
@@ -520,23 +521,28 @@ def print_storage(report: dict) -> None:
 # ---------------------------------------------------------------------------- report
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
+    parser = ArgumentParser(__doc__)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the models run")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                        help="autocast dtype of the training and evaluation steps")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="NHWC weights and inputs")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile mode")
     parser.add_argument("--image-size", type=int, default=112, help="model input side")
     parser.add_argument("--data-image-size", type=int, default=224,
                         help="loader output side (the usual network input)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--segments", type=int, default=1)
-    parser.add_argument("--flow-stack", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per step")
+    parser.add_argument("--segments", type=int, default=1, help="T: TSN segments per clip")
+    parser.add_argument("--flow-stack", type=int, default=10,
+                        help="L: flow frames per snippet")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of timed steps; figures are medians over rounds")
-    parser.add_argument("--backbones", nargs="+", default=["resnet18", "googlenet", "vgg19"])
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "googlenet", "vgg19"],
+                        help="backbones timed in the training section")
     parser.add_argument("--data-groups", type=int, default=6, help="synthetic groups per class")
     parser.add_argument("--data-clips", type=int, default=3, help="synthetic clips per group")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -544,7 +550,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tvl1-frames", type=int, default=11, help="frames per TV-L1 video")
     parser.add_argument("--flow-size", default="340x256", help="W x H of the flow videos")
     parser.add_argument("--fast-frames", type=int, default=300, help="frames per DIS/FB video")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "models", "flow"],
+                        help="sections not to run")
     parser.add_argument("--storage", action="store_true",
                         help="also run the frame-store section (generates a UCF101-shaped root: "
                              "minutes, and about 40 GB at the full 13,320 videos)")
@@ -557,7 +564,7 @@ def main(argv=None) -> int:
                              "/proc/sys/vm/drop_caches), fadvise (per file), auto (drop where "
                              "allowed), off (no cold figures)")
     parser.add_argument("--workdir", help="keep generated data here (default: a temp folder)")
-    parser.add_argument("--json", default="bench.json")
+    parser.add_argument("--json", default="bench.json", help="file that receives all figures")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

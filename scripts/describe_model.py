@@ -5,10 +5,10 @@
         --at inception5b --flow-stack 12 --keep-spatial-head --num-classes 12
     python scripts/describe_model.py --stream timm:inception_v4 --image-size 299
 """
-import argparse
 
 import torch
 
+from fusion.cli import ArgumentParser
 from fusion.fusers import FUSIONS
 from fusion.parts import FusionSpec, StreamSpec, assemble
 from fusion.streams import STREAMS, build_stream, count_parameters
@@ -63,8 +63,7 @@ def describe_two_stream(model, image_size: int, segments: int = 1) -> list[str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--stream", help=f"describe one stream: {BACKBONES}")
     parser.add_argument("--in-channels", type=int, default=3,
                         help="one stream: 3 for one RGB frame, 2L for a stack of L flow frames")
@@ -72,16 +71,20 @@ def main(argv=None):
                         help="one stream: default rgb for 3 channels, flow otherwise")
     parser.add_argument("--rgb", help=f"two-stream: the RGB backbone ({BACKBONES})")
     parser.add_argument("--flow", help="two-stream: the flow backbone")
-    parser.add_argument("--fuse", choices=sorted(FUSIONS))
+    parser.add_argument("--fuse", choices=sorted(FUSIONS), help="two-stream: the fusion function")
     parser.add_argument("--at", default=None, help="RGB tap to fuse at")
     parser.add_argument("--at-flow", default=None, help="flow tap (default: same reduction)")
-    parser.add_argument("--flow-stack", type=int, default=10)
-    parser.add_argument("--rgb-stack", type=int, default=1)
-    parser.add_argument("--segments", type=int, default=1)
-    parser.add_argument("--keep-spatial-head", action="store_true")
-    parser.add_argument("--keep-temporal-tower", action="store_true")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--flow-stack", type=int, default=10,
+                        help="two-stream: L, flow frames per snippet")
+    parser.add_argument("--rgb-stack", type=int, default=1,
+                        help="two-stream: RGB frames per snippet")
+    parser.add_argument("--segments", type=int, default=1, help="T: TSN segments per clip")
+    parser.add_argument("--keep-spatial-head", action="store_true",
+                        help="two-stream at the last tap: average in the RGB head")
+    parser.add_argument("--keep-temporal-tower", action="store_true",
+                        help="two-stream: run the flow tower on and average its scores in")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument("--image-size", type=int, default=224, help="input side in pixels")
     args = parser.parse_args(argv)
     if (args.stream is None) == (args.fuse is None):
         parser.error("give either --stream (one stream) or --rgb/--flow/--fuse (two streams)")

@@ -11,17 +11,16 @@ onnxruntime against PyTorch (the largest difference is printed; over 1e-3 is an 
 JSON beside it (builder, class count, input channels, normalisation).
 Needs the export extra: pip install -e .[export]
 """
-import argparse
 import sys
 
+from fusion.cli import ArgumentParser
 from fusion.checkpoint import load_checkpoint
 from fusion.build import model_from_checkpoint
 from fusion.config import from_dict
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a run's best.pt or last.pt")
     parser.add_argument("--onnx", help="write the whole model as this ONNX file")
     parser.add_argument("--torchvision", help="write each complete stream into this folder")

@@ -15,10 +15,10 @@
 interrupted run continues where it stopped; unreadable files, and files that decode clearly
 fewer frames than their container declares (truncated downloads), are listed at the end.
 """
-import argparse
 import sys
 
 from fusion.choices import FLOW_FORMATS
+from fusion.cli import ArgumentParser
 from fusion.data.extract import extract_all, parse_shard
 from fusion.data.jobs import LAYOUTS, STORES, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
@@ -26,11 +26,11 @@ from fusion.data.sampling import FLOW_PAIRS
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     parser.add_argument("--out", required=True, help="dataset root to write")
-    parser.add_argument("--flow", choices=[*METHODS, "none"], default="tvl1")
+    parser.add_argument("--flow", choices=[*METHODS, "none"], default="tvl1",
+                        help="optical flow method, or none for RGB frames only")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND,
                         help="flow clipped at +-bound pixels before 8-bit quantisation")
     parser.add_argument("--short-side", type=int, default=256, help="0 keeps the video size")
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
                         help="uv: u and v as 8-bit JPEGs clipped at --bound; rgb: each video's "
                              "float flow as colour PNGs on the video's one scale (seed 001's "
                              "flow_to_image), for training with flow_format = rgb")
-    parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large")
+    parser.add_argument("--raft-model", choices=RAFT_MODELS, default="large",
+                        help="--flow raft: torchvision's raft_large or raft_small")
     parser.add_argument("--raft-weights", default="default",
                         help="'default' (torchvision's, downloaded once) or a local state-dict "
                              "file of the RAFT model")
@@ -60,7 +61,9 @@ def main(argv=None) -> int:
                         help="parallel processes (OpenCV methods) or decoding threads "
                              "(tvl1-torch, raft)")
     parser.add_argument("--ext", default="avi,mp4", help="comma-separated video extensions")
-    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101")
+    parser.add_argument("--layout", choices=LAYOUTS, default="ucf101",
+                        help="output layout: ucf101 (the released datasets') or folder (a "
+                             "folder per class, from the videos' parent folders)")
     parser.add_argument("--store", choices=STORES, default="loose",
                         help="loose: a file per frame; packed: one tar per video under "
                              "<out>/packs/ (the same bytes; the datasets read either)")
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
                               workers=args.workers, strict=args.strict, device=args.device,
                               batch_size=args.batch_size, shard=parse_shard(args.shard),
                               store=args.store)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary.report())

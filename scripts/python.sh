@@ -3,7 +3,7 @@
 #   PYTHON=...            used as given
 #   $FUSION_VENV or .venv the project's virtualenv, when it exists (as scripts/setup_env.sh made it)
 #   python                the active environment's, otherwise
-# Says which one it took, once per sweep (sweep_run.sh, called by an ablation, stays quiet).
+# Says which one it took, once per sweep (a script sourcing it again stays quiet).
 if [ -z "${PYTHON:-}" ]; then
   _root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   _venv=${FUSION_VENV:-.venv}

@@ -16,6 +16,6 @@ fi
 # The package is reinstalled only when its metadata changes (editable: code changes need nothing).
 stamp="$VENV/.fusion-installed-setup.cfg"
 if ! cmp -s setup.cfg "$stamp"; then
-  echo "[setup] installing fusion and its test and export requirements"
-  "$VENV/bin/pip" install -q -e '.[test,export]' && cp setup.cfg "$stamp"
+  echo "[setup] installing fusion and its test, export and slurm requirements"
+  "$VENV/bin/pip" install -q -e '.[test,export,slurm]' && cp setup.cfg "$stamp"
 fi

@@ -4,11 +4,11 @@ layer in tower order, fusion type in registry order, schedule, ...) with the par
 
     python scripts/summarize.py runs/ablate_fusion_type
 """
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from fusion.cli import ArgumentParser
 from fusion.figures import save_png, summary_figure
 from fusion.fusers import FUSIONS
 from fusion.streams import build_stream
@@ -25,8 +25,12 @@ def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
     varying = [k for k in configs[0] if k not in IGNORED
                and len({json.dumps(c.get(k)) for c in configs}) > 1]
     variable = next((k for k in SWEPT if k in varying), varying[0] if varying else "run")
+    if len({json.dumps(c.get(variable)) for c in configs}) < len(configs):
+        variable = "run"  # several keys vary (the demo: rgb, flow, conv1x1): runs by name
 
     def label(m):
+        if variable == "fuse" and m["config"]["fuse"] == "none":
+            return f"none ({m['config']['stream']})"
         return m["run"] if variable == "run" else str(m["config"][variable])
     if variable == "at":  # tower order of the RGB backbone
         taps = build_stream(configs[0]["rgb"], num_classes=2).taps
@@ -38,8 +42,9 @@ def swept_rows(metrics: list[dict]) -> tuple[str, list[dict]]:
     else:
         metrics = sorted(metrics, key=label)
 
-    def acc(m, name):
-        return 100 * m["test"][name]["accuracy"] if name in m["test"] else None
+    def acc(m, name):  # a single stream's "fused" output is the stream's own: one bar
+        own = name in m["test"] and not (name == "fused" and m["config"]["fuse"] == "none")
+        return 100 * m["test"][name]["accuracy"] if own else None
     return variable, [{"label": label(m), "fused": acc(m, "fused"), "rgb": acc(m, "rgb"),
                        "flow": acc(m, "flow"), "parameters": m["parameters"]} for m in metrics]
 
@@ -72,13 +77,20 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("sweep", help="folder holding run folders")
     args = parser.parse_args(argv)
-    files = sorted(Path(args.sweep).glob("*/metrics.json"))
-    if not files:
-        print(f"error: no <run>/metrics.json under {args.sweep}", file=sys.stderr)
+    return report(Path(args.sweep))
+
+
+def report(sweep: Path, failed: dict[str, str] | None = None) -> int:
+    """Print the table of every run folder under `sweep` with a metrics.json, and a row per
+    `failed` run (name -> error line, in an error column); write summary.png of the finished
+    runs. 1 when there is nothing to show or a metrics file is not this project's."""
+    failed = failed or {}
+    files = sorted(Path(sweep).glob("*/metrics.json"))
+    if not files and not failed:
+        print(f"error: no <run>/metrics.json under {sweep}", file=sys.stderr)
         return 1
     runs = []
     for path in files:
@@ -89,12 +101,20 @@ def main(argv=None) -> int:
             print(f"error: {path} is not a metrics file of this project ({err!r})",
                   file=sys.stderr)
             return 1
-    print(table([describe(m) for m in runs]))
-    variable, rows = swept_rows(runs)
-    figure = summary_figure(rows, variable=variable)
-    out = Path(args.sweep) / "summary.png"
-    save_png(figure, out)
-    print(f"\nplot: {out}")
+    rows = [describe(m) for m in runs]
+    if failed:
+        blank = dict.fromkeys(rows[0] if rows else ("run", "fusion", "tap", "RGB %", "flow %",
+                                                    "fused %", "parameters", "train time"), "-")
+        rows = sorted([{**row, "error": ""} for row in rows] +
+                      [{**blank, "run": name, "error": error} for name, error in failed.items()],
+                      key=lambda row: row["run"])
+    print(table(rows))
+    if runs:
+        variable, plotted = swept_rows(runs)
+        figure = summary_figure(plotted, variable=variable)
+        out = Path(sweep) / "summary.png"
+        save_png(figure, out)
+        print(f"\nplot: {out}")
     return 0
 
 

@@ -10,9 +10,11 @@ file sets defaults that flags override. The run folder runs/<name>/ receives con
 TensorBoard events, last.pt, best.pt and metrics.json.
 """
 import sys
+from pathlib import Path
 
 from fusion.config import build_parser, resolve
 from fusion.data.loader import FrameError
+from fusion.distributed import RankLost
 from fusion.engine import TrainingDiverged, train
 from fusion.evaluate import print_table
 
@@ -24,12 +26,15 @@ def main(argv=None) -> int:
     try:
         config = resolve(args)
         run_dir = train(config, overrides=given)
-    except (TrainingDiverged, FrameError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (TrainingDiverged, FrameError, RankLost, ValueError, FileNotFoundError,
+            FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     import json
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    print(f"\n{run_dir}: best epoch {metrics['best_epoch']}, test protocol "
+    best = metrics["best_epoch"]
+    print(f"\n{run_dir}: tested {Path(metrics['checkpoint']).name}" +
+          (f" (best epoch {best})" if best else "") + f", protocol "
           f"{metrics['protocol']['clips']} clips x {metrics['protocol']['crops']} crops")
     print_table(metrics)
     return 0

@@ -121,9 +121,10 @@ def test_every_shipped_config_builds_the_model_its_readme_row_describes(path):
                 model.keep_spatial_head) == described
     if path.stem.startswith("seed004_own_videos"):
         assert model.diff is not None and model.diff.name == described[0]
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith(f"| `{path.name}` |")]
-    assert rows, f"README has no row for {path.name}"
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    pages = (docs / "training.md").read_text() + (docs / "reports.md").read_text()
+    rows = [line for line in pages.splitlines() if line.startswith(f"| `{path.name}` |")]
+    assert rows, f"docs/training.md and docs/reports.md have no row for {path.name}"
     for row in rows:
         for name in {described[0], *described[1:3]} - {"rgb", "flow"}:
             assert README_NAMES[name] in row, (name, row)
@@ -149,3 +150,23 @@ def test_mean_flow_subtraction_and_crop_scales_reach_the_model_and_the_transform
     assert sides == {100, 50}
     with pytest.raises(ValueError, match="config key crop_scales"):
         resolve(build_parser().parse_args(["--crop-scales", "1.5"]))
+
+
+def test_every_path_option_is_read_from_the_working_directory(tmp_path, monkeypatch):
+    """The README's rawframes command, run from the folder above the dataset: list files and
+    the class-name file alike are relative to the working directory, not to data_root."""
+    from fusion.build import build_dataset
+    from tests.test_rawframes import write_rawframes
+    write_rawframes(tmp_path / "mm", flow_from=1)
+    (tmp_path / "mm" / "names.txt").write_text("running\njumping\n")
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", "rawframes", "--data-root", "mm", "--image-size", "16"]
+    config = parse(*common, "--train-list", "mm/train.txt", "--test-list", "mm/test.txt",
+                   "--class-names", "mm/names.txt")
+    assert build_dataset(config, "test", "val").classes == ["running", "jumping"]
+    # a list named as it was once read, from data_root: the error says where it is
+    config = parse(*common, "--train-list", "train.txt", "--test-list", "mm/test.txt")
+    with pytest.raises(FileNotFoundError, match=r"config key train_list: train.txt is not in "
+                                                r"the working directory .*; the file is under "
+                                                r"data_root: give mm/train.txt"):
+        build_dataset(config, "train", "train")

@@ -242,7 +242,8 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
 
 def test_rgb_frames_sit_at_the_centre_of_the_flow_span():
     """Flow frames s..s+L-1 are the motion across RGB frames s..s+L, whose centre is s + L/2
-    (DESIGN §4): the RGB stack's centre is there, within half a frame when parities differ."""
+    (docs/design.md §4): the RGB stack's centre is there, within half a frame when parities
+    differ."""
     for flow_stack in range(1, 12):
         for rgb_stack in range(1, 4):
             rgb, flow = snippet_frames([7], flow_stack=flow_stack, rgb_stack=rgb_stack,

@@ -12,6 +12,7 @@ from tests.fakes import fake_ucf101
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
 from fusion.build import build_model
+from fusion.lock import locked
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -58,6 +59,7 @@ def test_two_gloo_processes_match_each_other_and_one_process(tmp_path):
     # Only rank 0 wrote the run; its metrics are over the whole validation set.
     run_dir = tmp_path / "ddp" / "run"
     assert (run_dir / "last.pt").is_file() and (run_dir / "metrics.json").is_file()
+    assert not (run_dir / ".lock").exists()  # rank 0 alone held it (rank 1 would have failed)
     ddp_history = torch.load(run_dir / "last.pt")["history"]
     one_history = torch.load(tmp_path / "one" / "run" / "last.pt")["history"]
     assert [h["val"]["clips"] for h in ddp_history] == [h["val"]["clips"] for h in one_history]
@@ -76,7 +78,20 @@ def test_a_nan_on_one_rank_stops_every_rank(tmp_path):
         cwd=tmp_path, timeout=300, env={**os.environ, "NAN_IN_VALIDATION_ON_RANK": "1"})
     assert result.returncode != 0
     assert "validate loss became nan at step 0" in result.stderr  # rank 1, its own
-    assert "validate loss became non-finite on another process" in result.stderr  # rank 0
+    assert "validate loss diverged on another process" in result.stderr  # rank 0
+
+
+def test_a_run_folder_in_use_stops_every_rank_at_once(tmp_path):
+    """Rank 0 alone claims the run folder; when it is held, every rank stops with rank 0's
+    error instead of training or waiting for rank 0."""
+    with locked(tmp_path / "run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(WORKER), str(tmp_path), *flags(tmp_path / "no-data", tmp_path, 2)],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert f"{tmp_path / 'run'} is in use by pid {os.getpid()}" in result.stderr
+    assert f"rank 0: {tmp_path / 'run'} is in use by pid" in result.stderr  # rank 1 stops too
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])

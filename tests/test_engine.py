@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,9 +16,10 @@ import fusion.build
 import fusion.engine
 from fusion.config import build_parser, resolve
 from fusion.data.synthetic import make_synthetic
-from fusion.checkpoint import load_checkpoint
+from fusion.checkpoint import load_checkpoint, save_atomic, weights_only
 from fusion.engine import train
 from fusion.evaluate import aggregate
+from fusion.lock import locked
 from tests.fakes import fake_ucf101
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +42,10 @@ def config_of(argv):
     return resolve(build_parser().parse_args(argv))
 
 
-def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
+def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script, monkeypatch):
+    # two epochs on 8 videos end near chance, where no epoch need be the best (a validation
+    # loss below ln 4): every one is here, so that best.pt exists
+    monkeypatch.setattr(fusion.engine, "is_better", lambda *args: True)
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at",
                                                    "layer4", "--keep-spatial-head",
                                                    "--run-name", "fused"))
@@ -48,6 +53,7 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     run = tmp_path / "fused"
     for name in ("config.toml", "last.pt", "best.pt", "metrics.json"):
         assert (run / name).is_file(), name
+    assert not (run / ".lock").exists()  # the finished run released its folder
     assert 'fuse = "conv1x1"' in (run / "config.toml").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["test"]) == {"fused", "rgb"}
@@ -58,12 +64,24 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     assert metrics["test"]["fused"]["accuracy"] == pytest.approx(confusion.trace().item() / 8)
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["fuse"] == "conv1x1"
-    assert "best epoch" in capsys.readouterr().out
+    # last.pt holds what a resume needs, best.pt what evaluation and fine-tuning need
+    assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "rng"}
+    best = load_checkpoint(run / "best.pt")
+    assert {"model", "config", "classes", "best", "epoch"} <= set(best)
+    assert not {"optimizer", "scheduler", "scaler", "rng"} & set(best)
+    assert not (run / "last.prev.pt").exists()  # needed only while the run goes on
+    printed = capsys.readouterr().out
+    assert "best epoch" in printed
+    assert re.search(r"CPU threads: \d+ in the main process \(.*\), which also loads the data "
+                     r"\(no loader workers\)", printed)  # the split, in the run's log
 
     events = EventAccumulator(str(run)).Reload()
     scalars = events.Tags()["scalars"]
-    for tag in ("train/loss/fused", "val/acc/fused", "val/acc/rgb", "train/clips_per_s", "lr"):
+    for tag in ("loss/train/fused", "accuracy/val/fused", "accuracy/val/rgb",
+                "speed/clips_per_s/train", "lr"):
         assert tag in scalars, tag
+    # TensorBoard sorts tag groups by name: accuracy and loss first, then the LR
+    assert sorted({tag.split("/")[0] for tag in scalars}) == ["accuracy", "loss", "lr", "speed"]
     # 8 training videos (the other training group of each class validates), batches of 4
     assert len(events.Scalars("lr")) == 2 * 2
     assert {"inputs/rgb", "inputs/flow", "inputs/rgb_and_flow", "test/confusion_fused",
@@ -71,23 +89,33 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script):
     for name in ("confusion_fused", "confusion_rgb", "per_class"):  # beside metrics.json
         assert (run / f"{name}.png").stat().st_size > 0
 
-    # evaluate.py: another protocol on the same checkpoint, to a file of its own.
-    out = tmp_path / "ten.json"
+    # evaluate.py: another protocol on the same checkpoint, to a file of its own named by the
+    # protocol, never over the training-time metrics.json
+    trained = (run / "metrics.json").read_bytes()
     assert load_script("evaluate").main(["--checkpoint", str(run / "best.pt"), "--crops", "ten",
-                                         "--aggregate", "vote", "--workers", "0",
-                                         "--out", str(out)]) == 0
+                                         "--aggregate", "vote", "--workers", "0"]) == 0
+    assert (run / "metrics.json").read_bytes() == trained
+    out = run / "metrics_best_2-clips_ten-crops_vote.json"
     ten = json.loads(out.read_text())
     assert ten["protocol"]["crops"] == "ten" and ten["protocol"]["aggregate"] == "vote"
     printed = capsys.readouterr().out
-    assert "confusion matrix" in printed and "RedUp" in printed
-    assert (tmp_path / "ten_confusion_fused.png").is_file()  # its own pictures, by its name
+    assert "confusion matrix" in printed and "RedUp" in printed and str(out) in printed
+    assert (run / f"{out.stem}_confusion_fused.png").is_file()  # its own pictures, by its name
+    assert load_script("evaluate").main(["--checkpoint", str(run / "best.pt"), "--out",
+                                         str(run / "metrics.json")]) == 1
+    assert "is the run's own test result" in capsys.readouterr().err
+    assert (run / "metrics.json").read_bytes() == trained
 
 
-def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_script):
+def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_script,
+                                                        monkeypatch):
     train_fusion = load_script("train_fusion").main
-    for stream in ("rgb", "flow"):
+    # one epoch on 8 videos stays near chance, where no epoch need be the best: every one is
+    monkeypatch.setattr(fusion.engine, "is_better", lambda *args: True)
+    for stream in ("rgb", "flow"):  # as a sweep keeps its finished runs: best.pt alone
         assert train_fusion(flags(tiny, tmp_path, "--fuse", "none", "--stream", stream,
-                                  "--run-name", stream, "--epochs", "1")) == 0
+                                  "--run-name", stream, "--epochs", "1", "--keep", "best")) == 0
+        assert sorted(p.name for p in (tmp_path / stream).glob("*.pt")) == ["best.pt"]
     inits = ["--init-rgb", str(tmp_path / "rgb" / "best.pt"),
              "--init-flow", str(tmp_path / "flow" / "best.pt"), "--freeze", "streams"]
     assert train_fusion(flags(tiny, tmp_path, "--fuse", "conv1x1", "--at", "layer3", *inits,
@@ -99,10 +127,37 @@ def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_scr
         assert torch.equal(fused["rgb." + key[len("stream."):]], value), key
     assert json.loads((tmp_path / "rgb" / "metrics.json").read_text())["test"].keys() == \
         {"fused", "rgb"}
+
+    # TensorBoard: a single stream's curves and pictures are its own, none called fused; the
+    # HParams row (the run's test folder) holds the settings chosen for it, no fusion keys, and
+    # its test accuracy, with no hparam/ charts on the Scalars page
+    events = EventAccumulator(str(tmp_path / "rgb")).Reload()
+    tags = events.Tags()["scalars"] + events.Tags()["images"]
+    assert "accuracy/val/rgb" in tags and "test/confusion_rgb" in tags
+    assert not [t for t in tags if "fused" in t or t.startswith("hparam")]
+    row = EventAccumulator(str(tmp_path / "rgb" / "test")).Reload()
+    assert row.Tags()["scalars"] == ["test/accuracy/rgb"]
+    chosen = hparams_of(row)
+    assert chosen["fuse"] == "none" and chosen["stream"] == "rgb"
+    assert chosen["image_size"] == 32 and chosen["optimizer"] == "adam" and chosen["epochs"] == 1
+    assert not {"at", "at_flow", "flow", "flow_stack", "momentum", "run_name", "logdir"} & \
+        set(chosen)
+    assert "aggregate" not in chosen  # the default: the same for every run
+    conv = hparams_of(EventAccumulator(str(tmp_path / "conv" / "test")).Reload())
+    assert conv["fuse"] == "conv1x1" and conv["at"] == "layer3" and conv["stream"] == "rgb+flow"
     # A frozen model with nothing left to train is an error, not a silent no-op.
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--at", "layer3", *inits,
                               "--run-name", "sum")))
+
+
+def hparams_of(events) -> dict:
+    """A run's row in TensorBoard's HParams tab, read from its session start summary."""
+    from tensorboard.plugins.hparams import metadata
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+    start = metadata.parse_session_start_info_plugin_data(content)
+    return {name: getattr(value, value.WhichOneof("kind"))
+            for name, value in start.hparams.items()}
 
 
 def final_weights(run):
@@ -151,6 +206,23 @@ def test_resume_refuses_architecture_changes_and_runs_do_not_overwrite(tiny, tmp
               overrides={"resume": str(tmp_path / "a"), "fuse": "max"})
     with pytest.raises(FileExistsError, match="already holds a run; resume it with --resume"):
         train(config_of(flags(tiny, tmp_path, "--fuse", "sum", "--run-name", "a")))
+    weights = tmp_path / "a" / "weights.pt"  # what best.pt holds
+    save_atomic(weights_only(load_checkpoint(tmp_path / "a" / "last.pt")), weights)
+    with pytest.raises(ValueError, match="weights.pt holds weights only .* resume from the "
+                                         "run's last.pt"):
+        train(config_of(["--resume", str(weights)]))
+
+
+def test_a_run_folder_in_use_stops_a_second_run_at_once_naming_folder_and_holder(
+        tiny, tmp_path, capsys, load_script):
+    """Two trainings with one --run-name: the first holds the folder's lock (here this very
+    process), the second stops before writing anything."""
+    with locked(tmp_path / "busy"):
+        code = load_script("train_fusion").main(flags(tiny, tmp_path, "--run-name", "busy"))
+        assert code == 1
+        err = capsys.readouterr().err
+        assert f"error: {tmp_path / 'busy'} is in use by pid {os.getpid()} on " in err
+        assert list((tmp_path / "busy").iterdir()) == [tmp_path / "busy" / ".lock"]
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch,
@@ -161,22 +233,54 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
-        # two calls a step (fused and rgb outputs); epoch 1 trains (2 steps) and validates
-        # (2 steps); epoch 2's second batch (step 1) turns NaN
-        return loss * float("nan") if calls["n"] > 10 else loss
+        # two calls a step (fused and rgb outputs); an epoch trains (2 steps) and validates
+        # (2 steps); epoch 3's second batch (step 1) turns NaN
+        return loss * float("nan") if calls["n"] > 18 else loss
     monkeypatch.setattr(fusion.engine.F, "cross_entropy", poisoned)
     code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none",
-                                                   "--run-name", "nan", "--epochs", "3"))
+                                                   "--run-name", "nan", "--epochs", "4"))
     assert code == 1
     err = capsys.readouterr().err
     # read SYNC_EVERY steps late, the message still names the first bad step
-    assert "loss became nan at step 1 in epoch 2" in err
+    assert "loss became nan at step 1 in epoch 3" in err
     assert f"last good checkpoint is {tmp_path / 'nan' / 'last.pt'}" in err
     kept = load_checkpoint(tmp_path / "nan" / "last.pt")
-    assert kept["epoch"] == 1
+    assert kept["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    # the checkpoint it replaced is kept too, as a way on should last.pt be damaged
+    assert load_checkpoint(tmp_path / "nan" / "last.prev.pt")["epoch"] == 1
     assert not (tmp_path / "nan" / "metrics.json").exists()
     assert not [p for p in (tmp_path / "nan").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_finite_but_exploding_loss_is_reported_as_divergence(tiny, tmp_path, capsys,
+                                                               load_script):
+    """Adam at lr 1e6: the loss stays finite (about 1e14) but is garbage; it stops the run like
+    a NaN, and nothing is saved as best."""
+    code = load_script("train_fusion").main(flags(tiny, tmp_path, "--fuse", "none", "--lr",
+                                                   "1e6", "--run-name", "boom", "--epochs", "1"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "over 10000 times a uniform guess's (1.39): diverged in epoch 1; stopped" in err
+    assert not (tmp_path / "boom" / "best.pt").exists()
+
+
+def test_an_epoch_no_better_than_guessing_is_never_the_best(tiny, tmp_path, monkeypatch,
+                                                            capsys):
+    """Validation losses far above a uniform guess's (ln 4) but finite: no epoch becomes the
+    best, the first included; the run tests last.pt and says why."""
+    real = torch.nn.functional.cross_entropy
+
+    def garbage_in_validation(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        return loss if torch.is_grad_enabled() else loss + 100
+    monkeypatch.setattr(fusion.engine.F, "cross_entropy", garbage_in_validation)
+    run = train(config_of(flags(tiny, tmp_path, "--fuse", "none", "--run-name", "bad",
+                                "--epochs", "1")))
+    assert "(best)" not in capsys.readouterr().out
+    assert not (run / "best.pt").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] is None and metrics["checkpoint"] == str(run / "last.pt")
 
 
 def test_aggregation_modes_on_fabricated_clip_scores():
@@ -245,7 +349,7 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
                                    "bilinear"])
     assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
     events = EventAccumulator(str(tmp_path / "sweep" / "conv3d")).Reload()
-    assert {"train/loss/fused", "val/acc/fused", "lr"} <= set(events.Tags()["scalars"])
+    assert {"loss/train/fused", "accuracy/val/fused", "lr"} <= set(events.Tags()["scalars"])
     assert {"inputs/rgb", "inputs/rgb_and_flow", "test/confusion_fused"} <= \
         set(events.Tags()["images"])
     # Run again: finished runs are skipped, the table is the same.
@@ -254,6 +358,29 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
                            env={**env, "FUSIONS": "average conv1x1"}, capture_output=True,
                            text=True, cwd=ROOT)
     assert again.returncode == 0 and again.stdout.count("is finished, skipping") == 2
+
+
+def test_cpu_threads_split_the_usable_cpus_between_main_process_and_loader_workers(
+        monkeypatch):
+    from fusion.device import cpu_threads
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # e.g. a 2-CPU cpuset
+    with cpu_threads(2) as note:  # the main process would otherwise take a thread per core
+        assert torch.get_num_threads() == 1
+    assert note == "CPU threads: 1 in the main process (2 usable CPUs - 2 loader workers), 1 in " \
+                   "each of the 2 loader workers"
+    assert torch.get_num_threads() == before  # restored after the run
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun processes on this node
+    with cpu_threads(4) as note:
+        assert torch.get_num_threads() == 4 and "16 usable CPUs / 2 processes" in note
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+    torch.set_num_threads(3)
+    with cpu_threads(4) as note:
+        assert torch.get_num_threads() == 3 and "(OMP_NUM_THREADS=3)" in note
+    torch.set_num_threads(before)
 
 
 def test_channels_last_is_applied_per_module_and_changes_no_result():
@@ -397,12 +524,19 @@ def test_is_better_needs_both_lower_loss_and_higher_accuracy_under_seed_001s_rul
     both = {"loss/fused": 0.9, "acc/fused": 0.6}
     lower_only = {"loss/fused": 0.9, "acc/fused": 0.5}
     higher_only = {"loss/fused": 1.1, "acc/fused": 0.7}
-    assert is_better(both, None, "both")  # the first epoch is always the best so far
-    assert is_better(both, best, "both")
-    assert not is_better(lower_only, best, "both") and not is_better(higher_only, best, "both")
-    assert is_better(lower_only, best, "loss") and not is_better(higher_only, best, "loss")
-    assert is_better(higher_only, best, "accuracy") and not is_better(lower_only, best,
-                                                                      "accuracy")
+    assert is_better(both, None, "both", 4)  # a first epoch better than guessing is the best
+    assert is_better(both, best, "both", 4)
+    assert not is_better(lower_only, best, "both", 4)
+    assert not is_better(higher_only, best, "both", 4)
+    assert is_better(lower_only, best, "loss", 4) and not is_better(higher_only, best, "loss", 4)
+    assert is_better(higher_only, best, "accuracy", 4)
+    assert not is_better(lower_only, best, "accuracy", 4)
+    # no rule takes an epoch whose loss is no better than guessing every class alike (ln 4 =
+    # 1.39), nor improves on garbage: the first such epoch is no best, a falling one neither
+    garbage, less = {"loss/fused": 3e14, "acc/fused": 0.25}, {"loss/fused": 2e14, "acc/fused": 0.5}
+    for rule in ("both", "loss", "accuracy"):
+        assert not is_better(garbage, None, rule, 4) and not is_better(less, garbage, rule, 4)
+        assert not is_better({"loss/fused": 1.4, "acc/fused": 0.3}, None, rule, 4)
 
 
 def test_per_class_accuracy_and_confusion_against_hand_counted_values():

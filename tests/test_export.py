@@ -156,7 +156,7 @@ def test_export_script_writes_both_and_predict_runs_the_onnx_model(tmp_path, cap
         "--batch-size", "4", "--workers", "0", "--val-fraction", "0", "--eval-clips", "1",
         "--flow-method", "farneback", "--short-side", "40", "--fuse", "conv1x1",
         "--keep-spatial-head"]) == 0
-    checkpoint = str(tmp_path / "runs/tiny/best.pt")
+    checkpoint = str(tmp_path / "runs/tiny/last.pt")
     capsys.readouterr()
     assert load_script("export").main(["--checkpoint", checkpoint, "--onnx",
                                        str(tmp_path / "m.onnx"), "--torchvision",

@@ -36,6 +36,8 @@ def test_confusion_figure_for_101_classes_is_large_and_leaves_out_cell_numbers()
     assert texts(axes) == [] and len(axes.get_xticklabels()) == k
     assert figure.get_size_inches()[1] >= 15
     assert axes.get_xticklabels()[0].get_rotation() == 90
+    # class names of 7 points in 16-pixel rows of a 100-dpi picture: readable at full size
+    assert min(t.get_fontsize() for t in axes.get_yticklabels()) >= 7
 
 
 def test_per_class_bars_put_the_worst_class_first():
@@ -93,11 +95,64 @@ def test_summary_plot_has_one_point_per_run_in_tower_order(tmp_path, load_script
     runs = [json.loads((sweep / n / "metrics.json").read_text()) for n in "abc"]
     variable, rows = module.swept_rows(runs)
     assert variable == "at" and [r["label"] for r in rows] == ["layer1", "layer3", "layer4"]
-    figure = module.summary_figure(rows, variable=variable)
+    figure = module.summary_figure(rows, variable=variable)  # taps are ordered: lines
     fused = next(line for line in figure.axes[0].lines if line.get_label() == "fused %")
     assert list(fused.get_ydata()) == pytest.approx([50, 70, 90])
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["layer1", "layer3",
                                                                          "layer4"]
+    assert figure.axes[1].get_ylim()[0] == 0  # parameters on an axis from zero
+
+
+def sweep_metrics(run, *, fuse, stream="rgb", fused=None, rgb=None, flow=None, parameters):
+    test = {name: {"accuracy": acc} for name, acc in
+            (("fused", fused), ("rgb", rgb), ("flow", flow)) if acc is not None}
+    return {"run": run, "parameters": parameters, "test": test,
+            "config": {"fuse": fuse, "at": "scores" if fuse == "average" else "layer4",
+                       "stream": stream, "run_name": run, "lr": 0.001}}
+
+
+def test_summary_of_a_categorical_sweep_is_grouped_bars_named_by_run(load_script):
+    module = load_script("summarize")
+    runs = [sweep_metrics("conv3d", fuse="conv3d", fused=0.6, rgb=0.5, parameters=36_000_000),
+            sweep_metrics("average", fuse="average", fused=0.7, rgb=0.5, flow=0.6,
+                          parameters=22_000_000)]
+    variable, rows = module.swept_rows(runs)
+    assert variable == "fuse"
+    figure = module.summary_figure(rows, variable=variable)
+    axes = figure.axes[0]
+    assert len(axes.lines) == 0 and len(figure.axes) == 1  # no lines joining fusion types
+    heights = sorted(round(p.get_height()) for p in axes.patches)
+    assert heights == [0, 50, 50, 60, 60, 70]  # fused / RGB / flow per run (conv3d: no flow)
+    labels = [t.get_text() for t in axes.get_xticklabels()]
+    assert sorted(labels) == ["average\n22 M parameters", "conv3d\n36 M parameters"]
+    legend = axes.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["fused %", "rgb %", "flow %"]
+    figure.canvas.draw()
+    assert legend.get_window_extent().y0 >= axes.get_window_extent().y1  # above the data
+    # the demo (RGB, flow, conv1x1): several keys vary, so runs are named by their names
+    demo = [sweep_metrics("rgb", fuse="none", fused=0.3, rgb=0.3, parameters=11_000_000),
+            sweep_metrics("flow", fuse="none", stream="flow", fused=0.4, flow=0.4,
+                          parameters=11_000_000),
+            sweep_metrics("conv1x1", fuse="conv1x1", fused=0.6, parameters=22_000_000)]
+    variable, rows = module.swept_rows(demo)
+    assert variable == "run" and [r["label"] for r in rows] == ["conv1x1", "flow", "rgb"]
+    # a single stream's fused output is its own: one bar, under the stream's name
+    assert [(r["fused"], r["rgb"]) for r in rows] == [(60, None), (None, None), (None, 30)]
+
+
+def test_pictures_of_a_single_stream_name_its_output_not_fused():
+    from fusion.evaluate import metric_figures
+    confusion = [[1, 0], [1, 1]]
+    result = {"confusion": confusion, "accuracy": 2 / 3, "per_class": {"a": 1.0, "b": 0.5}}
+    metrics = {"run": "rgb", "classes": ["a", "b"], "config": {"fuse": "none"},
+               "test": {"fused": result, "rgb": result}}
+    figures = metric_figures(metrics)
+    assert set(figures) == {"confusion_rgb", "per_class"}
+    assert "(rgb output)" in figures["per_class"].axes[0].get_title()
+    assert "rgb output" in figures["confusion_rgb"].axes[0].get_title()
+    fused = metric_figures({**metrics, "config": {"fuse": "conv1x1"}})
+    assert set(fused) == {"confusion_fused", "confusion_rgb", "per_class"}
+    assert "(fused output)" in fused["per_class"].axes[0].get_title()
 
 
 def test_plot_schedule_draws_the_lr_each_epoch_trains_with(tmp_path, capsys, load_script):

@@ -162,7 +162,7 @@ def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys, load_s
     assert code == 0
     capsys.readouterr()
     out = tmp_path / "predictions.json"
-    code = load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/best.pt"),
+    code = load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/last.pt"),
                                         str(BIKES), "--window", "2", "--stride", "1.5",
                                         "--json", str(out)])
     assert code == 0
@@ -179,7 +179,7 @@ def test_predict_prints_windows_that_cover_a_real_video(tmp_path, capsys, load_s
     assert report["prediction"]["label"] in ("RedUp", "RedDown", "BlueUp", "BlueDown")
     bad = tmp_path / "notes.mp4"
     bad.write_text("this is text")
-    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/best.pt"),
+    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/tiny/last.pt"),
                                         str(bad)]) == 1
     assert "notes.mp4 is not a readable video" in capsys.readouterr().err
 
@@ -323,7 +323,7 @@ def test_workers_die_with_a_killed_extraction(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     alive = workers
-    for _ in range(50):
+    for _ in range(300):  # a worker still starting (importing torch) dies once it has started
         alive = [w for w in workers if Path(f"/proc/{w}").exists()
                  and "Z" not in Path(f"/proc/{w}/stat").read_text().split(")")[1][:3]]
         if not alive:
@@ -332,3 +332,91 @@ def test_workers_die_with_a_killed_extraction(tmp_path):
     for w in alive:  # leave nothing behind, whatever the outcome
         os.kill(w, signal.SIGKILL)
     assert not alive, f"worker processes {alive} outlived the killed extraction"
+
+
+def untrained_checkpoint(path, **config):
+    """A checkpoint as training writes it, of an untrained model: prediction needs no better."""
+    import torch
+
+    from fusion.build import build_model
+    from fusion.config import Config
+    config = Config(image_size=32, short_side=40, flow_method="farneback", **config).validate()
+    classes = ["RedUp", "RedDown", "BlueUp", "BlueDown"]
+    torch.save({"model": build_model(config, 4).state_dict(), "config": config.to_dict(),
+                "classes": classes}, path)
+    return path
+
+
+def write_avi(path, frames):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (48, 40))
+    for k in range(frames):
+        writer.write(np.full((40, 48, 3), 20 * k % 256, np.uint8))
+    writer.release()
+    return str(path)
+
+
+def test_predict_goes_past_bad_videos_writes_the_good_ones_and_fails_at_the_end(
+        tmp_path, capsys, load_script):
+    checkpoint = untrained_checkpoint(tmp_path / "flow.pt", fuse="none", stream="flow",
+                                      flow_stack=4)
+    good, later = write_avi(tmp_path / "good.avi", 12), write_avi(tmp_path / "later.avi", 8)
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("not a video")
+    one = write_avi(tmp_path / "one.avi", 1)
+    out = tmp_path / "predictions.json"
+    assert load_script("predict").main(["--checkpoint", str(checkpoint), good, str(broken), one,
+                                        later, "--json", str(out)]) == 1
+    assert [r["video"] for r in json.loads(out.read_text())] == [good, later]
+    captured = capsys.readouterr()
+    assert "good.avi: 12 frames" in captured.out and "later.avi: 8 frames" in captured.out
+    summary = captured.err[captured.err.index("2 of 4 videos failed"):].splitlines()
+    assert summary[0] == f"2 of 4 videos failed (2 written to {out}):"
+    assert summary[1] == f"  {broken}: {broken} is not a readable video"
+    # a 1-frame video: named, and why a flow model cannot take it
+    assert summary[2] == f"  {one}: {one} has 1 frame; a flow model needs at least two (flow " \
+                         f"is the motion between frames)"
+
+
+def test_predict_on_a_video_shorter_than_one_clip_says_how_it_filled_it(tmp_path, capsys,
+                                                                        load_script):
+    checkpoint = untrained_checkpoint(tmp_path / "fused.pt", fuse="conv1x1", flow_stack=10)
+    video = write_avi(tmp_path / "three.avi", 3)
+    assert load_script("predict").main(["--checkpoint", str(checkpoint), video]) == 0
+    assert "three.avi: 3 frames at 25 fps (0.1 s); 3 frames, fewer than the 11 one clip " \
+           "needs for its 10 flow fields: the clip repeats them in a loop to fill itself " \
+           "(--strict refuses)" in capsys.readouterr().out
+    assert load_script("predict").main(["--checkpoint", str(checkpoint), video,
+                                        "--strict"]) == 1
+    assert f"{video}: 3 frames, fewer than the 11 one clip needs for its 10 flow fields; " \
+           f"refused (--strict)" in capsys.readouterr().err
+
+
+def test_two_extractions_into_one_output_cannot_run_at_once_but_disjoint_shards_can(
+        tmp_path, capsys, load_script):
+    """A second extraction into a folder in use stops at once naming the holder (it would clean
+    the .partial/ folders the first writes into); shards K/N of one job array each hold their
+    own lock, and neither kind starts beside the other."""
+    from fusion.lock import acquire, release
+    videos = tmp_path / "videos" / "Biking"
+    videos.mkdir(parents=True)
+    for k in (1, 2):
+        shutil.copy(BIKES, videos / f"v_Biking_g0{k}_c01.mp4")
+    out = tmp_path / "out"
+    argv = ["--videos", str(videos.parent), "--out", str(out), "--flow", "none",
+            "--short-side", "16"]
+    held = acquire(out)  # a live extraction (this process) holds the output
+    assert load_script("extract_frames").main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is in use by pid " in err and ".lock" in err
+    assert load_script("extract_frames").main([*argv, "--shard", "1/2"]) == 1
+    assert "(an unsharded run)" in capsys.readouterr().err
+    release(held)
+    shard = acquire(out, ".lock.1-of-2")  # shard 1 of 2 is running elsewhere
+    assert load_script("extract_frames").main([*argv, "--shard", "2/2"]) == 0
+    assert load_script("extract_frames").main(argv) == 1
+    assert "(a shard of a job array)" in capsys.readouterr().err
+    release(shard)
+    assert load_script("extract_frames").main(argv) == 0  # free again: the rest is done
+    assert sorted(p.name for p in (out / "jpegs_256").iterdir()) == \
+        ["v_Biking_g01_c01", "v_Biking_g02_c01"]
+    assert not list(out.glob(".lock*"))

@@ -70,7 +70,7 @@ def test_still_image_stream_initialises_a_video_model_through_a_class_map(stills
     train(resolve(build_parser().parse_args([
         "--dataset", "images", "--data-root", str(stills), "--fuse", "none", "--stream", "rgb",
         "--epochs", "1", "--run-name", "stills", "--oversample", *common])))
-    source = load_checkpoint(tmp_path / "stills" / "best.pt")
+    source = load_checkpoint(tmp_path / "stills" / "last.pt")
     assert source["classes"] == ["applauding", "climbing", "waving_hands"]
     video_data = make_synthetic(tmp_path / "video", groups=3, clips_per_group=1, height=40,
                                 width=48, min_frames=4, max_frames=6)
@@ -79,7 +79,7 @@ def test_still_image_stream_initialises_a_video_model_through_a_class_map(stills
     config = resolve(build_parser().parse_args([
         "--data-root", str(video_data), "--fuse", "conv1x1", "--keep-spatial-head",
         "--flow-stack", "2",
-        "--init-rgb", str(tmp_path / "stills" / "best.pt"), "--class-map", *mapping, *common]))
+        "--init-rgb", str(tmp_path / "stills" / "last.pt"), "--class-map", *mapping, *common]))
     classes = ["RedUp", "RedDown", "BlueUp", "BlueDown"]
     torch.manual_seed(0)
     model = build_model(config, 4, classes)
@@ -96,7 +96,7 @@ def test_still_image_stream_initialises_a_video_model_through_a_class_map(stills
     bad = ["applause:RedUp"]
     with pytest.raises(ValueError, match="'applause' is not one of the classes of"):
         build_model(resolve(build_parser().parse_args([
-            "--data-root", str(video_data), "--init-rgb", str(tmp_path / "stills" / "best.pt"),
+            "--data-root", str(video_data), "--init-rgb", str(tmp_path / "stills" / "last.pt"),
             "--class-map", *bad])), 4, classes)
     bare = tmp_path / "bare.pt"  # a plain state dict knows no class names
     torch.save({k[len("stream."):]: v for k, v in weights.items()}, bare)

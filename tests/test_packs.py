@@ -1,4 +1,4 @@
-"""The packed frame store: a tar per video, read as the loose files are (DESIGN §8).
+"""The packed frame store: a tar per video, read as the loose files are (docs/design.md §8).
 
 Every layout is written loose, packed with `pack_tree` (what scripts/pack_frames.py runs), and
 read both ways: the samples must be the same bit for bit, the errors the same errors."""

@@ -90,8 +90,9 @@ def test_a_bad_list_line_or_a_missing_folder_is_named(tmp_path):
 def test_a_rawframes_tree_trains_and_tests(tmp_path, flow_from, capsys, load_script):
     root = write_rawframes(tmp_path / "mm", flow_from=flow_from)
     code = load_script("train_fusion").main([
-        "--dataset", "rawframes", "--data-root", str(root), "--train-list", "train.txt",
-        "--test-list", "test.txt", "--logdir", str(tmp_path / "runs"), "--run-name", "mm",
+        "--dataset", "rawframes", "--data-root", str(root), "--train-list",
+        str(root / "train.txt"), "--test-list", str(root / "test.txt"),
+        "--logdir", str(tmp_path / "runs"), "--run-name", "mm",
         "--image-size", "32", "--flow-stack", "2", "--segments", "2", "--epochs", "1",
         "--batch-size", "2", "--workers", "0", "--val-fraction", "0.34", "--eval-clips", "2",
         "--fuse", "conv1x1"])
@@ -171,7 +172,8 @@ def test_the_frames_folder_is_an_option(tmp_path):
     assert len(data) == 2 and data[0][0].shape[-2:] == (16, 16)
     from fusion.build import build_dataset
     from fusion.config import Config
-    config = Config(dataset="rawframes", data_root=str(tmp_path / "mm"), train_list="train.txt",
-                    test_list="test.txt", rawframes_dir="frames_train", image_size=16,
-                    fuse="none", stream="rgb")
+    config = Config(dataset="rawframes", data_root=str(tmp_path / "mm"),
+                    train_list=str(tmp_path / "mm" / "train.txt"),
+                    test_list=str(tmp_path / "mm" / "test.txt"), rawframes_dir="frames_train",
+                    image_size=16, fuse="none", stream="rgb")
     assert len(build_dataset(config, "test", "val")) == 2

@@ -115,13 +115,13 @@ def test_three_stream_training_from_separately_trained_streams(tmp_path):
     # epochs 0: assemble the three trained streams and test them, no further training
     run_dir = run("--fuse", "average", "--at", "scores", "--diff", "resnet18",
                   "--fusion-weights", "1", "1.5", "1", "--epochs", "0",
-                  "--init-rgb", str(tmp_path / "rgb" / "best.pt"),
-                  "--init-flow", str(tmp_path / "flow" / "best.pt"),
-                  "--init-diff", str(tmp_path / "rgbdiff" / "best.pt"), "--run-name", "three")
+                  "--init-rgb", str(tmp_path / "rgb" / "last.pt"),
+                  "--init-flow", str(tmp_path / "flow" / "last.pt"),
+                  "--init-diff", str(tmp_path / "rgbdiff" / "last.pt"), "--run-name", "three")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test"]) == {"fused", "rgb", "flow", "rgbdiff"}
     # the three-stream model's streams are the ones trained alone
-    alone = torch.load(tmp_path / "rgbdiff" / "best.pt")["model"]
+    alone = torch.load(tmp_path / "rgbdiff" / "last.pt")["model"]
     three = torch.load(run_dir / "last.pt")["model"]
     for key, value in alone.items():
         assert torch.equal(three["diff." + key[len("stream."):]], value), key

@@ -94,3 +94,31 @@ def test_bench_runs_and_reports_every_section(tmp_path, capsys, load_script):
     (row,) = report["models"]
     assert row["backbone"] == "resnet18" and row["fusion_overhead"] > 0
     assert [r["method"] for r in report["flow"]] == ["tvl1", "tvl1-torch", "dis", "farneback"]
+
+
+def test_a_mistyped_flag_is_one_line_with_the_closest_flag_then_a_pointer_to_help(
+        load_script, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script("train_fusion").main(["--flow-stak", "5"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2  # no usage dump before it
+    assert lines[0].endswith("error: unknown option --flow-stak; did you mean --flow-stack?")
+    assert "--help" in lines[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SCRIPTS.glob("*.py")))
+def test_every_script_describes_every_option(name, load_script, capsys, monkeypatch):
+    """Every script parses with the shared parser, which refuses an option without a help text
+    (fusion.cli); Config's keys take theirs from the class's comments."""
+    from fusion.cli import ArgumentParser
+    shown = []
+    real = ArgumentParser.print_help
+    monkeypatch.setattr(ArgumentParser, "print_help",
+                        lambda self, *a: shown.append(self) or real(self, *a))
+    with pytest.raises(SystemExit) as exit_:
+        load_script(name).main(["--help"])
+    assert exit_.value.code == 0 and shown, "not parsed with fusion.cli.ArgumentParser"
+    printed = capsys.readouterr().out
+    if name == "train_fusion":
+        assert "SGD momentum (default: 0.9)" in printed

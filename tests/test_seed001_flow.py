@@ -299,7 +299,7 @@ def test_raft_extraction_between_spread_frames_trains_and_refuses_other_configs(
     assert metrics["protocol"]["videos"] == 1 and "fused" in metrics["test"]
     # predict.py pads, resizes and runs RAFT between the window's spread frames likewise
     report = tmp_path / "predictions.json"
-    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/spread/best.pt"),
+    assert load_script("predict").main(["--checkpoint", str(tmp_path / "runs/spread/last.pt"),
                                         str(BIKES), "--window", "10", "--json",
                                         str(report)]) == 0
     (video,) = json.loads(report.read_text())

@@ -68,7 +68,7 @@ def test_cross_modality_init_normalisation_and_classifier(weights):
     cfg = timm.create_model(name).pretrained_cfg
     assert rgb.mean.flatten().tolist() == pytest.approx(list(cfg["mean"]))
     assert rgb.std.flatten().tolist() == pytest.approx(list(cfg["std"]))
-    assert flow.mean.flatten().tolist() == pytest.approx([0.5] * 10)  # flow: DESIGN §5
+    assert flow.mean.flatten().tolist() == pytest.approx([0.5] * 10)  # flow: docs/design.md §5
 
 
 @pytest.mark.parametrize("fuse", sorted(FUSIONS))

@@ -1,4 +1,4 @@
-"""Decoding and augmenting on the device (config key `decode`, DESIGN §8).
+"""Decoding and augmenting on the device (config key `decode`, docs/design.md §8).
 
 With decode = device the loader's workers only read each clip's JPEG bytes and draw its crop and
 flip (`VideoDataset.encode`: the CPU path's draws, from the same seed). The training loop then

@@ -27,9 +27,11 @@ when its pack is there, whole.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +44,7 @@ from fusion.data.jobs import (LAYOUTS, PARTIAL, RECORDED_DEFAULTS, Job, Settings
 from fusion.data.parallel import die_with_parent, parse_shard  # noqa: F401 (scripts import it)
 from fusion.data.video import VideoError
 from fusion.files import write_json_atomic
+from fusion.lock import LOCK_NAME, FolderLocked, live_holders, locked
 
 
 @dataclass
@@ -172,8 +175,32 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _record_settings(out, settings)
+    with extraction_lock(out, shard):
+        _record_settings(out, settings)
+        return _extract(jobs, out, settings, estimator if settings.flow_method in BATCHED
+                        else None, layout=layout, workers=workers, progress=progress,
+                        strict=strict, device=device, shard=shard, store=store)
+
+
+@contextlib.contextmanager
+def extraction_lock(out: Path, shard: tuple[int, int] | None):
+    """One extraction into `out` at a time (a second would clean the .partial/ folders the first
+    is writing into), except disjoint shards of one job array: shard K/N holds `.lock.K-of-N`,
+    an unsharded run `.lock`, and neither starts beside a live holder of the other kind."""
+    name = LOCK_NAME if shard is None else f"{LOCK_NAME}.{shard[0]}-of-{shard[1]}"
+    others = f"{LOCK_NAME}.*-of-*" if shard is None else LOCK_NAME
+    with locked(out, name):
+        busy = live_holders(out, others)
+        if busy:
+            raise FolderLocked(f"{out} is being extracted into by {busy[0]}" +
+                               (" (an unsharded run)" if shard is not None else
+                                " (a shard of a job array)"))
+        yield
+
+
+def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layout: str,
+             workers: int, progress: bool, strict: bool, device: str,
+             shard: tuple[int, int] | None, store: str) -> Summary:
     options = dict(layout=layout, strict=strict, device=device, store=store)
     summary = Summary()
     start = time.perf_counter()
@@ -199,7 +226,8 @@ def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                 initializer=die_with_parent) as pool:
+                                 initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
             for future in as_completed(futures):
                 _tally(summary, *future.result())
@@ -229,7 +257,7 @@ def _record_settings(out: Path, settings: Settings) -> None:
     path = out / "extraction.json"
     if path.is_file():
         old = {**RECORDED_DEFAULTS, **json.loads(path.read_text())}
-        if old != recorded:
+        if old != {**RECORDED_DEFAULTS, **recorded}:  # a key absent from both means its default
             raise ValueError(f"{out} was extracted with {old}; this run asks for {recorded}. "
                              f"Use another --out or the same settings.")
         return

@@ -1,4 +1,4 @@
-"""Optical flow storage convention (DESIGN §5).
+"""Optical flow storage convention (docs/design.md §5).
 
 Each flow component is stored as an 8-bit grayscale JPEG:
     q = round(255 * (clip(f, -B, B) + B) / (2B)),   B = 20 by default,

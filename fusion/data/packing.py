@@ -265,7 +265,8 @@ def pack_tree(src: str | Path, dst: str | Path, *, layout: str = "auto", workers
     else:
         context = multiprocessing.get_context("spawn")  # as extract_all: no inherited pools
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                 initializer=die_with_parent) as pool:
+                                 initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(pack_video, src, dst, video, verify) for video in videos]
             for future in as_completed(futures):
                 tally(future.result())

@@ -10,12 +10,12 @@ import threading
 import time
 
 
-def die_with_parent() -> None:
-    """A worker process's initializer: end with the process that started it, also when that
-    one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting into a
-    folder a rerun is about to clean). Linux: the kernel's parent-death signal; elsewhere a
-    thread that notices the parent is gone."""
-    parent = os.getppid()
+def die_with_parent(parent: int) -> None:
+    """A worker process's initializer: end with the process `parent` that started it, also
+    when that one is SIGKILLed (no cleanup runs then, and an orphan would go on extracting
+    into a folder a rerun is about to clean). Linux: the kernel's parent-death signal, then a
+    check that the parent did not die while this worker was starting; elsewhere a thread that
+    notices the parent is gone. Start workers with `initargs=(os.getpid(),)`."""
     try:
         import ctypes
 

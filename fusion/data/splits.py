@@ -1,5 +1,6 @@
-"""UCF101, HMDB51 and folder datasets read from their official lists and layouts (DESIGN §5):
-class selection, the validation carve-out (by UCF101 group), stratified splits, oversampling.
+"""UCF101, HMDB51 and folder datasets read from their official lists and layouts
+(docs/design.md §5): class selection, the validation carve-out (by UCF101 group), stratified
+splits, oversampling.
 
     train = ucf101("/data/ucf101", split=1, subset="train", segments=3, flow_stack=10)
 """

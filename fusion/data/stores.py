@@ -1,7 +1,7 @@
-"""Where a dataset root keeps its frames, as the dataset readers see it (DESIGN §8): loose (one
-file per frame, the releases' layouts) or packed (one tar per video under `<root>/packs/`,
-`fusion.data.packs`). The readers ask a store for a video's folders and their frame counts, and
-get paths that `imagefiles.read_bytes` reads from either store.
+"""Where a dataset root keeps its frames, as the dataset readers see it (docs/design.md §8):
+loose (one file per frame, the releases' layouts) or packed (one tar per video under
+`<root>/packs/`, `fusion.data.packs`). The readers ask a store for a video's folders and their
+frame counts, and get paths that `imagefiles.read_bytes` reads from either store.
 
     store = open_store(root, "auto")      # packed when <root>/packs/ exists, else loose
 

@@ -1,0 +1,157 @@
+r"""Run a sweep of train_fusion.py runs, each in its own folder under --out, then print one table
+and write summary.png (scripts/summarize.py's).
+
+    python scripts/sweep.py --out runs/s --grid fuse=conv1x1,sum --grid split=1,2,3 \
+        --config configs/ucf101_resnet18_conv1x1.toml --epochs 5        # 6 runs, one at a time
+    python scripts/sweep.py --out runs/s --grid seed=0,1,2,3 --parallel 4 ...  # a GPU each
+    python scripts/sweep.py --out runs/s --grid-file sweep.toml --launcher slurm \
+        --partition gpu --time 720 ...                    # a Slurm job array through submitit
+    python scripts/sweep.py --out runs/s --run step schedule=step step_size=5 \
+        --run cyclic schedule=cyclic max_lr=1e-4 ...      # named runs, each with its own options
+
+The runs are every --run (NAME KEY=VALUE ...) times every combination of the --grid values
+(KEY=V1,V2,...), KEY being any train_fusion.py option (flow_stack or --flow-stack). A TOML file
+(--grid-file) may hold both:
+
+    [grid]
+    fuse = ["conv1x1", "sum"]
+    split = [1, 2, 3]
+    [runs.step]
+    schedule = "step"
+
+Every other option goes to each run's train_fusion.py as given. A run is named by its --run name
+and its grid values (step_split-2, fuse-sum_split-2), in OUT/<name>/. A finished run
+(metrics.json) is never run again, an interrupted one (last.pt) resumes, a failed one shows in
+the table with its error line and the others go on; each run's attempts and output are in its
+sweep.log. On Slurm, a run preempted or at its --time limit is requeued and resumes from last.pt
+(submitit's checkpointing). The exit status is 1 when a run failed.
+"""
+import importlib.util
+import sys
+from pathlib import Path
+
+from fusion.cli import ArgumentParser
+from fusion.config import build_parser, resolve
+from fusion.sweep import (expand, gpu_pool, load_sweep_file, make_executor, parse_grid,
+                          parse_named, run_local, run_submitit)
+
+SCRIPTS = Path(__file__).resolve().parent
+
+
+def parse(argv):
+    parser = ArgumentParser(__doc__, allow_abbrev=False)
+    parser.add_argument("--out", required=True, help="the sweep folder; a run in OUT/<name>")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a train_fusion.py option and its values; several --grid: every "
+                             "combination")
+    parser.add_argument("--run", action="append", default=[], nargs="+",
+                        metavar=("NAME", "KEY=VALUE"),
+                        help="a named run with its own options (times the grid)")
+    parser.add_argument("--grid-file", help="TOML file with [grid] and [runs.NAME] tables")
+    parser.add_argument("--launcher", choices=("local", "slurm", "submitit-local"),
+                        default="local",
+                        help="local: processes on this machine; slurm: Slurm jobs through "
+                             "submitit (pip install -e '.[slurm]'); submitit-local: the slurm "
+                             "path run by submitit on this machine, all runs at once (to try "
+                             "a sweep before submitting it)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="local: runs at a time, each with a GPU of its own "
+                             "(CUDA_VISIBLE_DEVICES); slurm: most jobs running at once")
+    parser.add_argument("--script", default=str(SCRIPTS / "train_fusion.py"),
+                        help="what each run runs: train_fusion.py, or a script taking its "
+                             "options and writing the same run folder")
+    slurm = parser.add_argument_group("slurm (and submitit-local)")
+    slurm.add_argument("--time", type=int, default=1440,
+                       help="minutes per job; a run still going is requeued and resumes")
+    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each run's job")
+    slurm.add_argument("--cpus-per-run", type=int, default=8, help="also its loader workers")
+    slurm.add_argument("--mem-gb", type=float, default=None,
+                       help="memory of each run's job (default: Slurm's)")
+    slurm.add_argument("--partition", help="Slurm partition (sbatch --partition)")
+    slurm.add_argument("--account", help="Slurm account to charge (sbatch --account)")
+    slurm.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
+    slurm.add_argument("--constraint", help="node features required (sbatch --constraint)")
+    slurm.add_argument("--max-requeues", type=int, default=20,
+                       help="time-outs a run may be requeued after (preemptions are free)")
+    slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm exclude=node12")
+    slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
+                       help="a shell line run before each job, e.g. 'module load cuda'")
+    return parser.parse_known_args(argv)
+
+
+def submitit_parameters(args, out: Path) -> dict:
+    if args.launcher == "submitit-local":  # the local executor's knobs only
+        return dict(timeout_min=args.time,
+                    gpus_per_node=min(args.gpus_per_run, len(gpu_pool())))
+    parameters = dict(
+        name=f"sweep-{out.name}", timeout_min=args.time, nodes=1, tasks_per_node=1,
+        cpus_per_task=args.cpus_per_run, gpus_per_node=args.gpus_per_run, mem_gb=args.mem_gb,
+        slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
+        slurm_constraint=args.constraint, slurm_setup=args.setup or None,
+        slurm_additional_parameters=dict(item.split("=", 1) for item in args.slurm) or None,
+        slurm_array_parallelism=args.parallel if args.parallel > 1 else None)
+    return {k: v for k, v in parameters.items() if v is not None}
+
+
+def summarize(out: Path, failed: dict[str, str]) -> int:
+    """scripts/summarize.py's table and summary.png, with the failed runs' rows."""
+    spec = importlib.util.spec_from_file_location("summarize", SCRIPTS / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.report(out, failed)
+
+
+def main(argv=None) -> int:
+    args, common = parse(argv)
+    out = Path(args.out)
+    try:
+        grid, named = load_sweep_file(args.grid_file) if args.grid_file else ({}, {})
+        grid.update(parse_grid(args.grid))
+        given = parse_named(args.run)
+        if set(given) & set(named):
+            raise ValueError(f"runs named in {args.grid_file} and by --run: "
+                             f"{', '.join(sorted(set(given) & set(named)))}")
+        named.update(given)
+        runs = expand(grid=grid, named=named, common=common, out=out, script=args.script)
+        if args.parallel < 1:
+            raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    # Every run's options are checked here: a typo stops the sweep (the parser's message), a bad
+    # value fails that run alone, before anything starts.
+    parser = build_parser(__doc__)
+    invalid = {}
+    for run in runs:
+        if run.plan()[0] == "start":
+            try:
+                resolve(parser.parse_args(run.argv))
+            except (ValueError, FileNotFoundError) as err:
+                invalid[run.name] = str(err)
+    print(f"[sweep] {len(runs)} runs in {out} ({args.launcher}"
+          + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")", flush=True)
+    todo = [run for run in runs if run.name not in invalid]
+    try:
+        if args.launcher == "local":
+            outcomes = run_local(todo, args.parallel)
+        else:
+            executor = make_executor(
+                out / ".submitit", parameters=submitit_parameters(args, out),
+                cluster="slurm" if args.launcher == "slurm" else "local",
+                max_requeues=args.max_requeues)
+            outcomes = run_submitit(todo, executor)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    failed = {**invalid, **{o["name"]: o["error"] for o in outcomes if o["status"] == "failed"}}
+    counts = {s: sum(o["status"] == s for o in outcomes)
+              for s in ("finished", "trained", "resumed")}
+    print(f"\n[sweep] {len(runs)} runs: {counts['trained']} trained, {counts['resumed']} "
+          f"resumed, {counts['finished']} finished before, {len(failed)} failed", flush=True)
+    code = summarize(out, failed)
+    return 1 if failed else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
