@@ -179,7 +179,7 @@ class PackedStore:
         todo = [p for p in dict.fromkeys(self._pack(k) for k in keys if k is not None)
                 if p not in self._headers]
         start = time.perf_counter()
-        for k, pack in enumerate(todo[:PROBE]):
+        for pack in todo[:PROBE]:
             self._remember(pack, _read_header(pack))
         rest = todo[PROBE:]
         if not rest:
