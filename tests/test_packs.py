@@ -1,4 +1,4 @@
-"""The packed frame store: a tar per video, read as the loose files are (DESIGN §8).
+"""The packed frame store: a tar per video, read as the loose files are (docs/design.md §8).
 
 Every layout is written loose, packed with `pack_tree` (what scripts/pack_frames.py runs), and
 read both ways: the samples must be the same bit for bit, the errors the same errors."""
@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from fusion.build import build_dataset
 from fusion.config import Config
-from fusion.data import packs
+from fusion.data import packs, stores
 from fusion.data.device_decode import decode_batch
 from fusion.data.extract import extract_all
 from fusion.data.imagefiles import write_png
@@ -141,6 +142,19 @@ def test_packed_roots_give_the_loose_samples_in_every_mode(trees, layout):
         assert a.notes == b.notes
     # the packed root says nothing into itself: no frame-index cache is written there
     assert not any(p.name == ".fusion_frame_index.json" for p in packed.iterdir())
+
+
+def test_slow_header_reads_overlap_in_threads_to_the_same_dataset(trees, monkeypatch):
+    loose, packed = trees["ucf101"]
+    kwargs = dict(subset="train", segments=2, flow_stack=3, image_size=16)
+    serial = ucf101(packed, **kwargs)
+    monkeypatch.setattr(stores, "PROBE", 1)
+    monkeypatch.setattr(stores, "SLOW_READ", 0.0)  # every read counts as slow
+    store = open_store(packed)
+    store.prefetch(["v_A_g01_c01", "v_b_G03_C01", "v_B_g01_c01", "missing"], by_name=True)
+    assert sorted(Path(p).name for p in store._headers) == \
+        ["v_A_g01_c01.tar", "v_B_g01_c01.tar", "v_B_g03_c01.tar"]
+    assert_same(samples(serial), samples(ucf101(packed, **kwargs)))
 
 
 def test_colour_flow_pngs_pack_and_read_the_same(tmp_path):

@@ -1,6 +1,6 @@
-"""The packed frame store (DESIGN §8): one uncompressed POSIX tar per video holding the video's
-frame files byte for byte, named by their loose paths under the dataset root, and led by a small
-index member, so that any frame is one positioned read (`os.pread`), never a scan.
+"""The packed frame store (docs/design.md §8): one uncompressed POSIX tar per video holding the
+video's frame files byte for byte, named by their loose paths under the dataset root, and led by
+a small index member, so that any frame is one positioned read (`os.pread`), never a scan.
 
     <root>/packs/v_X.tar                       one video (`scripts/pack_frames.py` writes them)
         .pack-index/v_X.jsonl                  the index, the first member

@@ -93,6 +93,7 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
                                        named=class_file is not None)
     rgb_template, x_template, y_template = templates
     videos = []
+    store.prefetch([v for v, _, label in entries if all_classes[label] in chosen])
     for video_dir, total, label in entries:
         if all_classes[label] not in chosen:
             continue

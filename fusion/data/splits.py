@@ -202,6 +202,12 @@ def flow_files(video: Video, flow_format: str) -> None:
         video.flow_templates = (COLOUR_FLOW_TEMPLATE,)
 
 
+def _stem(name: str) -> str:
+    """`Path(name).stem` of a file name, without pathlib's cost (once per listed video)."""
+    at = name.rfind(".")
+    return name[:at] if 0 < at < len(name) - 1 else name
+
+
 def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str,
                 flow_format: str = "uv") -> Video | None:
     """The video with its folders; None (skip policy) when one is missing."""
@@ -261,7 +267,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     list_file = lists / f"{official}list0{split}.txt"
     rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
                                                flow_format)
-    videos = []
+    listed = []  # (video, label)
     for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
         class_dir, _, filename = path.replace("\\", "/").rpartition("/")
@@ -272,9 +278,10 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
                              f"{all_classes[int(given) - 1]!r}, but the path says {class_dir!r}")
         if class_dir.lower() not in label_of:
             continue  # outside the class subset
-        video = _make_video(Path(filename).stem, label_of[class_dir.lower()], rgb_lookup,
-                            flow_lookups, on_bad, flow_format)
-        videos.append(video)
+        listed.append((_stem(filename), label_of[class_dir.lower()]))
+    store.prefetch([name for name, _ in listed], by_name=True)
+    videos = [_make_video(name, label, rgb_lookup, flow_lookups, on_bad, flow_format)
+              for name, label in listed]
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, store=store,
                   on_bad=on_bad, modalities=modalities, group_of=ucf101_group, **kwargs)
@@ -306,7 +313,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
                                                flow_format)
     wanted = "2" if official == "test" else "1"
-    videos = []
+    listed = []  # (video, label)
     for label, name in enumerate(chosen):
         for n, line in read_lines(files[name]):
             parts = line.split()
@@ -314,8 +321,10 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
                 raise ValueError(f"{files[name]}:{n}: expected '<video>.avi <tag 0|1|2>', "
                                  f"got {line!r}")
             if parts[1] == wanted:
-                videos.append(_make_video(Path(parts[0]).stem, label, rgb_lookup, flow_lookups,
-                                          on_bad, flow_format))
+                listed.append((_stem(parts[0]), label))
+    store.prefetch([name for name, _ in listed], by_name=True)
+    videos = [_make_video(name, label, rgb_lookup, flow_lookups, on_bad, flow_format)
+              for name, label in listed]
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, store=store,
                   on_bad=on_bad, modalities=modalities, **kwargs)
@@ -371,6 +380,7 @@ def folder(root: str | Path, *, subset: str = "train",
                                  seed=seed, groups=ucf101_groups([name for _, name in every]))
         entries = [every[i] for i in split[SUBSETS.index(subset)]]
     videos = []
+    store.prefetch([f"{c}/{name}" for c, name in entries if c in chosen])
     for class_name, name in entries:
         if class_name not in chosen:
             continue

@@ -1,7 +1,7 @@
-"""Where a dataset root keeps its frames, as the dataset readers see it (DESIGN §8): loose (one
-file per frame, the releases' layouts) or packed (one tar per video under `<root>/packs/`,
-`fusion.data.packs`). The readers ask a store for a video's folders and their frame counts, and
-get paths that `imagefiles.read_bytes` reads from either store.
+"""Where a dataset root keeps its frames, as the dataset readers see it (docs/design.md §8):
+loose (one file per frame, the releases' layouts) or packed (one tar per video under
+`<root>/packs/`, `fusion.data.packs`). The readers ask a store for a video's folders and their
+frame counts, and get paths that `imagefiles.read_bytes` reads from either store.
 
     store = open_store(root, "auto")      # packed when <root>/packs/ exists, else loose
 
@@ -15,6 +15,8 @@ the loose folder: `<root>/packs/v_X.tar/jpegs_256/v_X`.
 from __future__ import annotations
 
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fusion.choices import FRAME_STORES, resolve_name
@@ -89,6 +91,9 @@ class LooseStore:
         """The videos of a folder dataset's class, sorted."""
         return sorted(d.name for d in (self.root / group).iterdir() if d.is_dir())
 
+    def prefetch(self, keys, *, by_name: bool = False) -> None:
+        """Nothing to read ahead: folders are counted as they are met."""
+
     def count(self, folder: Path, template: str) -> int:
         return self.index.count(folder, template)
 
@@ -97,6 +102,25 @@ class LooseStore:
 
     def save(self) -> None:
         self.index.save()
+
+
+PREFETCH_THREADS, PROBE, SLOW_READ = 16, 32, 100e-6
+
+
+def _read_header(pack: str) -> PackHeader | PackError | None:
+    """A pack's header, the error that names its damage, or None when there is no pack."""
+    try:
+        return read_header(pack)
+    except FileNotFoundError:
+        return None
+    except PackError as err:
+        return err
+    except OSError as err:
+        return PackError(f"{pack}: {err.strerror or err}")
+
+
+def _read_headers(packs: list[str]) -> list[PackHeader | PackError | None]:
+    return [_read_header(p) for p in packs]
 
 
 class _PackLookup:
@@ -116,22 +140,25 @@ class _PackLookup:
 
 class PackedStore:
     """Frames in packs under `<root>/packs/`. Counts come from the packs' own indexes (the
-    first line of each, a few hundred bytes), read once per pack while the dataset is made."""
+    first line of each, a few hundred bytes), read once per pack while the dataset is made.
+    Paths are handled as strings inside (pathlib's parsing would cost more than reading the
+    packs' headers)."""
 
     kind = "packed"
 
     def __init__(self, root: Path):
         self.root = root
         self.tree = root / PACKS
-        self._headers: dict[Path, PackHeader | PackError] = {}
+        self._tree = str(self.tree)
+        self._headers: dict[str, PackHeader | PackError] = {}
         self._names: set[str] | None = None  # the packs in packs/ (UCF101's layout)
         self._lower: dict[str, str] = {}
 
     def lookup(self, folder: str, what: str) -> _PackLookup:
         return _PackLookup(self, folder)
 
-    def pack(self, key: str) -> Path:
-        return self.tree / f"{key}{SUFFIX}"
+    def _pack(self, key: str) -> str:
+        return f"{self._tree}/{key}{SUFFIX}"
 
     def pack_named(self, name: str) -> str | None:
         """The key of the pack named `name` in packs/, else of one whose name matches ignoring
@@ -141,18 +168,43 @@ class PackedStore:
             self._lower = {n.lower(): n for n in self._names}
         return name if name in self._names else self._lower.get(name.lower())
 
-    def header(self, pack: Path) -> PackHeader:
+    def prefetch(self, keys, *, by_name: bool = False) -> None:
+        """Read the headers of the packs of `keys` (pack names under packs/, or with `by_name`
+        the names `pack_named` takes) before they are asked for: one by one while the reads
+        are quick (a warm page cache, where threads would only contend), the rest in
+        `PREFETCH_THREADS` threads once the first `PROBE` reads took more than `SLOW_READ`
+        seconds each (a cold disk, a network file system: the reads then overlap)."""
+        if by_name:
+            keys = (self.pack_named(k) for k in keys)
+        todo = [p for p in dict.fromkeys(self._pack(k) for k in keys if k is not None)
+                if p not in self._headers]
+        start = time.perf_counter()
+        for pack in todo[:PROBE]:
+            self._remember(pack, _read_header(pack))
+        rest = todo[PROBE:]
+        if not rest:
+            return
+        if time.perf_counter() - start < PROBE * SLOW_READ:
+            for pack in rest:
+                self._remember(pack, _read_header(pack))
+            return
+        chunks = [rest[k::PREFETCH_THREADS] for k in range(PREFETCH_THREADS)]
+        with ThreadPoolExecutor(PREFETCH_THREADS) as pool:
+            for chunk, headers in zip(chunks, pool.map(_read_headers, chunks)):
+                for pack, header in zip(chunk, headers):
+                    self._remember(pack, header)
+
+    def _remember(self, pack: str, header: PackHeader | PackError | None) -> None:
+        if header is not None:  # no pack: `header` says so when asked
+            self._headers[pack] = header
+
+    def header(self, pack: str) -> PackHeader:
         """The pack's header, read once; a damaged one is a `FrameError` naming the pack."""
         cached = self._headers.get(pack)
         if cached is None:
-            try:
-                cached = read_header(pack)
-            except FileNotFoundError:
-                raise
-            except PackError as err:
-                cached = err
-            except OSError as err:
-                cached = PackError(f"{pack}: {err.strerror or err}")
+            cached = _read_header(pack)
+            if cached is None:
+                raise FileNotFoundError(pack)
             self._headers[pack] = cached
         if isinstance(cached, PackError):
             raise FrameError(f"cannot read the pack {cached}")
@@ -162,27 +214,27 @@ class PackedStore:
         """`<pack of key>/<folder>` when the pack holds that folder (or one matching it but for
         case); None when there is no such pack or folder. A damaged pack gives its path, and
         counting its frames the error that names it."""
-        pack = self.pack(key)
+        pack = self._pack(key)
         try:
             actual = self.header(pack).find_dir(folder)
         except FileNotFoundError:
             return None
         except FrameError:
-            return pack / folder
-        return None if actual is None else pack / actual
+            return Path(f"{pack}/{folder}")
+        return None if actual is None else Path(f"{pack}/{actual}")
 
     def where(self, key: str, folder: str) -> Path:
-        return self.pack(key) / folder
+        return Path(f"{self._pack(key)}/{folder}")
 
     def videos_in(self, group: str) -> list[str]:
         return sorted(p.name[:-len(SUFFIX)] for p in (self.tree / group).iterdir()
                       if p.name.endswith(SUFFIX) and p.is_file())
 
-    def _parts(self, path: Path) -> tuple[Path, str]:
+    def _parts(self, path: Path) -> tuple[str, str]:
         parts = split(str(path))
         if parts is None:
             raise ValueError(f"{path} is not a path into a pack")
-        return Path(parts[0]), parts[1]
+        return parts
 
     def count(self, folder: Path, template: str) -> int:
         pack, member = self._parts(folder)
