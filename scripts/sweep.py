@@ -33,7 +33,7 @@ from pathlib import Path
 from fusion.cli import ArgumentParser
 from fusion.config import build_parser, resolve
 from fusion.sweep import (add_launcher_arguments, expand, launch, load_sweep_file, parse_grid,
-                          parse_named, submitit_parameters)
+                          parse_named)
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -48,6 +48,9 @@ def parse(argv):
                         metavar=("NAME", "KEY=VALUE"),
                         help="a named run with its own options (times the grid)")
     parser.add_argument("--grid-file", help="TOML file with [grid] and [runs.NAME] tables")
+    parser.add_argument("--script", default=str(SCRIPTS / "train_fusion.py"),
+                        help="what each run runs: train_fusion.py, or a script taking its "
+                             "options and writing the same run folder")
     add_launcher_arguments(parser, what="runs")
     return parser.parse_known_args(argv)
 

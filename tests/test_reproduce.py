@@ -1,0 +1,189 @@
+"""scripts/reproduce.py: every recipe's quick run ends in a report with the recipe's rows and the
+published numbers; the fused model starts from the trained streams' checkpoints; a study killed
+after its first stream resumes without re-training it; a changed fusion setting re-runs only
+the fused stage; extraction settings that disagree with the data root stop the study before
+training, naming the setting."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusion.data.synthetic import make_synthetic
+from fusion.recipes import extraction_argv, list_recipes, load_recipe, recorded_extraction
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ("feichtenhofer2016", "seed000", "seed001", "seed002", "seed003", "seed004",
+           "simonyan2014")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny synthetic data: 4 classes, 3 groups of 2 clips (16 training, 8 test videos)."""
+    return make_synthetic(tmp_path_factory.mktemp("reproduce") / "data", groups=3,
+                          clips_per_group=2, height=40, width=48, min_frames=8,
+                          max_frames=12, seed=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def report_rows(out: Path) -> dict[str, dict[str, str]]:
+    lines = [line for line in (out / "report.md").read_text().splitlines()
+             if line.startswith("| ")]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines]
+    return {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+
+
+def check_report(recipe_name: str, out: Path, cells: list[str]) -> None:
+    """The report has every row of the recipe with a number for each cell, the published
+    number beside it and the difference, a picture, and each stage's provenance."""
+    recipe = load_recipe(recipe_name)
+    rows = report_rows(out)
+    assert list(rows) == [row.name for row in recipe.rows]
+    saved = json.loads((out / "report.json").read_text())
+    for row, got in zip(recipe.rows, saved["rows"]):
+        line = rows[row.name]
+        assert line["published"] == ("-" if row.published is None else f"{row.published:.1f}")
+        assert sorted(got["values"]) == sorted(cells)
+        assert all(v is not None for v in got["values"].values()), (row.name, got)
+        # ours is the stage's own test result, read back independently
+        for cell, value in got["values"].items():
+            metrics = json.loads((out / cell / row.stage / "metrics.json").read_text())
+            assert value == pytest.approx(100 * metrics["test"][row.output]["accuracy"])
+        if row.published is not None:
+            assert float(line["ours - published"]) == pytest.approx(
+                got["mean"] - row.published, abs=0.051)
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = (out / "report.md").read_text()
+    assert "## Provenance" in text and "- commit: " in text
+    for cell in cells:
+        for stage in recipe.stages:
+            assert f"`{cell}/{stage}`" in text
+
+
+def check_inits(recipe_name: str, out: Path, cell: str) -> None:
+    """Every fused stage started from the checkpoints its upstream stages tested."""
+    for stage in load_recipe(recipe_name).stages.values():
+        if not stage.init:
+            continue
+        saved = (out / cell / stage.name / "config.toml").read_text()
+        for stream, source in stage.init.items():
+            tested = json.loads((out / cell / source / "metrics.json").read_text())["checkpoint"]
+            assert f'init_{stream} = "{tested}"' in saved, (stage.name, stream)
+
+
+def test_every_recipe_loads_and_list_names_each(load_script, capsys):
+    assert sorted(list_recipes()) == sorted(RECIPES)
+    assert load_script("reproduce").main(["--list"]) == 0
+    printed = capsys.readouterr().out
+    for name in RECIPES:
+        recipe = load_recipe(name)
+        assert f"{name}: {recipe.title}" in printed
+        assert recipe.waves()[0] and all(row.stage in recipe.stages for row in recipe.rows)
+
+
+@pytest.mark.parametrize("name", [r for r in RECIPES if r != "seed000"])  # seed000: below
+def test_quick_run_of_every_recipe_ends_in_a_report_with_its_rows(name, data, tmp_path,
+                                                                   load_script):
+    recipe = load_recipe(name)
+    splits = ["--splits", "1,2"] if name == "simonyan2014" else \
+        ["--splits", "1"] if recipe.splits else []
+    out = tmp_path / name
+    code = load_script("reproduce").main([name, "--quick", "--data-root", str(data), "--out",
+                                          str(out), "--launcher", "inline", *splits])
+    assert code == 0
+    cells = ["split1_seed0", "split2_seed0"] if name == "simonyan2014" else \
+        ["split1_seed0"] if recipe.splits else ["seed0"]
+    check_report(name, out, cells)
+    check_inits(name, out, cells[0])
+    if name == "simonyan2014":  # two splits: a column each, mean +- std over them
+        row = report_rows(out)["two-stream, averaging"]
+        assert "split 1" in row and "split 2" in row and "+-" in row["mean +- std (n)"]
+
+
+def test_a_killed_study_resumes_without_retraining_its_first_stream_and_a_fusion_change_reruns_only_the_fused_stage(
+        data, tmp_path, load_script, capsys):
+    out = tmp_path / "seed000"
+    argv = ["seed000", "--quick", "--data-root", str(data), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "reproduce.py"), *argv],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    rgb = out / "split1_seed0" / "rgb" / "metrics.json"
+    deadline = time.monotonic() + 240
+    while not rgb.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the study and the stage it is running
+    process.wait()
+    assert rgb.is_file() and not (out / "report.md").exists()
+    trained_at = rgb.stat().st_mtime_ns
+
+    reproduce = load_script("reproduce")
+    assert reproduce.main([*argv, "--launcher", "inline"]) == 0
+    printed = capsys.readouterr().out
+    assert "split1_seed0/rgb: done before, skipped" in printed
+    assert rgb.stat().st_mtime_ns == trained_at
+    check_report("seed000", out, ["split1_seed0"])
+    check_inits("seed000", out, "split1_seed0")
+
+    streams = {s: (out / "split1_seed0" / s / "metrics.json").stat().st_mtime_ns
+               for s in ("rgb", "flow")}
+    assert reproduce.main([*argv, "--launcher", "inline", "--set", "fusion_weights=1 2"]) == 0
+    printed = capsys.readouterr().out
+    assert "split1_seed0/rgb: done before, skipped" in printed
+    assert "split1_seed0/flow: done before, skipped" in printed
+    assert "split1_seed0/fused: made under other settings, moved to fused.replaced" in printed
+    assert {s: (out / "split1_seed0" / s / "metrics.json").stat().st_mtime_ns
+            for s in streams} == streams
+    assert "fusion_weights = [1.0, 2.0]" in (out / "split1_seed0" / "fused" /
+                                             "config.toml").read_text()
+    # and unchanged settings run nothing at all
+    assert reproduce.main([*argv, "--launcher", "inline", "--set", "fusion_weights=1 2"]) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 3
+
+
+def test_extraction_settings_that_disagree_with_the_data_root_stop_before_training(
+        tmp_path, load_script, capsys):
+    root = tmp_path / "data"
+    (root / "jpegs_256").mkdir(parents=True)
+    (root / "extraction.json").write_text(json.dumps(
+        {"flow_method": "dis", "flow_bound": 20.0, "short_side": 256, "pad_square": False,
+         "flow_pairs": "consecutive", "flow_format": "uv"}))
+    out = tmp_path / "study"
+    code = load_script("reproduce").main(["seed000", "--quick", "--data-root", str(root),
+                                          "--out", str(out), "--launcher", "inline"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "recipe seed000 extracts with flow_method = 'tvl1'" in error
+    assert str(root / "extraction.json") in error and "'dis'" in error
+    assert not out.exists()  # nothing ran
+
+
+def test_a_named_data_root_the_recipe_needs_is_asked_for_by_name(tmp_path, load_script, capsys):
+    code = load_script("reproduce").main(["seed001", "--data-root", str(tmp_path), "--out",
+                                          str(tmp_path / "study")])
+    assert code == 1
+    assert "give --data-root stanford40=PATH" in capsys.readouterr().err
+    code = load_script("reproduce").main(["seed001", "--data-root", f"kinetics={tmp_path}"])
+    assert code == 1
+    assert "reads no data named 'kinetics' (it reads stanford40)" in capsys.readouterr().err
+
+
+def test_the_recipes_extraction_is_what_extract_frames_records(load_script):
+    """A recipe's [extraction] becomes extract_frames.py arguments its parser takes, and the
+    settings those arguments record are the ones the study checks extraction.json against."""
+    extract = load_script("extract_frames")
+    for name in RECIPES:
+        recipe = load_recipe(name)
+        args = extract.parse(extraction_argv(recipe, Path("videos"), Path("out")))
+        assert extract.settings_of(args).recorded() == recorded_extraction(recipe), name
+        assert (args.layout, args.store) == (recipe.extraction.get("layout", "ucf101"),
+                                             recipe.extraction.get("store", "loose"))
