@@ -187,3 +187,55 @@ def test_the_recipes_extraction_is_what_extract_frames_records(load_script):
         assert extract.settings_of(args).recorded() == recorded_extraction(recipe), name
         assert (args.layout, args.store) == (recipe.extraction.get("layout", "ucf101"),
                                              recipe.extraction.get("store", "loose"))
+
+
+def test_with_videos_the_study_extracts_first_as_the_recipe_says_then_trains_and_skips_both_when_run_again(
+        tmp_path, load_script, capsys):
+    """--videos: extract_frames.py writes the data root with the recipe's flow method (here
+    DIS, folder layout), extraction.json records it, the stage trains on it; a second run
+    redoes neither."""
+    import cv2
+    import numpy as np
+    rng = np.random.default_rng(0)
+    for label, (cls, step) in enumerate((("Still", 0), ("Drift", 2))):
+        (tmp_path / "videos" / cls).mkdir(parents=True)
+        for n in range(5):
+            texture = cv2.resize(rng.uniform(0, 255, (12, 16, 3)), (80, 40),
+                                 interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+            writer = cv2.VideoWriter(str(tmp_path / "videos" / cls / f"{cls}{n}.avi"),
+                                     cv2.VideoWriter_fourcc(*"MJPG"), 25, (48, 40))
+            for k in range(8):
+                writer.write(np.ascontiguousarray(texture[:, step * k:step * k + 48]))
+            writer.release()
+    recipe = tmp_path / "own_videos.toml"
+    recipe.write_text(f'''
+title = "RGB stream on own videos, DIS flow"
+splits = []
+[extraction]
+flow = "dis"
+short_side = 40
+layout = "folder"
+[stages.rgb]
+config = "{ROOT / 'configs' / 'synthetic_demo.toml'}"
+set = {{ dataset = "folder", fuse = "none", stream = "rgb", flow_method = "dis", short_side = 40, image_size = 32, epochs = 1, batch_size = 4, workers = 0, eval_clips = 1, val_fraction = 0.2, device = "cpu" }}
+[[rows]]
+name = "RGB"
+stage = "rgb"
+output = "rgb"
+''')
+    root, out = tmp_path / "data", tmp_path / "study"
+    argv = [str(recipe), "--videos", str(tmp_path / "videos"), "--data-root", str(root),
+            "--out", str(out), "--launcher", "inline"]
+    reproduce = load_script("reproduce")
+    assert reproduce.main(argv) == 0
+    recorded = json.loads((root / "extraction.json").read_text())
+    assert (recorded["flow_method"], recorded["short_side"]) == ("dis", 40)
+    assert len(list((root / "Drift").iterdir())) == 5
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["rows"][0]["values"]["seed0"] is not None
+    assert '"flow_method": "dis"' in (out / "report.md").read_text()  # the provenance
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"extraction into {root} is done" in printed
+    assert "seed0/rgb: done before, skipped" in printed
