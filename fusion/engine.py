@@ -281,14 +281,15 @@ def run_hparams(config: Config) -> dict:
 
 def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
     """The test pictures, and the run's row of the HParams tab: `run_hparams` and the test
-    accuracy of each output, `test/accuracy/<output>` (the tab's metric columns; on the Scalars
-    page one dot per run, sorted last). The row is written in the run itself, not in a folder of
-    its own: TensorBoard ticks no run at all when it finds more than 40, so a sweep of 21 runs
-    must stay 21. No experiment summary is written, so TensorBoard compares the runs' settings
-    itself and shows those that differ first."""
+    accuracy of each output, `accuracy/test/<output>` (one dot per run beside the train and
+    val curves; the first of the tab's metric columns, which are every scalar of the run in
+    tag order). The row is written in the run itself, not in a folder of its own: TensorBoard
+    ticks no run at all when it finds more than 40, so a sweep of 21 runs must stay 21. No
+    experiment summary is written (TensorBoard would take one run's as every run's), so
+    TensorBoard compares the runs' settings itself and shows those that differ first."""
     for name, figure in metric_figures(metrics).items():
         writer.add_figure(f"test/{name}", figure, 0)
-    accuracies = {f"test/accuracy/{name}": metrics["test"][name]["accuracy"]
+    accuracies = {f"accuracy/test/{name}": metrics["test"][name]["accuracy"]
                   for name in shown_outputs(metrics["test"], config.fuse)}
     _, session_start, session_end = hparams(run_hparams(config), accuracies)
     writer.file_writer.add_summary(session_start)

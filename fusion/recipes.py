@@ -51,6 +51,7 @@ EXTRACTION_KEYS = {"flow": "flow_method", "bound": "flow_bound", "short_side": "
                    "flow_stack": "flow_stack", "flow_format": "flow_format",
                    "raft_model": "raft_model", "layout": None, "store": None}
 INIT_STREAMS = ("rgb", "flow", "diff")
+OUTPUTS = ("fused", "rgb", "flow", "rgbdiff")  # what a row may read of a stage's test
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,9 @@ def load_recipe(name: str) -> Recipe:
         if table.get("stage") not in stages:
             raise ValueError(f"recipe {path} rows[{i}] ({table.get('name')}): stage "
                              f"{table.get('stage')!r} is not one of {', '.join(stages)}")
+        if table.get("output", "fused") not in OUTPUTS:
+            raise ValueError(f"recipe {path} rows[{i}] ({table.get('name')}): output "
+                             f"{table['output']!r} is not one of {', '.join(OUTPUTS)}")
         rows.append(Row(**table))
     recipe = Recipe(
         name=path.stem, path=path, title=data["title"], report=data.get("report", ""),

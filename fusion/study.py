@@ -4,11 +4,12 @@ train_fusion.py or evaluate.py in DIR/<split>_<seed>/<stage>/ handed to the swee
 
 A stage's identity is its fingerprint: the resolved Config it trains (what cannot change the
 result left out: workers, device, folders; for a single stream, the fusion keys) with each
-init checkpoint replaced by the fingerprint of the stage that made it; a test stage's is its
-protocol and the tested stage's. A stage whose folder holds metrics.json under the same
-fingerprint is done and skipped; one with last.pt resumes; one made under another fingerprint
-is moved aside to <stage>.replaced and run again, and so is every stage that depends on it,
-because their fingerprints contain its own.
+init checkpoint replaced by the identity of the run that made it (its stage's fingerprint and
+a hash of its metrics.json, so a stream trained again makes its dependents run again); a test
+stage's is its protocol and the tested run's. A stage whose folder holds metrics.json under
+the same fingerprint is done and skipped; one with last.pt resumes; a folder made under
+another fingerprint is set aside as <stage>.<its fingerprint> (never deleted: going back to
+those settings restores it) and the stage runs again.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusion.files import write_atomic
 from fusion.recipes import ROOT, Recipe, Stage, extraction_argv, recorded_extraction
 from fusion.sweep import Run, as_flags
 
@@ -31,6 +33,9 @@ STATE = "stage.json"  # in each stage folder: its fingerprint, arguments and res
 QUICK = {"image_size": 32, "epochs": 1, "batch_size": 4, "workers": 0, "eval_clips": 1,
          "val_fraction": 0.25, "weights": "none", "classes": [], "max_classes": 0,
          "class_map": [], "device": "cpu"}
+# Keys the study sets itself (reproduce.py --set may not): each cell's split and seed, the data
+# roots, the checkpoints that start a stage, and keeping the checkpoint its dependents read.
+OWNED = ("seed", "split", "data_root", "init_rgb", "init_flow", "init_diff", "keep")
 # Keys that cannot change a stage's result (or change only where its files go).
 NOT_RESULTS = ("workers", "device", "resume", "logdir", "run_name", "keep", "dist_timeout",
                "decode", "frames", "compile_mode")
@@ -66,6 +71,15 @@ class Result:
         return json.loads(path.read_text()) if path.is_file() else None
 
     @property
+    def state(self) -> dict:
+        return read_state(self.folder) or {}
+
+    @property
+    def identity(self) -> str:
+        """This run of the stage: its fingerprint and its result's hash."""
+        return f"{self.fingerprint}/{digest((self.folder / 'metrics.json').read_text())}"
+
+    @property
     def checkpoint(self) -> str:
         """The checkpoint a training stage tested (best.pt, else last.pt): what the next
         stages start from."""
@@ -83,6 +97,43 @@ def digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def read_state(folder: Path) -> dict | None:
+    """A stage folder's stage.json; None when absent or unreadable (a stage whose state is
+    lost is run again, its folder set aside)."""
+    path = folder / STATE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"[reproduce] {path} is unreadable ({err}): the stage runs again", flush=True)
+        return {"fingerprint": "unreadable"}
+
+
+def write_state(folder: Path, state: dict) -> None:
+    text = json.dumps(state, indent=1, default=str).encode()
+    write_atomic(folder / STATE, lambda f: f.write(text))
+
+
+def has_work(folder: Path) -> bool:
+    """A folder holds what took time to make: a result or a checkpoint."""
+    return any((folder / name).is_file() for name in ("metrics.json", "last.pt", "best.pt"))
+
+
+def set_aside(folder: Path, fingerprint: str) -> Path | None:
+    """Move a stage folder made under `fingerprint` to <stage>.<fingerprint> (numbered when that
+    exists); a folder with nothing in it worth keeping is removed instead."""
+    if not has_work(folder):
+        shutil.rmtree(folder)
+        return None
+    aside, n = folder.with_name(f"{folder.name}.{fingerprint}"), 1
+    while aside.exists():
+        n += 1
+        aside = folder.with_name(f"{folder.name}.{fingerprint}.{n}")
+    folder.rename(aside)
+    return aside
+
+
 class Study:
     def __init__(self, recipe: Recipe, out: Path, *, roots: dict[str, Path], cells: list[Cell],
                  quick: bool = False, videos: Path | None = None, extra: dict | None = None):
@@ -93,7 +144,7 @@ class Study:
 
     # --- what each stage runs ---
     def train_argv(self, stage: Stage, cell: Cell) -> list[str]:
-        options = {**stage.options, **self.extra}
+        options = {**self.extra, **stage.options}  # a stage's own settings win over --set
         if self.quick:
             options.update(QUICK)
             if stage.options.get("epochs") == 0:  # a stage that assembles and tests stays so
@@ -130,7 +181,7 @@ class Study:
         if config.fuse == "none":
             values = {k: v for k, v in values.items() if k not in FUSION_ONLY}
         for stream, source in stage.init.items():
-            values[f"init_{stream}"] = self.results[cell, source].fingerprint
+            values[f"init_{stream}"] = self.results[cell, source].identity
         values["data_root"] = str(Path(config.data_root).resolve())
         return digest(values)
 
@@ -145,39 +196,52 @@ class Study:
 
     # --- checks before anything runs ---
     def preflight(self) -> None:
-        """Every training stage's options resolve, and the data root was extracted as the
-        recipe says (its extraction.json) and as each stage's config says; errors name the
-        stage and the setting, before any training starts."""
-        if not self.videos:
-            self.check_extraction(self.roots.get("", None))
-        for cell in self.cells[:1]:
-            for stage in self.recipe.stages.values():
-                if stage.kind != "train":
-                    continue
-                config = self.resolve(stage, cell, self.train_argv_without_inits(stage, cell))
-                if not self.videos:
-                    from fusion.build import check_extraction
-                    try:
-                        check_extraction(config, Path(config.data_root))
-                    except ValueError as err:
-                        raise ValueError(f"recipe {self.recipe.name}, stage {stage.name}: "
-                                         f"{err}") from None
+        """Before anything runs: the data roots exist; every training stage's options resolve
+        (keep = last is refused: the next stage reads the tested checkpoint); and the data root
+        was extracted, or will be (--videos), as the recipe says and as each stage's config
+        says. Errors name the stage, the setting and the file."""
+        from fusion.build import check_recorded
+        for name, root in self.roots.items():
+            if not root.is_dir() and not (self.videos and name == ""):
+                what = f"data root {name!r}" if name else "data root"
+                raise ValueError(f"recipe {self.recipe.name}: {what} {root} does not exist"
+                                 + ("; --videos extracts one" if not name else ""))
+        main_root = self.default_root()
+        path = main_root / "extraction.json"
+        recorded = json.loads(path.read_text()) if path.is_file() else None
+        self.check_extraction(recorded, str(path))
+        if self.videos:  # what the extraction will record, before it runs for hours
+            recorded, path = recorded_extraction(self.recipe), f"recipe {self.recipe.name}'s " \
+                f"[extraction]"
+        for stage in self.recipe.stages.values():
+            if stage.kind != "train":
+                continue
+            config = self.resolve(stage, self.cells[0],
+                                  self.train_argv_without_inits(stage, self.cells[0]))
+            if config.keep == "last":
+                raise ValueError(f"recipe {self.recipe.name}, stage {stage.name}: keep = 'last' "
+                                 f"removes the best.pt the next stages start from")
+            if recorded is not None and Path(config.data_root).resolve() == main_root.resolve():
+                try:
+                    check_recorded(config, recorded, str(path))
+                except ValueError as err:
+                    raise ValueError(f"recipe {self.recipe.name}, stage {stage.name}: "
+                                     f"{err}") from None
 
     def train_argv_without_inits(self, stage: Stage, cell: Cell) -> list[str]:
         return self.train_argv(dataclasses.replace(stage, init={}), cell)
 
-    def check_extraction(self, root: Path | None) -> None:
-        root = root or self.default_root()
-        path = root / "extraction.json"
-        if not self.recipe.extraction or not path.is_file():
+    def check_extraction(self, recorded: dict | None, source: str) -> None:
+        """The recipe's [extraction] against what a data root's extraction.json records."""
+        if not self.recipe.extraction or recorded is None:
             return
-        recorded = json.loads(path.read_text())
         for key, value in recorded_extraction(self.recipe).items():
             if key in recorded and recorded[key] != value:
                 raise ValueError(f"recipe {self.recipe.name} extracts with {key} = {value!r}, "
-                                 f"but {path} says the data was extracted with {key} = "
+                                 f"but {source} says the data was extracted with {key} = "
                                  f"{recorded[key]!r}: give a data root extracted as the recipe "
-                                 f"says, or --videos to extract one")
+                                 f"says" + ("" if self.videos else ", or --videos to extract "
+                                            "one"))
 
     def default_root(self) -> Path:
         """The study's data root: --data-root, else the first training stage's config's."""
@@ -194,7 +258,7 @@ class Study:
         result = Result(cell, stage, folder)
         blocked = [s for s in stage.after if self.results[cell, s].status in ("failed", "blocked")]
         if blocked:
-            result.status, result.error = "blocked", f"stage {', '.join(blocked)} failed"
+            result.status, result.error = "blocked", f"stage {', '.join(blocked)} did not finish"
             return result, None
         if stage.kind == "train":
             argv = self.train_argv(stage, cell)
@@ -203,25 +267,34 @@ class Study:
             script, saved = SCRIPTS / "train_fusion.py", config.to_dict()
         else:
             argv = self.test_argv(stage, cell, folder)
-            result.fingerprint = digest({"test": self.results[cell, stage.test].fingerprint,
+            result.fingerprint = digest({"test": self.results[cell, stage.test].identity,
                                          "protocol": stage.protocol, "quick": self.quick})
             script, saved = SCRIPTS / "evaluate.py", dict(stage.protocol)
-        state = folder / STATE
-        previous = json.loads(state.read_text())["fingerprint"] if state.is_file() else None
+        previous = (read_state(folder) or {}).get("fingerprint")
         if previous == result.fingerprint and (folder / "metrics.json").is_file():
             result.status = "done"
             return result, None
+        kept = folder.with_name(f"{folder.name}.{result.fingerprint}")
         if folder.exists() and previous != result.fingerprint:
-            aside = folder.with_name(folder.name + ".replaced")
-            shutil.rmtree(aside, ignore_errors=True)
-            folder.rename(aside)
-            print(f"[reproduce] {cell.name}/{stage.name}: made under other settings, moved to "
-                  f"{aside.name}; running it again", flush=True)
+            aside = set_aside(folder, previous or "unknown")
+            if aside:
+                print(f"[reproduce] {cell.name}/{stage.name}: made under other settings, set "
+                      f"aside as {aside.name}", flush=True)
+        if (kept / "metrics.json").is_file():  # these settings ran before: restore that run
+            kept.rename(folder)
+            print(f"[reproduce] {cell.name}/{stage.name}: restored from {kept.name}", flush=True)
+            result.status = "done"
+            return result, None
         folder.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"fingerprint": result.fingerprint, "stage": stage.name,
-                                     "script": script.name, "argv": argv, "config": saved},
-                                    indent=1, default=str))
+        write_state(folder, {"fingerprint": result.fingerprint, "stage": stage.name,
+                             "script": script.name, "argv": argv, "config": saved,
+                             "commit": commit(), "extraction": self.extraction_of(saved)})
         return result, Run(f"{cell.name}/{stage.name}", folder, argv, str(script))
+
+    def extraction_of(self, config: dict) -> dict | None:
+        """The extraction.json of the data root a stage reads, as it is when the stage starts."""
+        path = Path(config.get("data_root") or self.default_root()) / "extraction.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def extract(self, launch) -> bool:
         """extract_frames.py into the study's data root (--videos); it skips videos already
@@ -230,20 +303,21 @@ class Study:
         folder = self.out / "extract"
         argv = extraction_argv(self.recipe, self.videos, root)
         fingerprint = digest(argv)
-        state = folder / STATE
-        if state.is_file() and json.loads(state.read_text())["fingerprint"] == fingerprint and \
+        if (read_state(folder) or {}).get("fingerprint") == fingerprint and \
                 (folder / "done").is_file():
             print(f"[reproduce] extraction into {root} is done", flush=True)
             return True
         folder.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"fingerprint": fingerprint, "argv": argv}, indent=1))
         (folder / "done").unlink(missing_ok=True)
+        write_state(folder, {"fingerprint": fingerprint, "argv": argv, "commit": commit()})
         [result] = launch([Run("extract", folder, argv, str(SCRIPTS / "extract_frames.py"))])
         if result["status"] == "failed":
             print(f"[reproduce] extraction failed: {result['error']}", file=sys.stderr)
             return False
         (folder / "done").write_text("")
-        self.check_extraction(root)
+        path = root / "extraction.json"
+        self.check_extraction(json.loads(path.read_text()) if path.is_file() else None,
+                              str(path))
         return True
 
     def run(self, launch) -> list[Result]:
@@ -268,3 +342,17 @@ class Study:
                     result.status = "done"
         return [self.results[cell, name] for cell in self.cells for name in self.recipe.stages]
 
+
+
+def commit() -> str:
+    """The checkout's commit, "+ uncommitted changes" when its tracked files differ from it."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                "--untracked-files=no"], text=True, capture_output=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty else "")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +14,7 @@ from matplotlib.figure import Figure
 from fusion.figures import save_png
 from fusion.files import write_atomic
 from fusion.recipes import ROOT, Recipe
-from fusion.study import Result
-
-
-def commit() -> str:
-    """The checkout's commit, "+ changes" when its tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
-                                "--untracked-files=no"], text=True, capture_output=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" + uncommitted changes" if dirty else "")
+from fusion.study import Result, commit
 
 
 def accuracy(result: Result, output: str) -> float | None:
@@ -50,11 +36,15 @@ def table(recipe: Recipe, results: list[Result]) -> list[dict]:
         known = [v for v in values.values() if v is not None]
         mean = statistics.fmean(known) if known else None
         std = statistics.stdev(known) if len(known) > 1 else None
-        errors = {cell.name: by_key[cell, row.stage].error for cell in cells
-                  if values[cell.name] is None}
+        errors = {cell.name: by_key[cell, row.stage].error or
+                  (f"no output {row.output!r} in its metrics" if by_key[cell, row.stage].metrics
+                   else "not run") for cell in cells if values[cell.name] is None}
+        states = {cell.name: by_key[cell, row.stage].status for cell in cells}
         rows.append({"name": row.name, "stage": row.stage, "output": row.output,
                      "values": values, "mean": mean, "std": std, "runs": len(known),
                      "published": row.published, "source": row.source, "errors": errors,
+                     "states": states,
+                     "protocol": protocol_text([by_key[cell, row.stage] for cell in cells]),
                      "difference": None if mean is None or row.published is None
                      else mean - row.published})
     return rows
@@ -64,6 +54,22 @@ def _number(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def published_text(value: float | None) -> str:
+    """A published number as the report printed it (96.01 stays 96.01)."""
+    return "-" if value is None else f"{value:g}"
+
+
+def protocol_text(results: list[Result]) -> str:
+    """How a row's stage tested: clips x crops, aggregation (one text when every cell agrees)."""
+    seen = []
+    for result in results:
+        protocol = (result.metrics or {}).get("protocol") if result.status in (
+            "done", "trained", "resumed") else None
+        if protocol:
+            seen.append(f"{protocol['clips']} x {protocol['crops']}, {protocol['aggregate']}")
+    return " / ".join(dict.fromkeys(seen)) or "-"
 
 
 def split_columns(results: list[Result]) -> dict[str, list[str]]:
@@ -87,19 +93,26 @@ def markdown(recipe: Recipe, results: list[Result], rows: list[dict], *, quick: 
     lines += [f"Recipe `{recipe.name}` ({path}), run as `{command}`; seeds {', '.join(map(str, seeds))}. Test video accuracy "
               f"(top-1, %); mean +- standard deviation over every split and seed "
               f"(n runs).", ""]
-    header = ["", *columns, "mean +- std (n)", "published", "ours - published", "source"]
+    ran = sorted({r.cell.split for r in results if r.cell.split is not None})
+    if recipe.splits and ran != sorted(recipe.splits):
+        lines += [f"**Splits**: this study ran split {', '.join(map(str, ran))}; the published "
+                  f"numbers are for split {', '.join(map(str, recipe.splits))} (their mean "
+                  f"where several): compare with care.", ""]
+    header = ["", *columns, "mean +- std (n)", "published", "ours - published", "test protocol",
+              "source"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = []
         for names in columns.values():
             known = [row["values"][n] for n in names if row["values"][n] is not None]
-            cells.append(_number(statistics.fmean(known)) if known else "failed" if any(
-                n in row["errors"] for n in names) else "-")
+            states = [row["states"][n] for n in names]
+            cells.append(_number(statistics.fmean(known)) if known else "failed"
+                         if "failed" in states else "blocked" if "blocked" in states else "-")
         spread = f" +- {row['std']:.1f}" if row["std"] is not None else ""
         lines.append("| " + " | ".join([
             row["name"], *cells, f"{_number(row['mean'])}{spread} ({row['runs']})",
-            _number(row["published"]), _number(row["difference"], signed=True),
-            row["source"]]) + " |")
+            published_text(row["published"]), _number(row["difference"], signed=True),
+            row["protocol"], row["source"]]) + " |")
     if recipe.departures:
         lines += ["", "## Where this recipe departs from the report", ""]
         lines += [f"- {d}" for d in recipe.departures]
@@ -107,8 +120,11 @@ def markdown(recipe: Recipe, results: list[Result], rows: list[dict], *, quick: 
         lines += ["", "## Missing numbers", ""]
         for row in rows:
             for cell, error in row["errors"].items():
-                lines.append(f"- {row['name']}, {cell}: {error or 'not run'}")
-    lines += ["", "## Provenance", "", f"- commit: {commit()}"]
+                lines.append(f"- {row['name']}, {cell}: {row['states'][cell] or 'not run'}: "
+                             f"{error}")
+    commits = sorted({r.state.get("commit", "?") for r in results if r.state})
+    lines += ["", "## Provenance", "", f"- code: {', '.join(commits) or '-'} (each stage's "
+              f"commit when it started, below); this report written at {commit()}"]
     lines += provenance(results)
     return "\n".join(lines) + "\n"
 
@@ -123,11 +139,13 @@ def provenance(results: list[Result]) -> list[str]:
         metrics = result.metrics or {}
         where = f"- `{result.cell.name}/{result.stage.name}` ({result.status or 'not run'}): " \
                 f"`{result.folder}`"
+        if state.get("commit"):
+            where += f"; commit {state['commit']}"
         if result.stage.kind == "train":
             config = state.get("config", {})
             where += (f"; flow {config.get('flow_method')} ({config.get('flow_format')}), "
-                      f"short side {config.get('short_side')}; extraction: "
-                      f"{extraction_note(config.get('data_root'))}")
+                      f"short side {config.get('short_side')}; extraction.json when it "
+                      f"started: {extraction_note(state, config.get('data_root'))}")
         if state:
             where += f"; ran `{state['script']} {shlex.join(state['argv'])}`"
         if metrics:
@@ -136,13 +154,11 @@ def provenance(results: list[Result]) -> list[str]:
     return lines
 
 
-def extraction_note(data_root: str | None) -> str:
-    if not data_root:
-        return "-"
-    path = Path(data_root) / "extraction.json"
-    if not path.is_file():
-        return f"not recorded ({data_root} has no extraction.json)"
-    return json.dumps(json.loads(path.read_text()), sort_keys=True)
+def extraction_note(state: dict, data_root: str | None) -> str:
+    if state.get("extraction"):
+        return json.dumps(state["extraction"], sort_keys=True)
+    return f"none ({data_root} has no extraction.json: how its frames were made is not " \
+           f"recorded)"
 
 
 def figure(recipe: Recipe, rows: list[dict], *, quick: bool) -> Figure:
@@ -156,8 +172,8 @@ def figure(recipe: Recipe, rows: list[dict], *, quick: bool) -> Figure:
     axes.bar_label(bars, labels=[_number(row["mean"]) for row in rows], fontsize=7, padding=2)
     published = axes.bar(x + 0.2, [row["published"] or 0.0 for row in rows], 0.4,
                          color="tab:grey", label="published")
-    axes.bar_label(published, labels=[_number(row["published"]) for row in rows], fontsize=7,
-                   padding=2)
+    axes.bar_label(published, labels=[published_text(row["published"]).strip("-") for row in rows],
+                   fontsize=7, padding=2)
     axes.set_xticks(x, labels=[row["name"] for row in rows], fontsize=8,
                     rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center")
     axes.set_ylabel("test video accuracy (%)")

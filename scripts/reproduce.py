@@ -21,13 +21,15 @@ the frames are extracted first, with the recipe's flow method and pair policy; w
 data root's extraction.json must agree with the recipe, or the study stops before training.
 The exit status is 1 when a stage failed (the report then shows which).
 """
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
 
 from fusion.cli import ArgumentParser
 from fusion.recipes import list_recipes, load_recipe
-from fusion.study import Cell, Study
+from fusion.lock import FolderLocked, locked
+from fusion.study import OWNED, Cell, Study
 from fusion.sweep import add_launcher_arguments, config_key, launch
 
 QUICK_ROOT = Path("data/synthetic")  # the demo's data, generated on first use
@@ -62,7 +64,7 @@ def numbers(text: str, option: str) -> list[int]:
         raise ValueError(f"{option} {text!r}: expected numbers separated by commas") from None
     if not values:
         raise ValueError(f"{option} {text!r}: no value")
-    return values
+    return list(dict.fromkeys(values))  # 0,0 is one seed
 
 
 def describe(name: str) -> str:
@@ -116,6 +118,15 @@ def data_roots(recipe, args, out: Path) -> dict[str, Path]:
     return roots
 
 
+def check_launcher(args) -> None:
+    """The launcher can start, before any stage folder is touched."""
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+    if args.launcher in ("slurm", "submitit-local") and not importlib.util.find_spec("submitit"):
+        raise ValueError(f"--launcher {args.launcher} needs submitit: pip install -e "
+                         f"'.[slurm]'")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     if args.list:
@@ -134,7 +145,12 @@ def main(argv=None) -> int:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-            extra[config_key(key)] = value
+            key = config_key(key)
+            if key in OWNED or key.startswith("init_"):
+                raise ValueError(f"--set {item}: the study sets {key} itself (--splits, "
+                                 f"--seeds, --data-root, the stages' init)")
+            extra[key] = value
+        check_launcher(args)
         study = Study(recipe, out, roots=data_roots(recipe, args, out), cells=cells(recipe, args),
                       quick=args.quick, videos=Path(args.videos) if args.videos else None,
                       extra=extra)
@@ -144,19 +160,22 @@ def main(argv=None) -> int:
         return 1
     print(f"[reproduce] {recipe.name}: {len(study.cells)} x {len(recipe.stages)} stages in "
           f"{out} ({args.launcher})", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        results = study.run(lambda runs: launch(runs, args, out / ".submitit",
-                                                name=f"reproduce-{recipe.name}"))
-    except ValueError as err:
+        with locked(out, ".reproduce.lock"):  # one command per study at a time
+            results = study.run(lambda runs: launch(runs, args, out / ".submitit",
+                                                    name=f"reproduce-{recipe.name}"))
+            if not results:  # the extraction failed and said why; the last report stands
+                return 1
+            from fusion.study_report import write_report
+            command = "python scripts/reproduce.py " + shlex.join(
+                sys.argv[1:] if argv is None else argv)
+            write_report(recipe, results, out, quick=args.quick, command=command)
+    except (ValueError, FolderLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from fusion.study_report import write_report
-    command = "python scripts/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    write_report(recipe, results, out, quick=args.quick, command=command)
     text = (out / "report.md").read_text()
     print("\n" + "\n".join(line for line in text.splitlines() if line.startswith("|")))
-    if not results:  # the extraction failed; it said why
-        return 1
     unfinished = [r for r in results if r.status in ("failed", "blocked")]
     print(f"\n[reproduce] report: {out / 'report.md'}, {out / 'report.png'}"
           + (f"; {len(unfinished)} stages did not finish" if unfinished else ""), flush=True)

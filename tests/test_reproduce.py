@@ -50,7 +50,7 @@ def check_report(recipe_name: str, out: Path, cells: list[str]) -> None:
     saved = json.loads((out / "report.json").read_text())
     for row, got in zip(recipe.rows, saved["rows"]):
         line = rows[row.name]
-        assert line["published"] == ("-" if row.published is None else f"{row.published:.1f}")
+        assert line["published"] == ("-" if row.published is None else f"{row.published:g}")
         assert sorted(got["values"]) == sorted(cells)
         assert all(v is not None for v in got["values"].values()), (row.name, got)
         # ours is the stage's own test result, read back independently
@@ -62,10 +62,14 @@ def check_report(recipe_name: str, out: Path, cells: list[str]) -> None:
                 got["mean"] - row.published, abs=0.051)
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (out / "report.md").read_text()
-    assert "## Provenance" in text and "- commit: " in text
+    assert "## Provenance" in text and "- code: " in text
     for cell in cells:
         for stage in recipe.stages:
-            assert f"`{cell}/{stage}`" in text
+            line = next(x for x in text.splitlines() if x.startswith(f"- `{cell}/{stage}`"))
+            assert "; commit " in line and "; ran `" in line and "; tested `" in line
+    saved_state = json.loads((out / cells[0] / next(iter(recipe.stages)) / "stage.json")
+                             .read_text())
+    assert saved_state["commit"] in text
 
 
 def check_inits(recipe_name: str, out: Path, cell: str) -> None:
@@ -140,7 +144,7 @@ def test_a_killed_study_resumes_without_retraining_its_first_stream_and_a_fusion
     printed = capsys.readouterr().out
     assert "split1_seed0/rgb: done before, skipped" in printed
     assert "split1_seed0/flow: done before, skipped" in printed
-    assert "split1_seed0/fused: made under other settings, moved to fused.replaced" in printed
+    assert "split1_seed0/fused: made under other settings, set aside as fused." in printed
     assert {s: (out / "split1_seed0" / s / "metrics.json").stat().st_mtime_ns
             for s in streams} == streams
     assert "fusion_weights = [1.0, 2.0]" in (out / "split1_seed0" / "fused" /
@@ -148,6 +152,21 @@ def test_a_killed_study_resumes_without_retraining_its_first_stream_and_a_fusion
     # and unchanged settings run nothing at all
     assert reproduce.main([*argv, "--launcher", "inline", "--set", "fusion_weights=1 2"]) == 0
     assert capsys.readouterr().out.count("done before, skipped") == 3
+    # going back to the first settings restores their fused run, set aside, instead of
+    # training it again; nothing finished was deleted on the way
+    assert reproduce.main([*argv, "--launcher", "inline"]) == 0
+    printed = capsys.readouterr().out
+    assert "split1_seed0/fused: restored from fused." in printed
+    assert sorted(p.name.split(".")[0] for p in (out / "split1_seed0").iterdir()) == \
+        ["flow", "fused", "fused", "rgb"]
+    # a stream trained again (its folder lost) makes the fused model run again: its numbers
+    # came from the old stream's checkpoint
+    import shutil
+    shutil.rmtree(out / "split1_seed0" / "rgb")
+    assert reproduce.main([*argv, "--launcher", "inline"]) == 0
+    printed = capsys.readouterr().out
+    assert "split1_seed0/flow: done before, skipped" in printed
+    assert "split1_seed0/fused: done before" not in printed
 
 
 def test_extraction_settings_that_disagree_with_the_data_root_stop_before_training(
@@ -167,14 +186,30 @@ def test_extraction_settings_that_disagree_with_the_data_root_stop_before_traini
     assert not out.exists()  # nothing ran
 
 
-def test_a_named_data_root_the_recipe_needs_is_asked_for_by_name(tmp_path, load_script, capsys):
-    code = load_script("reproduce").main(["seed001", "--data-root", str(tmp_path), "--out",
-                                          str(tmp_path / "study")])
-    assert code == 1
-    assert "give --data-root stanford40=PATH" in capsys.readouterr().err
-    code = load_script("reproduce").main(["seed001", "--data-root", f"kinetics={tmp_path}"])
-    assert code == 1
-    assert "reads no data named 'kinetics' (it reads stanford40)" in capsys.readouterr().err
+def test_bad_input_is_refused_before_any_stage_folder_is_touched(tmp_path, load_script,
+                                                                  capsys):
+    main = load_script("reproduce").main
+    out = tmp_path / "study"
+    cases = [
+        (["seed001", "--data-root", str(tmp_path)], "give --data-root stanford40=PATH"),
+        (["seed001", "--data-root", f"kinetics={tmp_path}"],
+         "reads no data named 'kinetics' (it reads stanford40)"),
+        (["seed000", "--data-root", str(tmp_path / "nowhere")],
+         f"data root {tmp_path / 'nowhere'} does not exist"),
+        (["seed000", "--set", "seed=3"], "the study sets seed itself"),
+        (["seed000", "--set", "init_rgb=x.pt"], "the study sets init_rgb itself"),
+        (["seed000", "--set", "lr"], "expected KEY=VALUE"),
+        (["seed000", "--set", "learning_rate=1"], "unknown option 'learning_rate'"),
+        (["seed000", "--parallel", "0"], "--parallel 0: must be >= 1"),
+        (["seed004", "--splits", "1"], "has no official splits"),
+        (["seed000", "--splits", "4"], "are not official splits"),
+        (["seed000", "--quick", "--videos", str(tmp_path)], "--videos and --quick"),
+        (["seed9"], "no recipe 'seed9'"),
+    ]
+    for argv, message in cases:
+        assert main([*argv, "--out", str(out)]) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    assert not out.exists()
 
 
 def test_the_recipes_extraction_is_what_extract_frames_records(load_script):
