@@ -81,6 +81,9 @@ DESCRIBED = {
                                           24, True),
     "seed000_ucf101_resnet101_average": ("resnet101", "resnet101", "average", "scores", 3, 20,
                                          False),
+    "simonyan2014_ucf101_vgg16_average": ("vgg16", "vgg16", "average", "scores", 3, 20, False),
+    "feichtenhofer2016_ucf101_vgg16_conv3d": ("vgg16", "vgg16", "conv3d", "conv5", 3, 20,
+                                              False),
     "seed001_stanford40_googlenet": ("googlenet", "rgb"),
     "seed001_hmdb51_frames": ("googlenet", "rgb"),
     "seed001_hmdb51_flow": ("resnet18", "flow"),
@@ -99,6 +102,7 @@ DESCRIBED = {
                                       "scores", 3, 10, False),
 }
 README_NAMES = {"resnet18": "ResNet-18", "resnet101": "ResNet-101", "vgg19": "VGG-19",
+                "vgg16": "VGG-16", "conv3d": "conv3d",
                 "googlenet": "GoogLeNet", "inception_v3": "Inception-v3",
                 "conv1x1": "conv", "average": "averag", "timm:inception_v4": "Inception-v4",
                 "timm:inception_resnet_v2": "Inception-ResNet-v2",
