@@ -16,7 +16,7 @@ from fusion.config import Config, from_dict
 from fusion.data.jobs import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
 from fusion.data.rawframes import rawframes
-from fusion.data.sampling import SPREAD
+from fusion.data.sampling import SPREAD, ClipSpec
 from fusion.data.splits import VIDEO_DATASETS
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
@@ -137,9 +137,7 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
                       image_size=config.image_size, on_bad=config.on_bad,
                       transform=train_transform(config) if mode == "train" else None)
     options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
-                   seed=config.seed, oversample=config.oversample, modalities=config.modalities,
-                   segments=config.segments, flow_stack=config.flow_stack,
-                   rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
+                   seed=config.seed, oversample=config.oversample, clip=clip_spec(config),
                    image_size=config.image_size, on_bad=config.on_bad, frames=config.frames)
     if kind != "rawframes":
         options["flow_format"] = config.flow_format
@@ -157,12 +155,18 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
     if mode == "train":
         options["transform"] = train_transform(config)
     options["crops"] = config.eval_crops  # validation takes its single view from it
-    if mode == "test":
-        options["num_clips"] = config.eval_clips
     dataset = {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, decode=decode, **options)
     if why:
         dataset.notes.append(why)
     return dataset
+
+
+def clip_spec(config: Config) -> ClipSpec:
+    """What a sample of the config's video datasets reads (`rgb_frames`: the RGB frames the
+    streams together need, an RGB-difference stream's included)."""
+    return ClipSpec(modalities=config.modalities, segments=config.segments,
+                    flow_stack=config.flow_stack, rgb_stack=config.rgb_frames,
+                    frame_policy=config.frame_policy, num_clips=config.eval_clips)
 
 
 def validation_subset(config: Config) -> str:

