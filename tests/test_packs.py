@@ -26,7 +26,7 @@ from fusion.data.loader import FrameError, SeededSampler, collate_clips
 from fusion.data.packing import pack_tree, verify_pack
 from fusion.data.rawframes import rawframes
 from fusion.data.sampling import ClipSpec
-from fusion.data.splits import folder, hmdb51, ucf101
+from fusion.data.splits import Selection, folder, hmdb51, ucf101
 from fusion.data.stores import open_store
 from fusion.data.transforms import TrainTransform
 from fusion.benchmark import write_videos
@@ -89,11 +89,12 @@ def folder_tree(root):
 
 LISTS = {"train": "train.txt", "test": "test.txt"}
 READERS = {  # layout -> (tree, reader, its arguments)
-    "ucf101": (ucf_tree, ucf101, dict(val_fraction=0.5)),
-    "hmdb51": (hmdb_tree, hmdb51, dict(val_fraction=0.34)),
-    "folder": (folder_tree, folder, dict(val_fraction=0.25, test_fraction=0.2)),
+    "ucf101": (ucf_tree, ucf101, dict(selection=Selection(val_fraction=0.5))),
+    "hmdb51": (hmdb_tree, hmdb51, dict(selection=Selection(val_fraction=0.34))),
+    "folder": (folder_tree, folder, dict(selection=Selection(val_fraction=0.25),
+                                         test_fraction=0.2)),
     "rawframes": (lambda r: texture(write_rawframes(r, flow_from=0, frames=9)) or r,
-                  rawframes, dict(lists=LISTS, val_fraction=0.34)),
+                  rawframes, dict(lists=LISTS, selection=Selection(val_fraction=0.34))),
 }
 
 
@@ -382,7 +383,7 @@ def open_packs():
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_open_packs_stay_within_the_bound(trees, bound):
     _, packed = trees["folder"]
-    data = folder(packed, subset="train", val_fraction=0.0, test_fraction=0.0,
+    data = folder(packed, subset="train", selection=Selection(val_fraction=0.0), test_fraction=0.0,
                   clip=ClipSpec(flow_stack=2), image_size=16)
     assert len({v.video_id for v in data.videos}) == 10 > bound
     for i in range(len(data)):

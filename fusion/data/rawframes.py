@@ -23,7 +23,7 @@ from fusion.choices import SUBSETS, resolve_name
 from fusion.data.clips import Video, VideoDataset
 from fusion.data.loader import FrameError
 from fusion.data.sampling import ClipSpec
-from fusion.data.splits import finish, read_lines, select_classes
+from fusion.data.splits import Selection, finish, read_lines, select_classes
 from fusion.data.stores import open_store
 
 TEMPLATES = ("img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")  # MMAction2's defaults
@@ -53,8 +53,7 @@ def class_names(path: str | Path | None, labels: Sequence[int]) -> list[str]:
 
 
 def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str | Path],
-              class_file: str | Path | None = None, classes: int | Sequence[str] | None = None,
-              val_fraction: float = 0.0, seed: int = 0, oversample: bool = False,
+              class_file: str | Path | None = None, selection: Selection = Selection(),
               clip: ClipSpec = ClipSpec(), on_bad: str = "raise",
               templates: Sequence[str] = TEMPLATES, frames_dir: str | Path = "rawframes",
               frames: str = "auto", **kwargs) -> VideoDataset:
@@ -82,14 +81,14 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
     carve = 0.0
     source = subset
     if subset != "test" and "val" not in lists:
-        if subset == "val" and val_fraction <= 0:
+        if subset == "val" and selection.val_fraction <= 0:
             raise ValueError("subset 'val' of rawframes needs val_list or val_fraction > 0")
-        carve, source = val_fraction, "train"
+        carve, source = selection.val_fraction, "train"
     listed = {key: read_list(path) for key, path in lists.items()}  # every list: the labels
     entries = listed[source]
     every_label = [label for items in listed.values() for _, _, label in items]
     all_classes = class_names(class_file, every_label)
-    chosen = select_classes(all_classes, classes)
+    chosen = select_classes(all_classes, selection.classes)
     untrained = classes_without_videos(listed["train"], all_classes, chosen, lists["train"],
                                        named=class_file is not None)
     rgb_template, x_template, y_template = templates
@@ -115,8 +114,8 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
             video.flow_first = first_number(store, folder, x_template)
         video.total_frames = total
         videos.append(video)
-    dataset = finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                     oversample_train=oversample, store=store, on_bad=on_bad,
+    dataset = finish(videos, chosen, subset, val_fraction=carve, seed=selection.seed,
+                     oversample_train=selection.oversample, store=store, on_bad=on_bad,
                      clip=clip, **kwargs)
     numbering, counts, totals_off = Counter(), Counter(), []
     for video in {v.video_id: v for v in dataset.videos}.values():  # oversampling repeats
