@@ -19,7 +19,7 @@ import sys
 
 from fusion.choices import FLOW_FORMATS
 from fusion.cli import ArgumentParser
-from fusion.data.extract import extract_all, parse_shard
+from fusion.data.extract import Execution, extract_all, parse_shard
 from fusion.data.jobs import LAYOUTS, STORES, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
@@ -79,11 +79,11 @@ def main(argv=None) -> int:
             flow_stack=args.flow_stack if args.flow_pairs != "consecutive" else 0,
             raft_model=args.raft_model, raft_weights=args.raft_weights,
             flow_format=args.flow_format)
+        execution = Execution(workers=args.workers, device=args.device,
+                              batch_size=args.batch_size, shard=parse_shard(args.shard))
         summary = extract_all(args.videos, args.out, settings,
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
-                              workers=args.workers, strict=args.strict, device=args.device,
-                              batch_size=args.batch_size, shard=parse_shard(args.shard),
-                              store=args.store)
+                              strict=args.strict, store=args.store, execution=execution)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock
         print(f"error: {err}", file=sys.stderr)
         return 1

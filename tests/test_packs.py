@@ -18,7 +18,7 @@ from fusion.build import build_dataset
 from fusion.config import Config
 from fusion.data import packs, stores
 from fusion.data.device_decode import decode_batch
-from fusion.data.extract import extract_all
+from fusion.data.extract import Execution, extract_all
 from fusion.data.imagefiles import write_png
 from fusion.data.index import FrameIndex
 from fusion.data.jobs import Settings
@@ -406,7 +406,7 @@ def clips(tmp_path_factory):
 def test_extracting_packed_equals_extracting_then_packing(clips, tmp_path, method, settings,
                                                           layout):
     settings = Settings(method, short_side=32, **settings)
-    options = dict(layout=layout, progress=False, device="cpu", workers=1)
+    options = dict(layout=layout, execution=Execution(device="cpu", progress=False))
     extract_all(clips, tmp_path / "loose", settings, **options)
     pack_tree(tmp_path / "loose", tmp_path / "packed", progress=False)
     summary = extract_all(clips, tmp_path / "direct", settings, store="packed", **options)

@@ -189,7 +189,8 @@ def test_colour_flow_is_flow_to_image_of_the_videos_float_stack(tmp_path, monkey
     shutil.copy(BIKES, videos / "v_Biking_g01_c01.mp4")
     settings = extract.Settings(flow_method="dis", flow_pairs=SPREAD, flow_stack=8,
                                 pad_square=True, short_side=size, flow_format="rgb")
-    summary = extract.extract_all(videos.parent, tmp_path / "ucf", settings, progress=False)
+    summary = extract.extract_all(videos.parent, tmp_path / "ucf", settings,
+                                  execution=extract.Execution(progress=False))
     assert summary.done == ["Biking/v_Biking_g01_c01"] and not summary.failed
     root = tmp_path / "ucf"
     assert json.loads((root / "extraction.json").read_text())["flow_format"] == "rgb"
