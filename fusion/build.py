@@ -58,9 +58,14 @@ def check_extraction(config: Config, root: Path) -> None:
     predict.py makes frames and flow for new videos the way the config says, and a flow
     frame means something else under each `flow_pairs`."""
     path = root / "extraction.json"
-    if not path.is_file():
-        return
-    recorded = {**RECORDED_DEFAULTS, **json.loads(path.read_text())}
+    if path.is_file():
+        check_recorded(config, json.loads(path.read_text()), str(path))
+
+
+def check_recorded(config: Config, recorded: dict, source: str) -> None:
+    """`check_extraction` against extraction settings as extraction.json records them, from
+    `source` (the file, or what a recipe will extract)."""
+    recorded = {**RECORDED_DEFAULTS, **recorded}
     expected = {"short_side": config.short_side, "pad_square": config.pad_square}
     if "flow" in config.modalities and recorded["flow_method"] != "none":
         spread = config.frame_policy == SPREAD
@@ -75,7 +80,7 @@ def check_extraction(config: Config, root: Path) -> None:
     for key, value in expected.items():
         if key in recorded and recorded[key] != value:
             what = "frame_policy" if key == "flow_pairs" else key
-            raise ValueError(f"config key {what}: {getattr(config, what)!r}, but {path} says "
+            raise ValueError(f"config key {what}: {getattr(config, what)!r}, but {source} says "
                              f"the data was extracted with {key} = {recorded[key]!r}")
 
 

@@ -189,16 +189,18 @@ def log_step(writer: SummaryWriter, optimizer, epoch: int, steps_per_epoch: int,
              flow_bound: float, flow_format: str, step: int, batch) -> None:
     """Per training step: the LR; at the very first step a few training inputs as augmented
     (a flip shows as a hue change of the flow): the RGB frame, the first flow frame in the
-    Middlebury colours, and both side by side."""
+    Middlebury colours, and both side by side. They are `samples/`, which sorts after `lr`:
+    TensorBoard's Time Series page opens the first two tag groups only, and those are to be
+    the curves (accuracy, loss)."""
     writer.add_scalar("lr", optimizer.param_groups[0]["lr"], epoch * steps_per_epoch + step)
     if epoch == 0 and step == 0:
         if batch.rgb is not None:
-            writer.add_images("inputs/rgb", batch.rgb[:4, 0, :3], 0)
+            writer.add_images("samples/rgb", batch.rgb[:4, 0, :3], 0)
         if batch.flow is not None:
-            writer.add_images("inputs/flow",
+            writer.add_images("samples/flow",
                               first_flow_picture(batch.flow[:4, 0], flow_bound, flow_format), 0)
         if batch.rgb is not None and batch.flow is not None:
-            writer.add_images("inputs/rgb_and_flow", rgb_beside_flow(
+            writer.add_images("samples/rgb_and_flow", rgb_beside_flow(
                 batch.rgb[:4], batch.flow[:4], flow_bound, flow_format), 0)
 
 
@@ -226,7 +228,7 @@ def log_epoch(writer: SummaryWriter, epoch: int, train_metrics: dict, val_metric
 
 # Keys that name a run's model in the HParams tab whether or not they keep their default (a
 # sweep's conv1x1 run is conv1x1 like its neighbours are average), where they apply
-IDENTITY = ("fuse", "stream", "at")
+IDENTITY = ("fuse", "stream", "at", "seed")
 # Bookkeeping, not settings of the experiment
 NOT_HPARAMS = ("run_name", "logdir", "resume", "workers", "device", "keep")
 FUSION_KEYS = ("at", "at_flow", "keep_spatial_head", "keep_temporal_tower", "kept_average",
@@ -279,20 +281,22 @@ def run_hparams(config: Config) -> dict:
 
 def log_test(writer: SummaryWriter, config: Config, metrics: dict) -> None:
     """The test pictures, and the run's row of the HParams tab: `run_hparams` and the test
-    accuracy of each output. The row lives in the run's `test` folder (a run of its own to
-    TensorBoard) with the accuracies as its only scalars, `test/accuracy/<output>`: the HParams
-    tab's metric columns are exactly those, and on the Scalars page they sort last. No
-    experiment summary is written, so TensorBoard compares the runs' settings itself."""
+    accuracy of each output, `accuracy/test/<output>` (one dot per run beside the train and
+    val curves; the first of the tab's metric columns, which are every scalar of the run in
+    tag order). The row is written in the run itself, not in a folder of its own: TensorBoard
+    ticks no run at all when it finds more than 40, so a sweep of 21 runs must stay 21. No
+    experiment summary is written (TensorBoard would take one run's as every run's), so
+    TensorBoard compares the runs' settings itself and shows those that differ first."""
     for name, figure in metric_figures(metrics).items():
         writer.add_figure(f"test/{name}", figure, 0)
-    accuracies = {f"test/accuracy/{name}": metrics["test"][name]["accuracy"]
+    accuracies = {f"accuracy/test/{name}": metrics["test"][name]["accuracy"]
                   for name in shown_outputs(metrics["test"], config.fuse)}
     _, session_start, session_end = hparams(run_hparams(config), accuracies)
-    with SummaryWriter(log_dir=str(Path(writer.log_dir) / "test")) as test:
-        test.file_writer.add_summary(session_start)
-        test.file_writer.add_summary(session_end)
-        for tag, value in accuracies.items():
-            test.add_scalar(tag, value, 0)
+    writer.file_writer.add_summary(session_start)
+    writer.file_writer.add_summary(session_end)
+    for tag, value in accuracies.items():
+        writer.add_scalar(tag, value, 0)
+    writer.flush()
 
 
 @contextlib.contextmanager

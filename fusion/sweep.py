@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import io
 import itertools
@@ -32,6 +33,7 @@ from pathlib import Path
 
 LOG = "sweep.log"  # in each run folder: the attempts and their output
 SET_BY_SWEEP = ("logdir", "run_name", "resume")  # options a sweep gives each run itself
+LAUNCHERS = ("local", "inline", "slurm", "submitit-local")
 
 
 def config_key(text: str) -> str:
@@ -108,9 +110,8 @@ def load_sweep_file(path: Path) -> tuple[dict[str, list], dict[str, dict]]:
 def as_flags(key: str, value) -> list[str]:
     """A Config key and value as train_fusion.py's options: --flow-stack 5, --oversample /
     --no-oversample, --fusion-weights 1 1.5 (a list, or a string of space-separated items)."""
-    from fusion.config import Config
     flag = "--" + key.replace("_", "-")
-    kind = typing.get_type_hints(Config)[key]
+    kind = config_types()[key]
     if kind is bool:
         if isinstance(value, str) and value.lower() not in ("true", "false", "on", "off"):
             raise ValueError(f"{key}: {value!r} is not true or false")
@@ -120,6 +121,13 @@ def as_flags(key: str, value) -> list[str]:
         items = value.split() if isinstance(value, str) else value
         return [flag, *map(str, items)]
     return [flag, str(value)]
+
+
+@functools.cache
+def config_types() -> dict:
+    """Config's field types (typing.get_type_hints is slow: a study asks for hundreds)."""
+    from fusion.config import Config
+    return typing.get_type_hints(Config)
 
 
 def label(value) -> str:
@@ -310,6 +318,67 @@ def run_local(runs: list[Run], parallel: int = 1, python: str = sys.executable) 
         return [one(run) for run in runs]
     with ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(one, runs))
+
+
+def add_launcher_arguments(parser, what: str) -> None:
+    """--launcher, --parallel and the Slurm options of scripts that hand `what` (runs, stages)
+    to this module's launchers."""
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help=f"local: {what} as processes on this machine; inline: in this "
+                             f"process, one after another (no start-up per run: toy sizes); "
+                             f"slurm: Slurm jobs through submitit (pip install -e '.[slurm]'); "
+                             f"submitit-local: the slurm path run by submitit on this machine "
+                             f"(to try it before submitting)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help=f"local: {what} at a time, each with a GPU of its own "
+                             f"(CUDA_VISIBLE_DEVICES); slurm: most jobs running at once")
+    slurm = parser.add_argument_group("slurm (and submitit-local)")
+    slurm.add_argument("--time", type=int, default=1440,
+                       help="minutes per job; a run still going is requeued and resumes")
+    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each run's job")
+    slurm.add_argument("--cpus-per-run", type=int, default=8, help="also its loader workers")
+    slurm.add_argument("--mem-gb", type=float, default=None,
+                       help="memory of each run's job (default: Slurm's)")
+    slurm.add_argument("--partition", help="Slurm partition (sbatch --partition)")
+    slurm.add_argument("--account", help="Slurm account to charge (sbatch --account)")
+    slurm.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
+    slurm.add_argument("--constraint", help="node features required (sbatch --constraint)")
+    slurm.add_argument("--max-requeues", type=int, default=20,
+                       help="time-outs a run may be requeued after (preemptions are free)")
+    slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm exclude=node12")
+    slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
+                       help="a shell line run before each job, e.g. 'module load cuda'")
+
+
+def submitit_parameters(args, name: str) -> dict:
+    """The executor's parameters from add_launcher_arguments' options; `name` names the jobs."""
+    if args.launcher == "submitit-local":  # the local executor's knobs only
+        return dict(timeout_min=args.time,
+                    gpus_per_node=min(args.gpus_per_run, len(gpu_pool())))
+    parameters = dict(
+        name=name, timeout_min=args.time, nodes=1, tasks_per_node=1,
+        cpus_per_task=args.cpus_per_run, gpus_per_node=args.gpus_per_run, mem_gb=args.mem_gb,
+        slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
+        slurm_constraint=args.constraint, slurm_setup=args.setup or None,
+        slurm_additional_parameters=dict(item.split("=", 1) for item in args.slurm) or None,
+        slurm_array_parallelism=args.parallel if args.parallel > 1 else None)
+    return {k: v for k, v in parameters.items() if v is not None}
+
+
+def launch(runs: list[Run], args, jobs: Path, name: str) -> list[dict]:
+    """`runs` through the launcher add_launcher_arguments' options name; submitit's files and
+    job logs go to `jobs`."""
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+    if args.launcher == "local":
+        return run_local(runs, args.parallel)
+    if args.launcher == "inline":
+        return [run() for run in runs]
+    executor = make_executor(jobs, parameters=submitit_parameters(args, name),
+                             cluster="slurm" if args.launcher == "slurm" else "local",
+                             max_requeues=args.max_requeues)
+    return run_submitit(runs, executor)
 
 
 def make_executor(folder: Path, *, cluster: str, parameters: dict, max_requeues: int):

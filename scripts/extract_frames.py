@@ -25,7 +25,7 @@ from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
 
 
-def main(argv=None) -> int:
+def parse(argv=None):
     parser = ArgumentParser(__doc__)
     parser.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
     parser.add_argument("--out", required=True, help="dataset root to write")
@@ -71,17 +71,25 @@ def main(argv=None) -> int:
                         help="fail a video that decodes clearly fewer frames than its container "
                              "declares (a truncated file); without it the video is kept and "
                              "listed in the summary")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def settings_of(args) -> Settings:
+    """How the frames and flow are made (what extraction.json records)."""
+    return Settings(
+        flow_method=None if args.flow == "none" else args.flow, flow_bound=args.bound,
+        short_side=args.short_side, pad_square=args.pad_square, flow_pairs=args.flow_pairs,
+        flow_stack=args.flow_stack if args.flow_pairs != "consecutive" else 0,
+        raft_model=args.raft_model, raft_weights=args.raft_weights,
+        flow_format=args.flow_format)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
     try:
-        settings = Settings(
-            flow_method=None if args.flow == "none" else args.flow, flow_bound=args.bound,
-            short_side=args.short_side, pad_square=args.pad_square, flow_pairs=args.flow_pairs,
-            flow_stack=args.flow_stack if args.flow_pairs != "consecutive" else 0,
-            raft_model=args.raft_model, raft_weights=args.raft_weights,
-            flow_format=args.flow_format)
         execution = Execution(workers=args.workers, device=args.device,
                               batch_size=args.batch_size, shard=parse_shard(args.shard))
-        summary = extract_all(args.videos, args.out, settings,
+        summary = extract_all(args.videos, args.out, settings_of(args),
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
                               strict=args.strict, store=args.store, execution=execution)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock

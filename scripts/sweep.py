@@ -32,8 +32,8 @@ from pathlib import Path
 
 from fusion.cli import ArgumentParser
 from fusion.config import build_parser, resolve
-from fusion.sweep import (expand, gpu_pool, load_sweep_file, make_executor, parse_grid,
-                          parse_named, run_local, run_submitit)
+from fusion.sweep import (add_launcher_arguments, expand, launch, load_sweep_file, parse_grid,
+                          parse_named)
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -48,50 +48,11 @@ def parse(argv):
                         metavar=("NAME", "KEY=VALUE"),
                         help="a named run with its own options (times the grid)")
     parser.add_argument("--grid-file", help="TOML file with [grid] and [runs.NAME] tables")
-    parser.add_argument("--launcher", choices=("local", "slurm", "submitit-local"),
-                        default="local",
-                        help="local: processes on this machine; slurm: Slurm jobs through "
-                             "submitit (pip install -e '.[slurm]'); submitit-local: the slurm "
-                             "path run by submitit on this machine, all runs at once (to try "
-                             "a sweep before submitting it)")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="local: runs at a time, each with a GPU of its own "
-                             "(CUDA_VISIBLE_DEVICES); slurm: most jobs running at once")
     parser.add_argument("--script", default=str(SCRIPTS / "train_fusion.py"),
                         help="what each run runs: train_fusion.py, or a script taking its "
                              "options and writing the same run folder")
-    slurm = parser.add_argument_group("slurm (and submitit-local)")
-    slurm.add_argument("--time", type=int, default=1440,
-                       help="minutes per job; a run still going is requeued and resumes")
-    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs of each run's job")
-    slurm.add_argument("--cpus-per-run", type=int, default=8, help="also its loader workers")
-    slurm.add_argument("--mem-gb", type=float, default=None,
-                       help="memory of each run's job (default: Slurm's)")
-    slurm.add_argument("--partition", help="Slurm partition (sbatch --partition)")
-    slurm.add_argument("--account", help="Slurm account to charge (sbatch --account)")
-    slurm.add_argument("--qos", help="Slurm quality of service (sbatch --qos)")
-    slurm.add_argument("--constraint", help="node features required (sbatch --constraint)")
-    slurm.add_argument("--max-requeues", type=int, default=20,
-                       help="time-outs a run may be requeued after (preemptions are free)")
-    slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other sbatch option, e.g. --slurm exclude=node12")
-    slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
-                       help="a shell line run before each job, e.g. 'module load cuda'")
+    add_launcher_arguments(parser, what="runs")
     return parser.parse_known_args(argv)
-
-
-def submitit_parameters(args, out: Path) -> dict:
-    if args.launcher == "submitit-local":  # the local executor's knobs only
-        return dict(timeout_min=args.time,
-                    gpus_per_node=min(args.gpus_per_run, len(gpu_pool())))
-    parameters = dict(
-        name=f"sweep-{out.name}", timeout_min=args.time, nodes=1, tasks_per_node=1,
-        cpus_per_task=args.cpus_per_run, gpus_per_node=args.gpus_per_run, mem_gb=args.mem_gb,
-        slurm_partition=args.partition, slurm_account=args.account, slurm_qos=args.qos,
-        slurm_constraint=args.constraint, slurm_setup=args.setup or None,
-        slurm_additional_parameters=dict(item.split("=", 1) for item in args.slurm) or None,
-        slurm_array_parallelism=args.parallel if args.parallel > 1 else None)
-    return {k: v for k, v in parameters.items() if v is not None}
 
 
 def summarize(out: Path, failed: dict[str, str]) -> int:
@@ -133,14 +94,7 @@ def main(argv=None) -> int:
           + (f", {args.parallel} at a time" if args.parallel > 1 else "") + ")", flush=True)
     todo = [run for run in runs if run.name not in invalid]
     try:
-        if args.launcher == "local":
-            outcomes = run_local(todo, args.parallel)
-        else:
-            executor = make_executor(
-                out / ".submitit", parameters=submitit_parameters(args, out),
-                cluster="slurm" if args.launcher == "slurm" else "local",
-                max_requeues=args.max_requeues)
-            outcomes = run_submitit(todo, executor)
+        outcomes = launch(todo, args, out / ".submitit", name=f"sweep-{out.name}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -82,9 +82,14 @@ def test_train_and_evaluate_end_to_end(tiny, tmp_path, capsys, load_script, monk
         assert tag in scalars, tag
     # TensorBoard sorts tag groups by name: accuracy and loss first, then the LR
     assert sorted({tag.split("/")[0] for tag in scalars}) == ["accuracy", "loss", "lr", "speed"]
+    # the test accuracy first among the HParams tab's metric columns (every scalar, sorted)
+    assert sorted(scalars)[0] == "accuracy/test/fused"
+    # and the pictures after the LR: TensorBoard's first page opens only the first two groups
+    groups = sorted({tag.split("/")[0] for tag in scalars + events.Tags()["images"]})
+    assert groups[:2] == ["accuracy", "loss"]
     # 8 training videos (the other training group of each class validates), batches of 4
     assert len(events.Scalars("lr")) == 2 * 2
-    assert {"inputs/rgb", "inputs/flow", "inputs/rgb_and_flow", "test/confusion_fused",
+    assert {"samples/rgb", "samples/flow", "samples/rgb_and_flow", "test/confusion_fused",
             "test/confusion_rgb", "test/per_class"} <= set(events.Tags()["images"])
     for name in ("confusion_fused", "confusion_rgb", "per_class"):  # beside metrics.json
         assert (run / f"{name}.png").stat().st_size > 0
@@ -129,21 +134,22 @@ def test_single_stream_then_fusion_from_its_checkpoints(tiny, tmp_path, load_scr
         {"fused", "rgb"}
 
     # TensorBoard: a single stream's curves and pictures are its own, none called fused; the
-    # HParams row (the run's test folder) holds the settings chosen for it, no fusion keys, and
-    # its test accuracy, with no hparam/ charts on the Scalars page
+    # HParams row (in the run itself: no second run per run) holds the settings chosen for it,
+    # no fusion keys, and its test accuracy, with no hparam/ charts on the Scalars page
     events = EventAccumulator(str(tmp_path / "rgb")).Reload()
     tags = events.Tags()["scalars"] + events.Tags()["images"]
     assert "accuracy/val/rgb" in tags and "test/confusion_rgb" in tags
     assert not [t for t in tags if "fused" in t or t.startswith("hparam")]
-    row = EventAccumulator(str(tmp_path / "rgb" / "test")).Reload()
-    assert row.Tags()["scalars"] == ["test/accuracy/rgb"]
-    chosen = hparams_of(row)
+    assert [t for t in events.Tags()["scalars"] if "/test/" in t] == ["accuracy/test/rgb"]
+    assert not (tmp_path / "rgb" / "test").exists()
+    chosen = hparams_of(events)
     assert chosen["fuse"] == "none" and chosen["stream"] == "rgb"
     assert chosen["image_size"] == 32 and chosen["optimizer"] == "adam" and chosen["epochs"] == 1
     assert not {"at", "at_flow", "flow", "flow_stack", "momentum", "run_name", "logdir"} & \
         set(chosen)
     assert "aggregate" not in chosen  # the default: the same for every run
-    conv = hparams_of(EventAccumulator(str(tmp_path / "conv" / "test")).Reload())
+    assert chosen["seed"] == 0  # a sweep's seed-0 run reads 0 beside its seed-1 neighbour
+    conv = hparams_of(EventAccumulator(str(tmp_path / "conv")).Reload())
     assert conv["fuse"] == "conv1x1" and conv["at"] == "layer3" and conv["stream"] == "rgb+flow"
     # A frozen model with nothing left to train is an error, not a silent no-op.
     with pytest.raises(ValueError, match="no trainable parameters"):
@@ -350,7 +356,7 @@ def test_ablation_script_gets_through_every_fusion_on_the_gpu_memory_format(tiny
     assert "scores" in rows["average"] and "layer4" in rows["conv3d"]
     events = EventAccumulator(str(tmp_path / "sweep" / "conv3d")).Reload()
     assert {"loss/train/fused", "accuracy/val/fused", "lr"} <= set(events.Tags()["scalars"])
-    assert {"inputs/rgb", "inputs/rgb_and_flow", "test/confusion_fused"} <= \
+    assert {"samples/rgb", "samples/rgb_and_flow", "test/confusion_fused"} <= \
         set(events.Tags()["images"])
     # Run again: finished runs are skipped, the table is the same.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "ablate_fusion_type.sh"),

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from fusion.data.synthetic import make_synthetic
-from fusion.sweep import as_flags, expand, load_sweep_file, parse_grid, parse_named
+from fusion.sweep import (as_flags, expand, load_sweep_file, make_executor, parse_grid,
+                          parse_named, submitit_parameters)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,8 +258,8 @@ def test_slurm_launcher_options_become_the_job_array_s_sbatch_lines(tmp_path, lo
         "--account", "proj", "--mem-gb", "32", "--slurm", "exclude=node12",
         "--setup", "module load cuda", "--parallel", "3", "--epochs", "5"])
     assert common == ["--epochs", "5"]
-    executor = sweep.make_executor(tmp_path / "jobs", cluster="slurm", max_requeues=7,
-                                   parameters=sweep.submitit_parameters(args, Path("runs/s")))
+    executor = make_executor(tmp_path / "jobs", cluster="slurm", max_requeues=7,
+                             parameters=submitit_parameters(args, "sweep-s"))
     assert executor._executor.max_num_timeout == 7
     assert executor._executor.parameters["array_parallelism"] == 3
     text = executor._executor._make_submission_file_text("python -m job", "uid")

@@ -126,3 +126,22 @@ def make_synthetic(out: str | Path, *, num_classes: int = 4, groups: int = 9,
         (lists / f"trainlist0{split}.txt").write_text("".join(f"{e}\r\n" for e in train[split]))
         (lists / f"testlist0{split}.txt").write_text("".join(f"{e}\r\n" for e in test[split]))
     return out
+
+
+def still_images(root: str | Path, out: str | Path, every: int = 4) -> Path:
+    """Still images cut from the synthetic videos under `root` (every `every`-th RGB frame), as
+    the images dataset reads them: `out/<class>/<video>_<frame>.jpg`. A recipe's quick run uses
+    them where the full run reads a still-image dataset (seed 001's Stanford 40). Written once;
+    returns `out`."""
+    root, out = Path(root), Path(out)
+    done = out / ".complete"
+    if done.is_file():
+        return out
+    import shutil
+    for video in sorted((root / "jpegs_256").iterdir()):
+        name = video.name.split("_")[1]  # v_<Class>_gXX_cYY
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for frame in sorted(video.glob("*.jpg"))[::every]:
+            shutil.copyfile(frame, out / name / f"{video.name}_{frame.stem}.jpg")
+    done.write_text("")
+    return out
