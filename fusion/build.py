@@ -16,8 +16,8 @@ from fusion.config import Config, from_dict
 from fusion.data.jobs import RECORDED_DEFAULTS
 from fusion.data.loader import SeededSampler, collate_clips
 from fusion.data.rawframes import rawframes
-from fusion.data.sampling import SPREAD
-from fusion.data.splits import VIDEO_DATASETS
+from fusion.data.sampling import SPREAD, ClipSpec
+from fusion.data.splits import VIDEO_DATASETS, Selection
 from fusion.data.images import images
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import (TSN_FLOW_SCALES, TSN_RGB_SCALES, TrainTransform,
@@ -136,38 +136,47 @@ def build_dataset(config: Config, subset: str, mode: str, *, device: torch.devic
     check_extraction(config, root)
     if kind == "images":
         return images(root, subset=subset, mode=mode,  # decoded on the CPU: resolve_decode
-                      classes=config.classes or config.max_classes or None,
-                      val_fraction=config.val_fraction if config.val_fraction > 0 else 0.1,
-                      seed=config.seed, oversample=config.oversample,
-                      image_size=config.image_size, on_bad=config.on_bad,
+                      selection=selection(config, kind), image_size=config.image_size,
+                      on_bad=config.on_bad,
                       transform=train_transform(config) if mode == "train" else None)
-    options = dict(subset=subset, mode=mode, classes=config.classes or config.max_classes or None,
-                   seed=config.seed, oversample=config.oversample, modalities=config.modalities,
-                   segments=config.segments, flow_stack=config.flow_stack,
-                   rgb_stack=config.rgb_frames, frame_policy=config.frame_policy,
-                   image_size=config.image_size, on_bad=config.on_bad, frames=config.frames)
-    if kind != "rawframes":
-        options["flow_format"] = config.flow_format
-    if kind == "folder":
-        options["val_fraction"] = config.val_fraction if config.val_fraction > 0 else 0.1
-    elif kind == "rawframes":
-        options.update(val_fraction=config.val_fraction,
-                       class_file=working_dir_file(config, "class_names") or None,
+    options = dict(subset=subset, mode=mode, selection=selection(config, kind),
+                   clip=clip_spec(config), image_size=config.image_size, on_bad=config.on_bad,
+                   frames=config.frames)
+    if kind == "rawframes":
+        options.update(class_file=working_dir_file(config, "class_names") or None,
                        templates=tuple(config.rawframe_templates),
                        frames_dir=config.rawframes_dir,
                        lists={key: working_dir_file(config, f"{key}_list")
                               for key in ("train", "val", "test")})
     else:
-        options.update(split=config.split, val_fraction=config.val_fraction)
+        options["flow_format"] = config.flow_format
+    if kind in ("ucf101", "hmdb51"):
+        options["split"] = config.split
     if mode == "train":
         options["transform"] = train_transform(config)
     options["crops"] = config.eval_crops  # validation takes its single view from it
-    if mode == "test":
-        options["num_clips"] = config.eval_clips
     dataset = {**VIDEO_DATASETS, "rawframes": rawframes}[kind](root, decode=decode, **options)
     if why:
         dataset.notes.append(why)
     return dataset
+
+
+def selection(config: Config, kind: str) -> Selection:
+    """Which videos (images) the config's dataset of `kind` holds. The readers that split by
+    fractions (folder, images) keep their own carve-out, 0.1, where the config asks for none."""
+    val_fraction = config.val_fraction
+    if kind in ("folder", "images") and val_fraction <= 0:
+        val_fraction = 0.1
+    return Selection(classes=config.classes or config.max_classes or None,
+                     val_fraction=val_fraction, seed=config.seed, oversample=config.oversample)
+
+
+def clip_spec(config: Config) -> ClipSpec:
+    """What a sample of the config's video datasets reads (`rgb_frames`: the RGB frames the
+    streams together need, an RGB-difference stream's included)."""
+    return ClipSpec(modalities=config.modalities, segments=config.segments,
+                    flow_stack=config.flow_stack, rgb_stack=config.rgb_frames,
+                    frame_policy=config.frame_policy, num_clips=config.eval_clips)
 
 
 def validation_subset(config: Config) -> str:

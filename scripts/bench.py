@@ -49,7 +49,7 @@ from fusion.data.index import INDEX_NAME
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
 from fusion.data.packing import pack_tree
 from fusion.data.splits import ucf101
-from fusion.data.sampling import clip_frames
+from fusion.data.sampling import ClipSpec, clip_frames
 from fusion.data.synthetic import make_synthetic
 from fusion.data.transforms import TrainTransform
 from fusion.config import COMPILE_MODES
@@ -85,8 +85,8 @@ class PILBaseline(Dataset):
         d = self.dataset
         video = d.videos[i]
         rgb_idx, flow_idx = clip_frames(
-            mode=d.mode, policy=d.frame_policy, segments=d.segments, clips=1,
-            flow_stack=d.flow_stack, rgb_stack=d.rgb_stack, flow_frames=video.flow_frames,
+            mode=d.mode, policy=d.clip.frame_policy, segments=d.clip.segments, clips=1,
+            flow_stack=d.clip.flow_stack, rgb_stack=d.clip.rgb_stack, flow_frames=video.flow_frames,
             rgb_frames=video.rgb_frames, use_flow=True, use_rgb=True)
         first = Image.open(video.rgb_dir / f"frame{rgb_idx[0] + 1:06d}.jpg")
         top, left, h, w = self.crop.crop_box(first.height, first.width)
@@ -106,7 +106,7 @@ class PILBaseline(Dataset):
             u = load(video.flow_dirs[0] / f"frame{k + 1:06d}.jpg", "L", self.flow_norm)
             v = load(video.flow_dirs[1] / f"frame{k + 1:06d}.jpg", "L", self.flow_norm)
             flow.append(torch.cat([-u if flip else u, v]))
-        t = d.segments
+        t = d.clip.segments
         return Sample(rgb.view(t, -1, *rgb.shape[-2:]), torch.stack(flow).view(t, -1, *size),
                       video.label, video.video_id)
 
@@ -136,11 +136,13 @@ def bench_data(args, root: Path, device: torch.device) -> dict:
         # jpegs_256-sized frames: 256 x 340, as in Feichtenhofer's release
         make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
                        height=256, width=340, min_frames=24, max_frames=32)
-    dataset = ucf101(data, subset="train", segments=args.segments, flow_stack=args.flow_stack,
+    dataset = ucf101(data, subset="train",
+                     clip=ClipSpec(segments=args.segments, flow_stack=args.flow_stack),
                      image_size=args.data_image_size)
     ours = loader_clips_per_s(dataset, args.workers, args.batch_size)
     pil = loader_clips_per_s(PILBaseline(dataset), args.workers, args.batch_size)
-    encoded = ucf101(data, subset="train", segments=args.segments, flow_stack=args.flow_stack,
+    encoded = ucf101(data, subset="train",
+                     clip=ClipSpec(segments=args.segments, flow_stack=args.flow_stack),
                      image_size=args.data_image_size, decode="device")
     device_loader = loader_clips_per_s(encoded, args.workers, args.batch_size)
     decoded = loader_clips_per_s(encoded, args.workers, args.batch_size, decode_on=device)
@@ -366,7 +368,8 @@ def make_cold(how: str, roots: list[Path]) -> None:
 def first_batch_seconds(root: Path, frames: str, workers: int, image_size: int) -> float:
     """From the training set's construction to its loader's first batch (1 RGB + 10 flow)."""
     start = time.perf_counter()
-    data = ucf101(root, subset="train", frames=frames, flow_stack=10, image_size=image_size)
+    data = ucf101(root, subset="train", frames=frames, clip=ClipSpec(flow_stack=10),
+                  image_size=image_size)
     loader = DataLoader(data, batch_size=8, num_workers=workers, collate_fn=collate_clips,
                         sampler=SeededSampler(len(data), shuffle=True))
     next(iter(loader))
@@ -452,7 +455,8 @@ def bench_storage(args, root: Path) -> dict:
     for frames, loose, packed_root, image_size in (
             ("256 x 340", data, data_packed, size),
             ("32 x 24 (the UCF101-shaped root)", shaped / "loose", packed, 32)):
-        options = dict(subset="train", segments=1, flow_stack=10, image_size=image_size)
+        options = dict(subset="train", clip=ClipSpec(segments=1, flow_stack=10),
+                       image_size=image_size)
         sets = {"loose": (ucf101(loose, frames="loose", **options), loose),
                 "packed": (ucf101(packed_root, frames="packed", **options), packed_root)}
         for state, rows in loader_rounds(sets, args, cold).items():

@@ -19,7 +19,7 @@ import sys
 
 from fusion.choices import FLOW_FORMATS
 from fusion.cli import ArgumentParser
-from fusion.data.extract import extract_all, parse_shard
+from fusion.data.extract import Execution, extract_all, parse_shard
 from fusion.data.jobs import LAYOUTS, STORES, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS
@@ -87,11 +87,11 @@ def settings_of(args) -> Settings:
 def main(argv=None) -> int:
     args = parse(argv)
     try:
+        execution = Execution(workers=args.workers, device=args.device,
+                              batch_size=args.batch_size, shard=parse_shard(args.shard))
         summary = extract_all(args.videos, args.out, settings_of(args),
                               extensions=tuple(args.ext.split(",")), layout=args.layout,
-                              workers=args.workers, strict=args.strict, device=args.device,
-                              batch_size=args.batch_size, shard=parse_shard(args.shard),
-                              store=args.store)
+                              strict=args.strict, store=args.store, execution=execution)
     except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, a lock
         print(f"error: {err}", file=sys.stderr)
         return 1

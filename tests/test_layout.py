@@ -1,11 +1,12 @@
 """The package's shape: imports run one way (no circles, function-level imports included),
-and the data side knows no network."""
+the data side knows no network, and no function takes more than ten parameters."""
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fusion"
 NETWORK = {"fusion.streams", "fusion.timm_streams", "fusion.model", "fusion.fusers",
            "fusion.surgery"}
+MAX_PARAMETERS = 10
 
 
 def module_name(path: Path) -> str:
@@ -80,6 +81,52 @@ def test_data_knows_no_network():
                     todo.append(w)
             reached[name] = sorted(seen & NETWORK)
     assert {k: v for k, v in reached.items() if v} == {}
+
+
+def parameter_counts(tree: ast.AST, module: str) -> list[tuple[str, int]]:
+    """(qualified name, parameters) of every function and method in `tree`: positional and
+    keyword-only parameters, not `self` or `cls`, nor *args and **kwargs (which pass options
+    on, counted where they are named)."""
+    found = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = child.args
+                names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+                if names[:1] in (["self"], ["cls"]):
+                    names = names[1:]
+                found.append((f"{prefix}.{child.name}", len(names)))
+                visit(child, f"{prefix}.{child.name}")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}.{child.name}")
+            else:
+                visit(child, prefix)
+    visit(tree, module)
+    return found
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    """Options that travel together are one object (the model's StreamSpec and FusionSpec, the
+    data's ClipSpec and Selection, extraction's Settings and Execution), built once where the
+    options are read (fusion/build.py from the config, extract_frames.py from its arguments):
+    a function with more parameters passes on options that belong in one, and adding an option
+    would touch every function in between."""
+    over = [f"{name} ({n})" for path in sorted(PACKAGE.rglob("*.py"))
+            for name, n in parameter_counts(ast.parse(path.read_text()), module_name(path))
+            if n > MAX_PARAMETERS]
+    assert not over, f"more than {MAX_PARAMETERS} parameters: " + ", ".join(over)
+
+
+def test_the_parameter_counter_counts_what_is_named():
+    tree = ast.parse("def f(a, /, b, *args, c, **kwargs):\n"
+                     "    def inner(x): pass\n"
+                     "class K:\n"
+                     "    def m(self, a, b=1): pass\n"
+                     "    @classmethod\n"
+                     "    def k(cls, *, a): pass\n")
+    assert parameter_counts(tree, "mod") == [("mod.f", 3), ("mod.f.inner", 1), ("mod.K.m", 2),
+                                             ("mod.K.k", 1)]
 
 
 def test_checkpoints_written_before_the_parts_still_load():

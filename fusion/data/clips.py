@@ -8,7 +8,8 @@ In the test protocol (mode="test") both get a leading axis of V = clips x crops 
 With decode="device" it yields an `EncodedSample` instead: the same frames' JPEG bytes and the
 same drawn crop, decoded and augmented a batch at a time on the device (`device_decode`).
 
-    train = VideoDataset(videos, classes, mode="train", segments=3, flow_stack=10)
+    train = VideoDataset(videos, classes, mode="train",
+                         clip=ClipSpec(segments=3, flow_stack=10))
 (`fusion.data.splits` makes the videos of UCF101, HMDB51 and folder datasets.)
 """
 from __future__ import annotations
@@ -24,11 +25,11 @@ import torchvision.transforms.v2.functional as TF
 from einops import rearrange
 from torch.utils.data import Dataset
 
-from fusion.choices import DECODE_PLACES, FRAME_TYPES, MODES, ON_BAD, resolve_name
+from fusion.choices import DECODE_PLACES, MODES, ON_BAD, resolve_name
 from fusion.data.imagefiles import DecodeError, jpeg_size, read_bytes, read_image
 from fusion.data.loader import (ClipLayout, EncodedFrames, EncodedSample, FrameError, Sample,
                                 read_sample, seeded)
-from fusion.data.sampling import POLICIES, SPREAD, clip_frames
+from fusion.data.sampling import SPREAD, ClipSpec, clip_frames
 from fusion.data.transforms import (EvalTransform, TrainTransform, device_unsupported,
                                     single_view)
 
@@ -183,8 +184,9 @@ class VideoDataset(Dataset):
 
     mode: "train" (random segments, `TrainTransform`), "val" (centred segments, one view:
         the whole frame when `crops` is "full", else the centre crop) or
-        "test" (`num_clips` clips x `crops` views per video).
-    frame_policy: "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
+        "test" (`clip.num_clips` clips x `crops` views per video).
+    clip: what a sample reads (`ClipSpec`): modalities, segments, stacks and the frame
+        policy, "tsn" (segments), or a single-frame choice for T = 1: middle, first, last,
         first-middle, middle-last, random, spread-around-middle (seed 001; its flow frames
         are extracted for it, see `fusion.data.sampling`).
     on_bad: "raise" (a bad frame is an error naming the file) or "skip" (the sample is replaced
@@ -194,27 +196,16 @@ class VideoDataset(Dataset):
     """
 
     def __init__(self, videos: list[Video], classes: list[str], *, mode: str = "train",
-                 modalities: Sequence[str] = FRAME_TYPES, segments: int = 1, flow_stack: int = 10,
-                 rgb_stack: int = 1, frame_policy: str = "tsn", image_size: int = 224,
-                 transform=None, num_clips: int = 25, crops: str = "center",
-                 on_bad: str = "raise", decode: str = "cpu"):
+                 clip: ClipSpec = ClipSpec(), image_size: int = 224, transform=None,
+                 crops: str = "center", on_bad: str = "raise", decode: str = "cpu"):
         resolve_name(mode, MODES, "mode")
         resolve_name(on_bad, ON_BAD, "on_bad")
         resolve_name(decode, DECODE_PLACES, "decode")
-        resolve_name(frame_policy, POLICIES, "frame_policy")
-        for m in modalities:
-            resolve_name(m, FRAME_TYPES, "modality")
-        if not modalities:
-            raise ValueError("at least one modality (rgb, flow) must be on")
-        if frame_policy != "tsn" and segments != 1:
-            raise ValueError(f"frame_policy {frame_policy!r} picks one snippet: use segments=1")
         if not videos:
             raise ValueError("the split holds no videos")
         self.videos, self.classes = videos, classes
-        self.mode, self.on_bad = mode, on_bad
-        self.use_rgb, self.use_flow = "rgb" in modalities, "flow" in modalities
-        self.segments, self.flow_stack, self.rgb_stack = segments, flow_stack, rgb_stack
-        self.frame_policy, self.num_clips = frame_policy, num_clips if mode == "test" else 1
+        self.mode, self.on_bad, self.clip = mode, on_bad, clip
+        self.num_clips = clip.num_clips if mode == "test" else 1
         if transform is None:
             transform = (TrainTransform(image_size) if mode == "train" else
                          EvalTransform(image_size, crops if mode == "test" else single_view(crops)))
@@ -225,13 +216,14 @@ class VideoDataset(Dataset):
             if unsupported:
                 raise ValueError(f"decode 'device' cannot reproduce the {mode} transform's "
                                  f"{', '.join(unsupported)} exactly; decode on the CPU")
-            if self.use_flow and any(v.flow_dirs and len(v.flow_dirs) == 1 for v in videos):
+            if clip.use_flow and any(v.flow_dirs and len(v.flow_dirs) == 1 for v in videos):
                 raise ValueError("decode 'device' decodes JPEG frames; flow stored as colour "
                                  "images (PNG, flow_format 'rgb') is decoded on the CPU")
             augment = (transform.rgb, transform.flow) if isinstance(transform, TrainTransform) \
                 else ("none", "none")
-            self.layout = ClipLayout(transform.image_size, segments, rgb_stack, flow_stack,
-                                     single_view=mode != "test", on_bad=on_bad, augment=augment)
+            self.layout = ClipLayout(transform.image_size, clip.segments, clip.rgb_stack,
+                                     clip.flow_stack, single_view=mode != "test", on_bad=on_bad,
+                                     augment=augment)
         self.skipped = 0
         self.notes: list[str] = []  # what reading the dataset found, for the run's log
 
@@ -249,17 +241,17 @@ class VideoDataset(Dataset):
 
     def frame_indices(self, video: Video):
         """(RGB indices, flow indices) of the video's clip: `clip_frames` (draws in training)."""
-        if self.frame_policy == SPREAD and self.use_flow and video.flow_frames != self.flow_stack:
+        c = self.clip
+        if c.frame_policy == SPREAD and c.use_flow and video.flow_frames != c.flow_stack:
             raise FrameError(
                 f"video {video.video_id} has {video.flow_frames} flow frames in "
                 f"{video.flow_dirs[0]}; frame_policy {SPREAD} reads exactly flow_stack = "
-                f"{self.flow_stack}, the flow between its spread frames (extract with "
-                f"extract_frames.py --flow-pairs {SPREAD} --flow-stack {self.flow_stack})")
+                f"{c.flow_stack}, the flow between its spread frames (extract with "
+                f"extract_frames.py --flow-pairs {SPREAD} --flow-stack {c.flow_stack})")
         return clip_frames(
-            mode=self.mode, policy=self.frame_policy, segments=self.segments,
-            clips=self.num_clips, flow_stack=self.flow_stack, rgb_stack=self.rgb_stack,
-            flow_frames=video.flow_frames, rgb_frames=video.rgb_frames, use_flow=self.use_flow,
-            use_rgb=self.use_rgb)
+            mode=self.mode, policy=c.frame_policy, segments=c.segments, clips=self.num_clips,
+            flow_stack=c.flow_stack, rgb_stack=c.rgb_stack, flow_frames=video.flow_frames,
+            rgb_frames=video.rgb_frames, use_flow=c.use_flow, use_rgb=c.use_rgb)
 
     def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         rgb_idx, flow_idx = self.frame_indices(video)
@@ -273,8 +265,8 @@ class VideoDataset(Dataset):
         if rgb_idx is not None:
             rgb = read_frames(video.rgb_dir, rgb_idx, gray=False, video_id=video.video_id,
                               templates=video.rgb_template, first=video.rgb_first)
-        return arrange_sample(rgb, flow, self.transform, segments=self.segments,
-                              rgb_stack=self.rgb_stack, flow_stack=self.flow_stack,
+        return arrange_sample(rgb, flow, self.transform, segments=self.clip.segments,
+                              rgb_stack=self.clip.rgb_stack, flow_stack=self.clip.flow_stack,
                               single_view=self.mode != "test")
 
     def encode(self, video: Video):

@@ -47,6 +47,21 @@ from fusion.files import write_json_atomic
 from fusion.lock import LOCK_NAME, FolderLocked, live_holders, locked
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How an extraction runs, none of which changes what a video becomes: `workers` (processes
+    for OpenCV's methods, decoding threads for the batched ones), the `device` tvl1-torch and
+    RAFT run on and their `batch_size` (frame pairs a device batch, across videos), the
+    `shard` (K, N) of a job array this machine takes (every N-th video from the K-th), and the
+    progress bar."""
+
+    workers: int = 1
+    device: str = "auto"
+    batch_size: int = 32
+    shard: tuple[int, int] | None = None
+    progress: bool = True
+
+
 @dataclass
 class Summary:
     done: list[str] = field(default_factory=list)
@@ -153,33 +168,32 @@ def _run(job, out, settings, options):
 
 
 def extract_all(videos: Path, out: Path, settings: Settings = Settings(), *,
-                extensions=("avi", "mp4"), layout="ucf101", workers: int = 1,
-                progress: bool = True, strict: bool = False, device: str = "auto",
-                batch_size: int = 32, shard: tuple[int, int] | None = None,
-                store: str = "loose") -> Summary:
+                extensions=("avi", "mp4"), layout="ucf101", strict: bool = False,
+                store: str = "loose", execution: Execution = Execution()) -> Summary:
     """Extract every video under `videos` (or shard K of N of them: every N-th from the K-th,
     so N machines share one extraction into one `out`); never stops on a bad file. OpenCV's
     methods run a video per worker process; the batched ones (tvl1-torch, raft) run on one
-    device, fed `batch_size` pairs at a time across videos by `workers` decoding threads.
-    `store`: "loose" (frame files) or "packed" (a pack per video)."""
+    device, fed `batch_size` pairs at a time across videos by `workers` decoding threads
+    (`execution`). `store`: "loose" (frame files) or "packed" (a pack per video)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     check_store(Path(out), layout, store)
     # fail now, not in every worker, on a bad method, device, weights file or missing cv2; the
     # estimator made here is the one that runs (batched methods, or one worker in-process)
     if settings.flow_method in BATCHED:
-        estimator = settings.estimator(device, batch_size=batch_size)
+        estimator = settings.estimator(execution.device, batch_size=execution.batch_size)
     elif settings.flow_method is not None:
-        _estimator(settings, device)
+        _estimator(settings, execution.device)
     jobs = find_videos(Path(videos), tuple(e.lower() for e in extensions), layout)
+    shard = execution.shard
     if shard is not None:
         jobs = jobs[shard[0] - 1::shard[1]]
     out = Path(out)
     with extraction_lock(out, shard):
         _record_settings(out, settings)
         return _extract(jobs, out, settings, estimator if settings.flow_method in BATCHED
-                        else None, layout=layout, workers=workers, progress=progress,
-                        strict=strict, device=device, shard=shard, store=store)
+                        else None, layout=layout, strict=strict, store=store,
+                        execution=execution)
 
 
 @contextlib.contextmanager
@@ -199,14 +213,14 @@ def extraction_lock(out: Path, shard: tuple[int, int] | None):
 
 
 def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layout: str,
-             workers: int, progress: bool, strict: bool, device: str,
-             shard: tuple[int, int] | None, store: str) -> Summary:
-    options = dict(layout=layout, strict=strict, device=device, store=store)
+             strict: bool, store: str, execution: Execution) -> Summary:
+    options = dict(layout=layout, strict=strict, device=execution.device, store=store)
     summary = Summary()
     start = time.perf_counter()
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), desc="videos", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), desc="videos", disable=not execution.progress,
+               dynamic_ncols=True)
 
     def report(*result):
         _tally(summary, *result)
@@ -215,8 +229,8 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
         from fusion.data.pipeline import extract_on_device
 
         extract_on_device(jobs, out, settings, estimator, layout=layout, strict=strict,
-                          workers=max(workers, 1), report=report, store=store)
-    elif workers <= 1:
+                          workers=max(execution.workers, 1), report=report, store=store)
+    elif execution.workers <= 1:
         results = (_run(job, out, settings, options) for job in jobs)
         for result in results:
             _tally(summary, *result)
@@ -225,7 +239,7 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
         # spawn, not fork: a forked child inherits OpenCV's and OpenMP's thread pools in
         # whatever state they were and can deadlock on its first call.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+        with ProcessPoolExecutor(max_workers=execution.workers, mp_context=context,
                                  initializer=die_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_run, job, out, settings, options) for job in jobs]
@@ -233,7 +247,7 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
                 _tally(summary, *future.result())
                 bar.update()
     bar.close()
-    if shard is None:  # other shards may still be writing theirs
+    if execution.shard is None:  # other shards may still be writing theirs
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -8,7 +8,6 @@ single RGB stream trains on them with the video engine.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from fusion.data.loader import FrameError, Sample, read_sample, seeded
-from fusion.data.splits import (class_folders, oversample as oversample_items, select_classes,
+from fusion.data.splits import (Selection, class_folders, oversample, select_classes,
                                 stratified_split)
 from fusion.data.imagefiles import DecodeError, read_image
 from fusion.data.transforms import TrainTransform
@@ -80,22 +79,24 @@ class ImageFolderDataset(Dataset):
 
 
 def images(root: str | Path, *, subset: str = "train",
-           classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
-           test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
+           selection: Selection = Selection(val_fraction=0.1), test_fraction: float = 0.1,
            mode: str | None = None, image_size: int = 224, transform=None,
            on_bad: str = "raise") -> ImageFolderDataset:
     """The image-folder dataset; the split is stratified per class (seed 001: 10 % test, then
-    10 % of the rest for validation), oversampling applies to the training part only."""
+    10 % of the rest for validation), oversampling applies to the training part only.
+    `selection`: the classes, validation fraction, seed and oversampling, as the video readers
+    take them (`fusion.data.splits.Selection`)."""
     root = Path(root)
     resolve_name(subset, SUBSETS, "subset")
-    chosen = select_classes(class_folders(root, "image folder root", "images"), classes)
+    chosen = select_classes(class_folders(root, "image folder root", "images"),
+                            selection.classes)
     every = [(path, chosen.index(c)) for c in chosen for path in sorted((root / c).iterdir())
              if path.suffix.lower() in IMAGE_EXTENSIONS]
-    parts = stratified_split([label for _, label in every], val_fraction=val_fraction,
-                             test_fraction=test_fraction, seed=seed)
+    parts = stratified_split([label for _, label in every], val_fraction=selection.val_fraction,
+                             test_fraction=test_fraction, seed=selection.seed)
     items = [every[i] for i in parts[SUBSETS.index(subset)]]
-    if subset == "train" and oversample:
-        items = oversample_items(items, [label for _, label in items], seed=seed)
+    if subset == "train" and selection.oversample:
+        items = oversample(items, [label for _, label in items], seed=selection.seed)
     return ImageFolderDataset(items, chosen, root=root,
                               mode=mode or ("train" if subset == "train" else "val"),
                               image_size=image_size, transform=transform, on_bad=on_bad)

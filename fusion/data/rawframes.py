@@ -3,7 +3,7 @@
     <root>/rawframes/<video>/img_00001.jpg, flow_x_00001.jpg, flow_y_00001.jpg   (one folder)
     list files, one video a line:  <video dir relative to rawframes/> <total_frames> <label from 0>
 
-    train = rawframes("/data/ucf101", subset="train", segments=3, flow_stack=5,
+    train = rawframes("/data/ucf101", subset="train", clip=ClipSpec(segments=3, flow_stack=5),
                       lists={"train": "ucf101_train_split_1_rawframes.txt",
                              "test": "ucf101_val_split_1_rawframes.txt"})
 
@@ -19,10 +19,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
+from fusion.choices import SUBSETS, resolve_name
 from fusion.data.clips import Video, VideoDataset
 from fusion.data.loader import FrameError
-from fusion.data.splits import finish, read_lines, select_classes
+from fusion.data.sampling import ClipSpec
+from fusion.data.splits import Selection, finish, read_lines, select_classes
 from fusion.data.stores import open_store
 
 TEMPLATES = ("img_{:05d}.jpg", "flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg")  # MMAction2's defaults
@@ -52,9 +53,8 @@ def class_names(path: str | Path | None, labels: Sequence[int]) -> list[str]:
 
 
 def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str | Path],
-              class_file: str | Path | None = None, classes: int | Sequence[str] | None = None,
-              val_fraction: float = 0.0, seed: int = 0, oversample: bool = False,
-              modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
+              class_file: str | Path | None = None, selection: Selection = Selection(),
+              clip: ClipSpec = ClipSpec(), on_bad: str = "raise",
               templates: Sequence[str] = TEMPLATES, frames_dir: str | Path = "rawframes",
               frames: str = "auto", **kwargs) -> VideoDataset:
     """The `subset` of a rawframes dataset. `lists` maps train / val / test to list files
@@ -81,14 +81,14 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
     carve = 0.0
     source = subset
     if subset != "test" and "val" not in lists:
-        if subset == "val" and val_fraction <= 0:
+        if subset == "val" and selection.val_fraction <= 0:
             raise ValueError("subset 'val' of rawframes needs val_list or val_fraction > 0")
-        carve, source = val_fraction, "train"
+        carve, source = selection.val_fraction, "train"
     listed = {key: read_list(path) for key, path in lists.items()}  # every list: the labels
     entries = listed[source]
     every_label = [label for items in listed.values() for _, _, label in items]
     all_classes = class_names(class_file, every_label)
-    chosen = select_classes(all_classes, classes)
+    chosen = select_classes(all_classes, selection.classes)
     untrained = classes_without_videos(listed["train"], all_classes, chosen, lists["train"],
                                        named=class_file is not None)
     rgb_template, x_template, y_template = templates
@@ -106,22 +106,22 @@ def rawframes(root: str | Path, *, subset: str = "train", lists: dict[str, str |
             videos.append(None)
             continue
         video = Video(video_dir, chosen.index(all_classes[label]))
-        if "rgb" in modalities:
+        if clip.use_rgb:
             video.rgb_dir, video.rgb_template = folder, rgb_template
             video.rgb_first = first_number(store, folder, rgb_template)
-        if "flow" in modalities:
+        if clip.use_flow:
             video.flow_dirs, video.flow_templates = (folder, folder), (x_template, y_template)
             video.flow_first = first_number(store, folder, x_template)
         video.total_frames = total
         videos.append(video)
-    dataset = finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                     oversample_train=oversample, store=store, on_bad=on_bad,
-                     modalities=modalities, **kwargs)
+    dataset = finish(videos, chosen, subset, val_fraction=carve, seed=selection.seed,
+                     oversample_train=selection.oversample, store=store, on_bad=on_bad,
+                     clip=clip, **kwargs)
     numbering, counts, totals_off = Counter(), Counter(), []
     for video in {v.video_id: v for v in dataset.videos}.values():  # oversampling repeats
-        if "flow" in modalities:
+        if clip.use_flow:
             numbering[video.flow_first] += 1
-        if "flow" in modalities and "rgb" in modalities:
+        if clip.use_flow and clip.use_rgb:
             counts[video.rgb_frames - video.flow_frames] += 1
         if video.total_frames not in (video.rgb_frames, video.flow_frames, 0):
             totals_off.append(f"{video.video_id} ({video.total_frames} listed, "

@@ -15,7 +15,12 @@ motion between consecutive frames of that selection, extracted for it (extract_f
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+
+from fusion.choices import FRAME_TYPES, resolve_name
 
 # Single-frame choices for the spatial stream (seed 001's study), as a fraction of the video.
 FRAME_POLICIES = {"first": 0.0, "first-middle": 0.25, "middle": 0.5, "middle-last": 0.75,
@@ -23,6 +28,44 @@ FRAME_POLICIES = {"first": 0.0, "first-middle": 0.25, "middle": 0.5, "middle-las
 SPREAD = "spread-around-middle"
 POLICIES = ("tsn", "random", *FRAME_POLICIES, SPREAD)
 FLOW_PAIRS = ("consecutive", SPREAD)  # which frames a stored flow frame joins
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What a sample reads from a video: its modalities (RGB, flow), T `segments` of snippets
+    of `flow_stack` flow and `rgb_stack` RGB frames, the `frame_policy` ("tsn", or a
+    single-frame choice for T = 1), and `num_clips` clips per video in the test protocol.
+
+    One object from the config (`fusion.build.clip_spec`) to `VideoDataset`, handed through
+    the dataset factories untouched, so a sampling option is added here and in the config,
+    nothing in between."""
+
+    modalities: Sequence[str] = FRAME_TYPES
+    segments: int = 1
+    flow_stack: int = 10
+    rgb_stack: int = 1
+    frame_policy: str = "tsn"
+    num_clips: int = 25  # the test protocol's; other modes read one clip
+
+    def __post_init__(self):
+        # a tuple: the spec is immutable (and hashable), a config's list is neither
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        resolve_name(self.frame_policy, POLICIES, "frame_policy")
+        for m in self.modalities:
+            resolve_name(m, FRAME_TYPES, "modality")
+        if not self.modalities:
+            raise ValueError("at least one modality (rgb, flow) must be on")
+        if self.frame_policy != "tsn" and self.segments != 1:
+            raise ValueError(f"frame_policy {self.frame_policy!r} picks one snippet: use "
+                             f"segments=1")
+
+    @property
+    def use_rgb(self) -> bool:
+        return "rgb" in self.modalities
+
+    @property
+    def use_flow(self) -> bool:
+        return "flow" in self.modalities
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:

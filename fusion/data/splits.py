@@ -2,7 +2,8 @@
 (docs/design.md §5): class selection, the validation carve-out (by UCF101 group), stratified
 splits, oversampling.
 
-    train = ucf101("/data/ucf101", split=1, subset="train", segments=3, flow_stack=10)
+    train = ucf101("/data/ucf101", split=1, subset="train",
+                   clip=ClipSpec(segments=3, flow_stack=10))
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fusion.choices import FRAME_TYPES, SUBSETS, resolve_name
+from fusion.choices import SUBSETS, resolve_name
 from fusion.data.clips import COLOUR_FLOW_TEMPLATE, Video, VideoDataset, flow_components
 from fusion.data.loader import FrameError
+from fusion.data.sampling import ClipSpec
 from fusion.data.stores import LooseStore, PackedStore, open_store, require_dir
 
 HMDB51_SEED001_CLASSES = ("clap", "climb", "drink", "jump", "pour", "ride_bike", "ride_horse",
@@ -44,6 +47,28 @@ def select_classes(all_classes: list[str], classes: int | Sequence[str] | None) 
     if unknown:
         raise ValueError(f"unknown classes {unknown}; valid: {', '.join(all_classes)}")
     return list(classes)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of a dataset's videos its subsets hold, the same for every subset of a run: the
+    class subset (`classes`: a count, the first N, or names in label order; None: all), the
+    stratified validation carve-out of the training videos (`val_fraction`), the `seed` of
+    every draw (carve-out, split, oversampling) and `oversample` (duplicates of small classes
+    in training, seed 001).
+
+    One object from the config (`fusion.build.selection`) to every reader, the still images'
+    included, so a selection option is added here and in the config, nothing in between."""
+
+    classes: int | Sequence[str] | None = None
+    val_fraction: float = 0.0
+    seed: int = 0
+    oversample: bool = False
+
+    def __post_init__(self):
+        if self.classes is not None and not isinstance(self.classes, int):
+            # a tuple: the selection is immutable, a config's list is not
+            object.__setattr__(self, "classes", tuple(self.classes))
 
 
 def stratified_split(labels: Sequence[int], *, val_fraction: float, test_fraction: float = 0.0,
@@ -232,8 +257,7 @@ def _make_video(video_id: str, label: int, rgb_lookup, flow_lookups, on_bad: str
 
 
 def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
-           classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
-           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
+           selection: Selection = Selection(), clip: ClipSpec = ClipSpec(),
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            frames: str = "auto", **kwargs) -> VideoDataset:
     """UCF101 in Feichtenhofer's release: `jpegs_256/v_X_gYY_cZZ/`, `tvl1_flow/{u,v}/v_X_.../`,
@@ -249,7 +273,7 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     root = Path(root)
     require_dir(root, "UCF101 root")
     store = open_store(root, frames)
-    official = _official_subset(subset, val_fraction)
+    official = _official_subset(subset, selection.val_fraction)
     if split not in (1, 2, 3):
         raise ValueError(f"UCF101 split must be 1, 2 or 3, got {split}")
     lists = Path(lists) if lists else require_dir(root / "ucfTrainTestlist", "UCF101 split files")
@@ -261,12 +285,12 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
             raise ValueError(f"{class_file}:{n}: expected '<index> <class>' with indices "
                              f"1, 2, ..., got {line!r}")
         all_classes.append(name.strip())
-    chosen = select_classes(all_classes, classes)
+    chosen = select_classes(all_classes, selection.classes)
     label_of = {name.lower(): i for i, name in enumerate(chosen)}
     known = {name.lower() for name in all_classes}
     list_file = lists / f"{official}list0{split}.txt"
-    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
-                                               flow_format)
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow",
+                                               clip.modalities, flow_format)
     listed = []  # (video, label)
     for n, line in read_lines(list_file):
         path, _, given = line.partition(" ")
@@ -282,14 +306,14 @@ def ucf101(root: str | Path, *, split: int = 1, subset: str = "train",
     store.prefetch([name for name, _ in listed], by_name=True)
     videos = [_make_video(name, label, rgb_lookup, flow_lookups, on_bad, flow_format)
               for name, label in listed]
-    return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                  seed=seed, oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, group_of=ucf101_group, **kwargs)
+    carve = selection.val_fraction if official == "train" else 0
+    return finish(videos, chosen, subset, val_fraction=carve, seed=selection.seed,
+                  oversample_train=selection.oversample, store=store,
+                  on_bad=on_bad, clip=clip, group_of=ucf101_group, **kwargs)
 
 
 def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
-           classes: int | Sequence[str] | None = None, val_fraction: float = 0.0,
-           seed: int = 0, oversample: bool = False, modalities: Sequence[str] = FRAME_TYPES,
+           selection: Selection = Selection(), clip: ClipSpec = ClipSpec(),
            lists: str | Path | None = None, on_bad: str = "raise", flow_format: str = "uv",
            frames: str = "auto", **kwargs) -> VideoDataset:
     """HMDB51 (loose, or packed as `packs/<video>.tar`: `frames`, as `ucf101`): `testTrainMulti_7030_splits/<class>_test_splitN.txt` ("<video>.avi <tag>", tag 1
@@ -300,7 +324,7 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     root = Path(root)
     require_dir(root, "HMDB51 root")
     store = open_store(root, frames)
-    official = _official_subset(subset, val_fraction)
+    official = _official_subset(subset, selection.val_fraction)
     if split not in (1, 2, 3):
         raise ValueError(f"HMDB51 split must be 1, 2 or 3, got {split}")
     lists = Path(lists) if lists else require_dir(root / "testTrainMulti_7030_splits",
@@ -309,9 +333,9 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     files = {m.group(1): lists / m.group(0) for m in map(pattern.match, os.listdir(lists)) if m}
     if not files:
         raise FileNotFoundError(f"expected <class>_test_split{split}.txt files in {lists}")
-    chosen = select_classes(sorted(files), classes)
-    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow", modalities,
-                                               flow_format)
+    chosen = select_classes(sorted(files), selection.classes)
+    rgb_lookup, flow_lookups = _modality_roots(store, "jpegs_256", "tvl1_flow",
+                                               clip.modalities, flow_format)
     wanted = "2" if official == "test" else "1"
     listed = []  # (video, label)
     for label, name in enumerate(chosen):
@@ -325,9 +349,10 @@ def hmdb51(root: str | Path, *, split: int = 1, subset: str = "train",
     store.prefetch([name for name, _ in listed], by_name=True)
     videos = [_make_video(name, label, rgb_lookup, flow_lookups, on_bad, flow_format)
               for name, label in listed]
-    return finish(videos, chosen, subset, val_fraction=val_fraction if official == "train" else 0,
-                  seed=seed, oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, **kwargs)
+    carve = selection.val_fraction if official == "train" else 0
+    return finish(videos, chosen, subset, val_fraction=carve, seed=selection.seed,
+                  oversample_train=selection.oversample, store=store,
+                  on_bad=on_bad, clip=clip, **kwargs)
 
 
 def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
@@ -343,10 +368,9 @@ def _read_folder_list(path: Path, classes: list[str]) -> list[tuple[str, str]]:
 
 
 def folder(root: str | Path, *, subset: str = "train",
-           classes: int | Sequence[str] | None = None, val_fraction: float = 0.1,
-           test_fraction: float = 0.1, seed: int = 0, oversample: bool = False,
-           modalities: Sequence[str] = FRAME_TYPES, on_bad: str = "raise",
-           flow_format: str = "uv", frames: str = "auto", **kwargs) -> VideoDataset:
+           selection: Selection = Selection(val_fraction=0.1), test_fraction: float = 0.1,
+           clip: ClipSpec = ClipSpec(), on_bad: str = "raise", flow_format: str = "uv",
+           frames: str = "auto", **kwargs) -> VideoDataset:
     """Your own videos: `<root>/<class>/<video>/frame000001.jpg ...`, with flow in the video's
     `u/` and `v/` subfolders (flow_format "rgb": colour images in `flow_rgb/`).
 
@@ -359,7 +383,7 @@ def folder(root: str | Path, *, subset: str = "train",
     resolve_name(subset, SUBSETS, "subset")
     store = open_store(root, frames)
     all_classes = class_folders(store.tree, "folder dataset root", "videos")
-    chosen = select_classes(all_classes, classes)
+    chosen = select_classes(all_classes, selection.classes)
     lists = {name: root / f"{name}.txt" for name in SUBSETS}
     carve = 0.0
     if lists["train"].is_file():
@@ -367,7 +391,7 @@ def folder(root: str | Path, *, subset: str = "train",
             raise FileNotFoundError(f"{lists['train']} fixes the split, so the test videos are "
                                     f"listed too: expected {lists['test']}")
         if subset != "test" and not lists["val"].is_file():
-            carve = val_fraction  # validation is a part of train.txt
+            carve = selection.val_fraction  # validation is a part of train.txt
         entries = _read_folder_list(lists[subset if lists[subset].is_file() else "train"],
                                     all_classes)
     elif lists["val"].is_file() or lists["test"].is_file():
@@ -376,8 +400,9 @@ def folder(root: str | Path, *, subset: str = "train",
     else:
         every = [(c, name) for c in all_classes for name in store.videos_in(c)]
         split = stratified_split([all_classes.index(c) for c, _ in every],
-                                 val_fraction=val_fraction, test_fraction=test_fraction,
-                                 seed=seed, groups=ucf101_groups([name for _, name in every]))
+                                 val_fraction=selection.val_fraction,
+                                 test_fraction=test_fraction, seed=selection.seed,
+                                 groups=ucf101_groups([name for _, name in every]))
         entries = [every[i] for i in split[SUBSETS.index(subset)]]
     videos = []
     store.prefetch([f"{c}/{name}" for c, name in entries if c in chosen])
@@ -391,16 +416,15 @@ def folder(root: str | Path, *, subset: str = "train",
                 raise FrameError(f"video {key}: expected the folder {store.where(key, key)}")
             videos.append(None)
             continue
-        video = Video(key, chosen.index(class_name),
-                      video_dir if "rgb" in modalities else None,
+        video = Video(key, chosen.index(class_name), video_dir if clip.use_rgb else None,
                       tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
                             for c in flow_components(flow_format))
-                      if "flow" in modalities else None)
+                      if clip.use_flow else None)
         flow_files(video, flow_format)
         videos.append(video)
-    return finish(videos, chosen, subset, val_fraction=carve, seed=seed,
-                  oversample_train=oversample, store=store,
-                  on_bad=on_bad, modalities=modalities, **kwargs)
+    return finish(videos, chosen, subset, val_fraction=carve, seed=selection.seed,
+                  oversample_train=selection.oversample, store=store,
+                  on_bad=on_bad, clip=clip, **kwargs)
 
 
 VIDEO_DATASETS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}

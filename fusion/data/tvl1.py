@@ -131,10 +131,14 @@ def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     return windows.reshape(*x.shape, size * size).median(dim=-1).values
 
 
-def _step(u, p, wx, wy, grad, rho_c, active, l_t: float, theta: float, taut: float,
-          threshold: torch.Tensor):
+def _step(u, p, data: tuple[torch.Tensor, ...], active, l_t: float, theta: float,
+          taut: float, threshold: torch.Tensor):
     """One primal-dual iteration for every pair; pairs not `active` keep their state.
-    u: B x 2 x H x W, p: B x 4 x H x W (p11, p12, p21, p22); active: B x 1 x 1 x 1."""
+    u: B x 2 x H x W, p: B x 4 x H x W (p11, p12, p21, p22); active: B x 1 x 1 x 1.
+    data: the data term linearised at the current warp, fixed through its iterations: the
+    warped second image's gradient wx, wy, grad = wx^2 + wy^2 and the residual's constant
+    part rho_c (one tuple, which torch.compile takes as its four tensors)."""
+    wx, wy, grad, rho_c = data
     u1, u2 = u[:, 0:1], u[:, 1:2]
     rho = rho_c + wx * u1 + wy * u2
     lg = l_t * grad
@@ -196,12 +200,12 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: TVL1
             every = chosen.numel() == b
             pick = (lambda t: t) if every else (lambda t: t.index_select(0, chosen))
             us, ps = pick(u), pick(p)
-            data = [pick(t) for t in (wx, wy, grad, rho_c)]
+            data = tuple(pick(t) for t in (wx, wy, grad, rho_c))
             if params.median > 1:
                 us = median_filter(us, params.median)
             still = torch.ones(chosen.numel(), 1, 1, 1, dtype=torch.bool, device=i0.device)
             for _ in range(params.inner):
-                us, ps, still = step(us, ps, *data, still, l_t, params.theta, taut, threshold)
+                us, ps, still = step(us, ps, data, still, l_t, params.theta, taut, threshold)
             if every:
                 u, p = us, ps
             else:
