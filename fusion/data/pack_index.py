@@ -21,6 +21,7 @@ recently is waited for, a few milliseconds at most.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
@@ -127,13 +128,26 @@ class PackIndex:
         return self._by_folder.get(folder, [])
 
 
+def _loads(text: bytes):
+    """json.loads with the garbage collector paused: the index is some 20 small objects per
+    pack, whose making would otherwise set off full collections of everything the process
+    holds (with torch imported, 0.2 s instead of 0.02 s for 5,000 packs)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(text)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_pack_index(root: str | Path) -> PackIndex | None:
     """The index of `root`'s packs when it is there, readable and current (every folder it
     records has the mtime it recorded); else None."""
     root = Path(root)
     try:
         with open(root / INDEX_FILE, "rb") as f:
-            data = json.loads(f.read())
+            data = _loads(f.read())
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             return None
         folders, packs = data["folders"], data["packs"]
