@@ -26,6 +26,7 @@ Ratios are measured within the run, so they hold even on a noisy machine:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -47,6 +48,7 @@ from fusion.cli import ArgumentParser
 from fusion.data.device_decode import DecodeAhead
 from fusion.data.index import INDEX_NAME
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
+from fusion.data.pack_index import INDEX_FILE as PACK_INDEX, write_pack_index
 from fusion.data.packing import pack_tree
 from fusion.data.splits import ucf101
 from fusion.data.sampling import ClipSpec, clip_frames
@@ -429,10 +431,19 @@ def bench_storage(args, root: Path) -> dict:
     report["files"] = sizes(shaped / "loose", packed)
     size = args.data_image_size
     startup = {}
+    index, hidden = packed / PACK_INDEX, packed / f"{PACK_INDEX}.off"
+    if not index.exists() and not hidden.exists():  # packed before the index was written
+        write_pack_index(packed)
     for first, label, frames, target in [(True, "loose, first use", "loose", shaped / "loose"),
                                          (False, "loose, index cached", "loose",
                                           shaped / "loose"),
-                                         (True, "packed, first use", "packed", packed)]:
+                                         (True, "packed, first use", "packed", packed),
+                                         (True, "packed, first use, no pack index", "packed",
+                                          packed)]:
+        if frames == "packed":  # with the root's index of the packs, or without it
+            move = (hidden, index) if label == "packed, first use" else (index, hidden)
+            if move[0].exists():
+                os.replace(*move)
         for state in ("cold", "warm") if first else ("warm",):
             if state == "cold":
                 if cold == "off":
@@ -440,8 +451,11 @@ def bench_storage(args, root: Path) -> dict:
                 make_cold(cold, [target])
             if first and frames == "loose":
                 (target / INDEX_NAME).unlink(missing_ok=True)
+            gc.collect()  # the previous case's garbage is not this one's to collect
             startup[f"{label}, {state}"] = first_batch_seconds(target, frames, args.workers,
                                                                 size)
+    if hidden.exists():
+        os.replace(hidden, index)
     report["startup"] = startup
     # 2. loader clips/s on 256 x 340 frames, loose and packed taking turns
     data = root / f"frames_{args.data_groups}x{args.data_clips}"
@@ -508,6 +522,12 @@ def print_storage(report: dict) -> None:
           f"({report['workers']} workers; cold: {report['cold']})\n")
     print(markdown([{"case": k, "seconds": v} for k, v in report["startup"].items()],
                    [("case", "case", ""), ("seconds", "seconds", ".2f")]))
+    startup = report["startup"]
+    for state in ("cold", "warm"):
+        if f"packed, first use, {state}" in startup:
+            print(f"\nloose first use / packed first use, {state}: "
+                  f"{startup[f'loose, first use, {state}'] / startup[f'packed, first use, {state}']:.1f}x "
+                  f"(without the pack index: {startup[f'loose, first use, {state}'] / startup[f'packed, first use, no pack index, {state}']:.1f}x)")
     print(f"\n## loader clips/s, loose vs packed (1 RGB + 10 flow frames a clip, "
           f"{report['workers']} workers, fresh each epoch; cold: {report['cold']})\n")
     print(markdown(report["loader"], [("frames", "frames", ""),

@@ -23,6 +23,7 @@ from fusion.data.imagefiles import write_png
 from fusion.data.index import FrameIndex
 from fusion.data.jobs import Settings
 from fusion.data.loader import FrameError, SeededSampler, collate_clips
+from fusion.data.pack_index import INDEX_FILE, load_pack_index
 from fusion.data.packing import pack_tree, verify_pack
 from fusion.data.rawframes import rawframes
 from fusion.data.sampling import ClipSpec
@@ -150,6 +151,7 @@ def test_slow_header_reads_overlap_in_threads_to_the_same_dataset(trees, monkeyp
     loose, packed = trees["ucf101"]
     kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
     serial = ucf101(packed, **kwargs)
+    monkeypatch.setattr(stores, "load_pack_index", lambda root: None)  # the headers are read
     monkeypatch.setattr(stores, "PROBE", 1)
     monkeypatch.setattr(stores, "SLOW_READ", 0.0)  # every read counts as slow
     store = open_store(packed)
@@ -255,6 +257,7 @@ def test_verify_catches_a_changed_byte_and_a_missing_file(trees, tmp_path, load_
     out = capsys.readouterr().out
     assert "6 videos packed" in out and "verified 6 packs against the loose files: 0 differ" \
         in out and "copied beside the packs: ucfTrainTestlist" in out
+    assert sorted(load_pack_index(dst).packs) == sorted(p.name for p in (src / "jpegs_256").iterdir())
     frame = src / "tvl1_flow" / "v" / "v_B_g01_c01" / "frame000004.jpg"
     data = bytearray(frame.read_bytes())
     data[len(data) // 2] ^= 1
@@ -288,6 +291,7 @@ def test_a_pack_killed_mid_write_or_cut_short_is_redone(trees, tmp_path, load_sc
     assert "2 videos packed" in out and "1 of them redone" in out and \
         "4 already packed and skipped" in out
     assert packs.read_header(killed).size == len(data) == killed.stat().st_size
+    assert load_pack_index(dst).header("v_A_g01_c01").size == len(data)  # the resumed run's
     assert not (dst / "packs" / "v_A_g01_c01.tar.partial").exists()
     assert verify_pack(cut, [(n, loose / n) for n in sorted(
         str(p.relative_to(loose)) for d in ("jpegs_256", "tvl1_flow/u", "tvl1_flow/v")
@@ -343,8 +347,16 @@ def test_damaged_packs_are_named_errors_and_skipped_on_request(trees, tmp_path):
     # the loose root with the same damage fails alike
     with pytest.raises(FrameError, match="frame000003.jpg of video v_A_g02_c01: No such file"):
         ucf101(src, subset="test", **kwargs)[0]
-    # a pack whose index cannot be read is named at start-up
+    # a pack overwritten in place (not renamed: the root's index of the packs stays current)
+    # is named when read; without that index, already at start-up
     (dst / "packs" / "v_B_g01_c01.tar").write_bytes(b"\0" * 2048)
+    packs.close_all()
+    indexed = ucf101(dst, subset="train", **kwargs)
+    with pytest.raises(FrameError, match=r"packs/v_B_g01_c01\.tar/jpegs_256/v_B_g01_c01/"
+                                         r"frame0000\d\d\.jpg of video v_B_g01_c01: .*not a "
+                                         r"frame pack"):
+        indexed[[v.video_id for v in indexed.videos].index("v_B_g01_c01")]
+    (dst / INDEX_FILE).unlink()
     with pytest.raises(FrameError, match=r"video v_B_g01_c01: cannot read the pack "
                                          r".*v_B_g01_c01\.tar: not a frame pack"):
         ucf101(dst, subset="train", **kwargs)
@@ -413,7 +425,7 @@ def test_extracting_packed_equals_extracting_then_packing(clips, tmp_path, metho
     assert len(summary.done) == 2 and not summary.failed
     assert not (tmp_path / "direct" / ".partial").exists()
     assert sorted(p.name for p in (tmp_path / "direct").iterdir()) == \
-        ["extraction.json", "packs"]
+        [INDEX_FILE, "extraction.json", "packs"]
     made = sorted(p.relative_to(tmp_path / "packed")
                   for p in (tmp_path / "packed" / "packs").rglob("*.tar"))
     assert made == sorted(p.relative_to(tmp_path / "direct")
@@ -472,5 +484,60 @@ def test_extract_frames_script_takes_the_store(clips, tmp_path, load_script, cap
         "--videos", str(clips), "--out", str(out), "--flow", "none", "--short-side", "24",
         "--store", "packed"]) == 0
     assert "2 videos extracted" in capsys.readouterr().out
+    assert load_pack_index(out).header("v_00").count("jpegs_256/v_00", "frame{:06d}.jpg") == 7
     assert packs.read_header(out / "packs" / "v_00.tar").count(
         "jpegs_256/v_00", "frame{:06d}.jpg") == 7
+
+
+def test_the_root_index_of_the_packs_is_trusted_while_current(trees, tmp_path, monkeypatch):
+    """The index pack_tree writes gives the datasets the headers' own counts without opening a
+    pack; a pack replaced (by a rename, as every writer does) makes it stale, and a damaged one
+    is never trusted: the packs are read instead, as without one."""
+    loose = shutil.copytree(trees["ucf101"][0], tmp_path / "loose")
+    dst = tmp_path / "packed"
+    pack_tree(loose, dst, progress=False)
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16)
+    index = (dst / INDEX_FILE).read_bytes()
+    with monkeypatch.context() as m:  # trusted: no pack's header read, the same samples
+        m.setattr(stores, "_read_header", lambda pack: pytest.fail(f"read {pack}"))
+        indexed = ucf101(dst, **kwargs)
+    (dst / INDEX_FILE).unlink()
+    assert_same(samples(indexed), samples(ucf101(dst, **kwargs)))
+    # a damaged, foreign or malformed index is read past
+    for text in (index[:len(index) // 2], b"[1, 2]", b"\xff\xfe",
+                 index.replace(b'"dirs":', b'"dits":')):
+        (dst / INDEX_FILE).write_bytes(text)
+        assert_same(samples(indexed), samples(ucf101(dst, **kwargs)))
+    # v_A_g01_c01 re-packed with 12 RGB frames instead of 20: the old index is stale
+    for frame in sorted((loose / "jpegs_256" / "v_A_g01_c01").iterdir())[12:]:
+        frame.unlink()
+    (dst / "packs" / "v_A_g01_c01.tar").unlink()
+    pack_tree(loose, dst, progress=False)
+    assert load_pack_index(dst).header("v_A_g01_c01").count(
+        "jpegs_256/v_A_g01_c01", "frame{:06d}.jpg") == 12  # the new run's index
+    (dst / INDEX_FILE).write_bytes(index)
+    assert load_pack_index(dst) is None
+    repacked = ucf101(dst, **kwargs)
+    assert {v.video_id: v.rgb_frames for v in repacked.videos}["v_A_g01_c01"] == 12
+    assert_same(samples(repacked), samples(ucf101(loose, **kwargs)))
+    # a pack renamed into place over another: stale as well
+    (dst / "packs" / "v_A_g01_c01.tar").rename(dst / "packs" / "v_A_g03_c01.tar")
+    (dst / INDEX_FILE).write_bytes(index)
+    assert load_pack_index(dst) is None
+
+
+def test_the_index_of_a_folder_layout_records_every_class_folder(trees, tmp_path):
+    _, packed = trees["folder"]
+    dst = shutil.copytree(packed, tmp_path / "packed")  # folder mtimes kept, as cp -a keeps them
+    index = load_pack_index(dst)
+    assert set(index.folders) == {"", "fall", "walk"} and len(index.packs) == 10
+    kwargs = dict(subset="train", clip=ClipSpec(segments=2, flow_stack=3), image_size=16,
+                  selection=Selection(val_fraction=0.25), test_fraction=0.2)
+    with_index = samples(folder(dst, **kwargs))
+    assert open_store(dst).videos_in("walk") == [f"clip{k:02d}" for k in range(5)]
+    (dst / "packs" / "walk" / "clip04.tar").rename(dst / "packs" / "walk" / "clip05.tar")
+    assert load_pack_index(dst) is None  # a class folder changed
+    assert open_store(dst).videos_in("walk")[-1] == "clip05"
+    (dst / "packs" / "walk" / "clip05.tar").rename(dst / "packs" / "walk" / "clip04.tar")
+    (dst / INDEX_FILE).unlink()
+    assert_same(with_index, samples(folder(dst, **kwargs)))

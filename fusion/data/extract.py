@@ -23,7 +23,8 @@ With store "packed" (`--store packed`) each finished video's partial folders are
 its pack instead, <out>/packs/<video>.tar (folder layout: packs/<class>/<video>.tar), the files
 named as they would have been moved (`fusion.data.packs`; what scripts/pack_frames.py makes of
 the loose tree): the millions of frame files never reach the dataset root. A video is done
-when its pack is there, whole.
+when its pack is there, whole. A run ends by writing the root's index of its packs
+(`fusion.data.pack_index`).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from pathlib import Path
 from fusion.data.flow import BATCHED, FlowEstimator
 from fusion.data.jobs import (LAYOUTS, PARTIAL, RECORDED_DEFAULTS, Job, Settings, Work,
                               check_store, failure)
+from fusion.data.pack_index import write_pack_index
 from fusion.data.parallel import die_with_parent, parse_shard  # noqa: F401 (scripts import it)
 from fusion.data.video import VideoError
 from fusion.files import write_json_atomic
@@ -249,6 +251,8 @@ def _extract(jobs: list[Job], out: Path, settings: Settings, estimator, *, layou
     bar.close()
     if execution.shard is None:  # other shards may still be writing theirs
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
+    if store == "packed":
+        write_pack_index(out)  # every pack of out (other shards' too): start-up opens none
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -13,7 +13,7 @@ Every regular file of a video's folders goes in, named by its path under the roo
 unpacking every pack restores the loose tree. Packing runs a video per worker process, skips
 packs already whole (a killed run continues; a pack cut short is redone), and with `verify`
 reads every file back through the loader's own reader and compares its hash with the loose
-file's.
+file's. Every run ends by writing the root's index of its packs (`fusion.data.pack_index`).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusion.data.pack_index import write_pack_index
 from fusion.data.packs import PACKS, SUFFIX, PackReader, complete, read_header, write_pack
 from fusion.data.parallel import die_with_parent
 
@@ -271,6 +272,7 @@ def pack_tree(src: str | Path, dst: str | Path, *, layout: str = "auto", workers
             for future in as_completed(futures):
                 tally(future.result())
     bar.close()
+    write_pack_index(dst)  # every pack of dst (other shards' too): start-up opens none
     summary.seconds = time.perf_counter() - start
     return summary
 

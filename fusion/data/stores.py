@@ -22,6 +22,7 @@ from pathlib import Path
 from fusion.choices import FRAME_STORES, resolve_name
 from fusion.data.index import FrameIndex
 from fusion.data.loader import FrameError
+from fusion.data.pack_index import PackIndex, load_pack_index
 from fusion.data.packs import PACKS, SUFFIX, PackError, PackHeader, read_header, split
 
 
@@ -140,9 +141,10 @@ class _PackLookup:
 
 class PackedStore:
     """Frames in packs under `<root>/packs/`. Counts come from the packs' own indexes (the
-    first line of each, a few hundred bytes), read once per pack while the dataset is made.
-    Paths are handled as strings inside (pathlib's parsing would cost more than reading the
-    packs' headers)."""
+    first line of each, a few hundred bytes): from the root's index of them when it is current
+    (`fusion.data.pack_index`: no pack opened), else read once per pack while the dataset is
+    made. Paths are handled as strings inside (pathlib's parsing would cost more than reading
+    the packs' headers)."""
 
     kind = "packed"
 
@@ -153,6 +155,7 @@ class PackedStore:
         self._headers: dict[str, PackHeader | PackError] = {}
         self._names: set[str] | None = None  # the packs in packs/ (UCF101's layout)
         self._lower: dict[str, str] = {}
+        self._index: PackIndex | None = load_pack_index(root)
 
     def lookup(self, folder: str, what: str) -> _PackLookup:
         return _PackLookup(self, folder)
@@ -164,7 +167,8 @@ class PackedStore:
         """The key of the pack named `name` in packs/, else of one whose name matches ignoring
         case (from one listing of packs/, not a look-up per video)."""
         if self._names is None:
-            self._names = {n[:-len(SUFFIX)] for n in os.listdir(self.tree) if n.endswith(SUFFIX)}
+            self._names = set(self._index.keys_in("")) if self._index is not None else {
+                n[:-len(SUFFIX)] for n in os.listdir(self.tree) if n.endswith(SUFFIX)}
             self._lower = {n.lower(): n for n in self._names}
         return name if name in self._names else self._lower.get(name.lower())
 
@@ -177,7 +181,7 @@ class PackedStore:
         if by_name:
             keys = (self.pack_named(k) for k in keys)
         todo = [p for p in dict.fromkeys(self._pack(k) for k in keys if k is not None)
-                if p not in self._headers]
+                if p not in self._headers and not self._indexed(p)]
         start = time.perf_counter()
         for pack in todo[:PROBE]:
             self._remember(pack, _read_header(pack))
@@ -194,6 +198,18 @@ class PackedStore:
                 for pack, header in zip(chunk, headers):
                     self._remember(pack, header)
 
+    def _indexed(self, pack: str) -> bool:
+        """Whether the root's index (when current) gave the header of `pack` (then
+        remembered). A pack it lacks is looked for on disk (a path it would not name so)."""
+        index = self._index
+        if index is None or not pack.startswith(self._tree + "/"):
+            return False
+        header = index.header(pack[len(self._tree) + 1:-len(SUFFIX)])
+        if header is None:  # unreadable when indexed: read it, and name its damage
+            return False
+        self._headers[pack] = header
+        return True
+
     def _remember(self, pack: str, header: PackHeader | PackError | None) -> None:
         if header is not None:  # no pack: `header` says so when asked
             self._headers[pack] = header
@@ -201,6 +217,8 @@ class PackedStore:
     def header(self, pack: str) -> PackHeader:
         """The pack's header, read once; a damaged one is a `FrameError` naming the pack."""
         cached = self._headers.get(pack)
+        if cached is None and self._indexed(pack):
+            cached = self._headers[pack]
         if cached is None:
             cached = _read_header(pack)
             if cached is None:
@@ -227,6 +245,8 @@ class PackedStore:
         return Path(f"{self._pack(key)}/{folder}")
 
     def videos_in(self, group: str) -> list[str]:
+        if self._index is not None and self._index.covers(group):
+            return sorted(self._index.keys_in(group))
         return sorted(p.name[:-len(SUFFIX)] for p in (self.tree / group).iterdir()
                       if p.name.endswith(SUFFIX) and p.is_file())
 
@@ -250,3 +270,4 @@ class PackedStore:
 
     def save(self) -> None:
         self._headers.clear()  # the dataset is made: the readers open the packs themselves
+        self._index = None
