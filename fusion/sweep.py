@@ -171,7 +171,8 @@ class Run:
                   f"{socket.gethostname()}, pid {os.getpid()}" + (f", job {job}" if job else ""))
         with open(self.folder / LOG, "a") as log:
             out, err = Tee(sys.stdout, log), Tee(sys.stderr, log)
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                    requeue_exit_not_swallowed():
                 try:
                     code = load_main(self.script)(argv)
                 except Exception as error:  # the run's failure, not the sweep's
@@ -187,6 +188,44 @@ class Run:
         resumes from last.pt, the last finished epoch)."""
         import submitit
         return submitit.helpers.DelayedSubmission(self)
+
+
+REEXIT_S = 0.01  # how soon a swallowed requeue exit is raised again
+
+
+@contextlib.contextmanager
+def requeue_exit_not_swallowed():
+    """submitit ends a preempted or timed-out job by raising SystemExit from its SIGUSR2
+    handler, after it has arranged the requeue. When the signal lands while the garbage
+    collector runs a `__del__` (tqdm's progress bars have one), Python prints "Exception
+    ignored" and the job trains on, never requeued: seen here in one preemption out of a few.
+    So the handler is wrapped: once it has raised its exit, the same exit is raised again
+    every REEXIT_S seconds (SIGALRM) until one takes. Without submitit's handler (not a job),
+    or outside the main thread, nothing changes."""
+    import signal
+    original = signal.getsignal(signal.SIGUSR2)
+    if not callable(original) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_again(signum, frame):
+        raise SystemExit(exit_again.code)
+
+    def handler(signum, frame):
+        try:
+            original(signum, frame)
+        except SystemExit as requeued:
+            exit_again.code = requeued.code
+            signal.signal(signal.SIGALRM, exit_again)
+            signal.setitimer(signal.ITIMER_REAL, REEXIT_S, REEXIT_S)
+            raise
+
+    signal.signal(signal.SIGUSR2, handler)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGUSR2, original)
 
 
 def outcome(run: Run, status: str, error: str = "") -> dict:
