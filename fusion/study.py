@@ -206,7 +206,7 @@ class Study:
                 what = f"data root {name!r}" if name else "data root"
                 raise ValueError(f"recipe {self.recipe.name}: {what} {root} does not exist"
                                  + ("; --videos extracts one" if not name else ""))
-        main_root = self.default_root()
+        main_root = self.default_root
         path = main_root / "extraction.json"
         recorded = json.loads(path.read_text()) if path.is_file() else None
         self.check_extraction(recorded, str(path))
@@ -243,8 +243,10 @@ class Study:
                                  f"says" + ("" if self.videos else ", or --videos to extract "
                                             "one"))
 
+    @functools.cached_property
     def default_root(self) -> Path:
-        """The study's data root: --data-root, else the first training stage's config's."""
+        """The study's data root: --data-root, else the first training stage's config's
+        (resolved once: the roots do not change)."""
         if "" in self.roots:
             return self.roots[""]
         stage = next(s for s in self.recipe.stages.values() if s.kind == "train" and not s.data)
@@ -293,13 +295,13 @@ class Study:
 
     def extraction_of(self, config: dict) -> dict | None:
         """The extraction.json of the data root a stage reads, as it is when the stage starts."""
-        path = Path(config.get("data_root") or self.default_root()) / "extraction.json"
+        path = Path(config.get("data_root") or self.default_root) / "extraction.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def extract(self, launch) -> bool:
         """extract_frames.py into the study's data root (--videos); it skips videos already
         done, so a relaunch continues. False when it failed."""
-        root = self.default_root()
+        root = self.default_root
         folder = self.out / "extract"
         argv = extraction_argv(self.recipe, self.videos, root)
         fingerprint = digest(argv)

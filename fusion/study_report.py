@@ -134,8 +134,7 @@ def provenance(results: list[Result]) -> list[str]:
     frames were made."""
     lines = []
     for result in results:
-        state_path = result.folder / "stage.json"
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        state = result.state
         metrics = result.metrics or {}
         where = f"- `{result.cell.name}/{result.stage.name}` ({result.status or 'not run'}): " \
                 f"`{result.folder}`"

@@ -405,11 +405,20 @@ def submitit_parameters(args, name: str) -> dict:
     return {k: v for k, v in parameters.items() if v is not None}
 
 
+def check_launcher(args) -> None:
+    """add_launcher_arguments' options can start runs: checked before anything is touched."""
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+    if args.launcher in ("slurm", "submitit-local") and \
+            not importlib.util.find_spec("submitit"):
+        raise ValueError(f"--launcher {args.launcher} needs submitit: pip install -e "
+                         f"'.[slurm]'")
+
+
 def launch(runs: list[Run], args, jobs: Path, name: str) -> list[dict]:
     """`runs` through the launcher add_launcher_arguments' options name; submitit's files and
     job logs go to `jobs`."""
-    if args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+    check_launcher(args)
     if args.launcher == "local":
         return run_local(runs, args.parallel)
     if args.launcher == "inline":

@@ -21,7 +21,6 @@ the frames are extracted first, with the recipe's flow method and pair policy; w
 data root's extraction.json must agree with the recipe, or the study stops before training.
 The exit status is 1 when a stage failed (the report then shows which).
 """
-import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from fusion.cli import ArgumentParser
 from fusion.recipes import list_recipes, load_recipe
 from fusion.lock import FolderLocked, locked
 from fusion.study import OWNED, Cell, Study
-from fusion.sweep import add_launcher_arguments, config_key, launch
+from fusion.sweep import add_launcher_arguments, check_launcher, config_key, launch
 
 QUICK_ROOT = Path("data/synthetic")  # the demo's data, generated on first use
 
@@ -116,15 +115,6 @@ def data_roots(recipe, args, out: Path) -> dict[str, Path]:
         raise ValueError("; ".join(f"recipe {recipe.name} reads {name} ({recipe.data[name]}): "
                                    f"give --data-root {name}=PATH" for name in missing))
     return roots
-
-
-def check_launcher(args) -> None:
-    """The launcher can start, before any stage folder is touched."""
-    if args.parallel < 1:
-        raise ValueError(f"--parallel {args.parallel}: must be >= 1")
-    if args.launcher in ("slurm", "submitit-local") and not importlib.util.find_spec("submitit"):
-        raise ValueError(f"--launcher {args.launcher} needs submitit: pip install -e "
-                         f"'.[slurm]'")
 
 
 def main(argv=None) -> int:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from fusion.cli import ArgumentParser
 from fusion.config import build_parser, resolve
-from fusion.sweep import (add_launcher_arguments, expand, launch, load_sweep_file, parse_grid,
-                          parse_named)
+from fusion.sweep import (add_launcher_arguments, check_launcher, expand, launch,
+                          load_sweep_file, parse_grid, parse_named)
 
 SCRIPTS = Path(__file__).resolve().parent
 
@@ -75,8 +75,7 @@ def main(argv=None) -> int:
                              f"{', '.join(sorted(set(given) & set(named)))}")
         named.update(given)
         runs = expand(grid=grid, named=named, common=common, out=out, script=args.script)
-        if args.parallel < 1:
-            raise ValueError(f"--parallel {args.parallel}: must be >= 1")
+        check_launcher(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
