@@ -49,7 +49,7 @@ from fusion.data.device_decode import DecodeAhead
 from fusion.data.index import INDEX_NAME
 from fusion.data.loader import Batch, Sample, SeededSampler, collate_clips
 from fusion.data.pack_index import INDEX_FILE as PACK_INDEX, write_pack_index
-from fusion.data.packing import pack_tree
+from fusion.data.packing import detect_layout, find_videos, pack_tree, video_files
 from fusion.data.splits import ucf101
 from fusion.data.sampling import ClipSpec, clip_frames
 from fusion.data.synthetic import make_synthetic
@@ -420,8 +420,20 @@ def loader_rounds(sets: dict, args, cold: str) -> dict[str, list[dict]]:
 def bench_storage(args, root: Path) -> dict:
     cold = args.cold if args.cold != "auto" else "drop" if can_drop_caches() else "fadvise"
     report = {"cold": cold, "workers": args.workers}
-    # 1. a UCF101-shaped root: files, bytes, start-up
+    parts = set(args.storage_parts)
     shaped = root / f"ucf101_shaped_{args.storage_videos}"
+    if "shaped" in parts:
+        report.update(bench_shaped_root(args, shaped, cold))
+    if "loader" in parts:
+        report.update(bench_loader(args, root, shaped if "shaped" in parts else None, cold))
+    if "packing" in parts:
+        report.update(bench_packing(args, root))
+    return report
+
+
+def bench_shaped_root(args, shaped: Path, cold: str) -> dict:
+    """A UCF101-shaped root: files, bytes, and start-up loose and packed."""
+    report = {}
     start = time.perf_counter()
     report["generated"] = ucf101_shaped(shaped / "loose", args.storage_videos)
     report["generate_s"] = time.perf_counter() - start
@@ -457,7 +469,14 @@ def bench_storage(args, root: Path) -> dict:
     if hidden.exists():
         os.replace(hidden, index)
     report["startup"] = startup
-    # 2. loader clips/s on 256 x 340 frames, loose and packed taking turns
+    return report
+
+
+def bench_loader(args, root: Path, shaped: Path | None, cold: str) -> dict:
+    """Loader clips/s on 256 x 340 frames (and on the UCF101-shaped root's tiny ones, when it
+    was made), loose and packed taking turns."""
+    report = {}
+    size = args.data_image_size
     data = root / f"frames_{args.data_groups}x{args.data_clips}"
     if not (data / "ucfTrainTestlist").is_dir():
         make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
@@ -465,10 +484,13 @@ def bench_storage(args, root: Path) -> dict:
     data_packed = root / f"frames_{args.data_groups}x{args.data_clips}_packed"
     pack_tree(data, data_packed, progress=False)
     report["files_256x340"] = sizes(data, data_packed)
+    report["files_256x340"]["zip_bytes"] = stored_zip_bytes(data, root / "zipped")
     report["loader"] = []
-    for frames, loose, packed_root, image_size in (
-            ("256 x 340", data, data_packed, size),
-            ("32 x 24 (the UCF101-shaped root)", shaped / "loose", packed, 32)):
+    cases = [("256 x 340", data, data_packed, size)]
+    if shaped is not None:
+        cases.append(("32 x 24 (the UCF101-shaped root)", shaped / "loose", shaped / "packed",
+                      32))
+    for frames, loose, packed_root, image_size in cases:
         options = dict(subset="train", clip=ClipSpec(segments=1, flow_stack=10),
                        image_size=image_size)
         sets = {"loose": (ucf101(loose, frames="loose", **options), loose),
@@ -479,8 +501,17 @@ def bench_storage(args, root: Path) -> dict:
                 "loose_clips_per_s": float(np.median([r["loose"] for r in rows])),
                 "packed_clips_per_s": float(np.median([r["packed"] for r in rows])),
                 "ratio": float(np.median([r["packed"] / r["loose"] for r in rows]))})
-    # 3. packing speed, workers taking turns
-    mb = report["files_256x340"]["loose"]["bytes"] / 1e6
+    return report
+
+
+def bench_packing(args, root: Path) -> dict:
+    """Packing MB/s of the 256 x 340 frames with 1 and 2 workers, taking turns."""
+    data = root / f"frames_{args.data_groups}x{args.data_clips}"
+    if not (data / "ucfTrainTestlist").is_dir():
+        make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
+                       height=256, width=340, min_frames=24, max_frames=32)
+    report = {}
+    mb = tree_size(data)["bytes"] / 1e6
     videos = len(os.listdir(data / "jpegs_256"))
     seconds = {1: [], 2: []}
     for _ in range(args.storage_rounds):
@@ -494,6 +525,24 @@ def bench_storage(args, root: Path) -> dict:
     return report
 
 
+def stored_zip_bytes(src: Path, dst: Path) -> int:
+    """Bytes of the other container the packs could have been: one uncompressed zip per video
+    holding the same files under the same names (written, measured, removed)."""
+    import zipfile
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    total = 0
+    for video in find_videos(src, detect_layout(src)):
+        path = dst / f"{video.key.replace('/', '_')}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            for name, source in video_files(src, video):
+                archive.write(source, name)
+        total += path.stat().st_size
+    shutil.rmtree(dst)
+    return total
+
+
 def sizes(loose: Path, packed: Path) -> dict:
     a, b = tree_size(loose), tree_size(packed)
     return {"loose": a, "packed": b, "files_ratio": a["files"] / b["files"],
@@ -501,23 +550,55 @@ def sizes(loose: Path, packed: Path) -> dict:
 
 
 def print_storage(report: dict) -> None:
-    gen = report["generated"]
-    packed = (f", packed in {report['pack_shaped_s']:.0f} s with {report['workers']} workers"
-              if "pack_shaped_s" in report else "")
-    print(f"\n## frame stores: a UCF101-shaped root ({gen['videos']} videos, {gen['rgb_frames']} "
-          f"RGB frames, {gen['frames_min']} to {gen['frames_max']} per video, mean "
-          f"{gen['frames_mean']:.0f}; 32 x 24 frames; generated in {report['generate_s']:.0f} s"
-          f"{packed}), and the 256 x 340 frames of the loader figures\n")
+    if "generated" in report or "files_256x340" in report:
+        print_sizes(report)
+    if "startup" in report:
+        print_startup(report)
+    if "loader" in report:
+        print(f"\n## loader clips/s, loose vs packed (1 RGB + 10 flow frames a clip, "
+              f"{report['workers']} workers, fresh each epoch; cold: {report['cold']})\n")
+        print(markdown(report["loader"], [("frames", "frames", ""),
+                                          ("page cache", "page cache", ""),
+                                          ("clips", "clips", "d"),
+                                          ("loose clips/s", "loose_clips_per_s", ".1f"),
+                                          ("packed clips/s", "packed_clips_per_s", ".1f"),
+                                          ("packed / loose", "ratio", ".2f")]))
+    if "packing" in report:
+        print("\n## packing: scripts/pack_frames.py on the 256 x 340 frames (process start-up "
+              "included; medians over rounds)\n")
+        print(markdown(report["packing"], [("workers", "workers", "d"),
+                                           ("videos", "videos", "d"), ("MB", "mb", ".1f"),
+                                           ("MB/s", "mb_per_s", ".1f"),
+                                           ("videos/s", "videos_per_s", ".1f")]))
+
+
+def print_sizes(report: dict) -> None:
+    if "generated" in report:
+        gen = report["generated"]
+        packed = (f", packed in {report['pack_shaped_s']:.0f} s with {report['workers']} "
+                  f"workers" if "pack_shaped_s" in report else "")
+        print(f"\n## frame stores: a UCF101-shaped root ({gen['videos']} videos, "
+              f"{gen['rgb_frames']} RGB frames, {gen['frames_min']} to {gen['frames_max']} per "
+              f"video, mean {gen['frames_mean']:.0f}; 32 x 24 frames; generated in "
+              f"{report['generate_s']:.0f} s{packed}), and the 256 x 340 frames of the loader "
+              f"figures\n")
+    roots = [(root, key) for root, key in (("UCF101-shaped", "files"),
+                                           ("256 x 340", "files_256x340")) if key in report]
     rows = [{"root": root, "store": name, **report[key][name]}
-            for root, key in (("UCF101-shaped", "files"), ("256 x 340", "files_256x340"))
-            for name in ("loose", "packed")]
+            for root, key in roots for name in ("loose", "packed")]
     print(markdown(rows, [("root", "root", ""), ("store", "store", ""),
                           ("files", "files", ",d"), ("bytes", "bytes", ",d"),
                           ("disk bytes", "disk_bytes", ",d")]))
-    for root, key in (("UCF101-shaped", "files"), ("256 x 340", "files_256x340")):
+    for root, key in roots:
         files = report[key]
         print(f"\n{root}: loose / packed files {files['files_ratio']:.0f}; packed / loose "
               f"bytes {files['bytes_ratio']:.3f}, disk {files['disk_ratio']:.3f}")
+        if "zip_bytes" in files:
+            print(f"{root}: the same files in one uncompressed zip per video / loose bytes "
+                  f"{files['zip_bytes'] / files['loose']['bytes']:.3f}")
+
+
+def print_startup(report: dict) -> None:
     print(f"\n## start-up: the training set's construction to its first batch "
           f"({report['workers']} workers; cold: {report['cold']})\n")
     print(markdown([{"case": k, "seconds": v} for k, v in report["startup"].items()],
@@ -528,18 +609,6 @@ def print_storage(report: dict) -> None:
             print(f"\nloose first use / packed first use, {state}: "
                   f"{startup[f'loose, first use, {state}'] / startup[f'packed, first use, {state}']:.1f}x "
                   f"(without the pack index: {startup[f'loose, first use, {state}'] / startup[f'packed, first use, no pack index, {state}']:.1f}x)")
-    print(f"\n## loader clips/s, loose vs packed (1 RGB + 10 flow frames a clip, "
-          f"{report['workers']} workers, fresh each epoch; cold: {report['cold']})\n")
-    print(markdown(report["loader"], [("frames", "frames", ""),
-                                      ("page cache", "page cache", ""), ("clips", "clips", "d"),
-                                      ("loose clips/s", "loose_clips_per_s", ".1f"),
-                                      ("packed clips/s", "packed_clips_per_s", ".1f"),
-                                      ("packed / loose", "ratio", ".2f")]))
-    print("\n## packing: scripts/pack_frames.py on the 256 x 340 frames (process start-up "
-          "included; medians over rounds)\n")
-    print(markdown(report["packing"], [("workers", "workers", "d"), ("videos", "videos", "d"),
-                                       ("MB", "mb", ".1f"), ("MB/s", "mb_per_s", ".1f"),
-                                       ("videos/s", "videos_per_s", ".1f")]))
 
 
 # ---------------------------------------------------------------------------- report
@@ -581,6 +650,10 @@ def main(argv=None) -> int:
                              "minutes, and about 40 GB at the full 13,320 videos)")
     parser.add_argument("--storage-videos", type=int, default=13320,
                         help="videos of the generated UCF101-shaped root")
+    parser.add_argument("--storage-parts", nargs="+", default=["shaped", "loader", "packing"],
+                        choices=["shaped", "loader", "packing"],
+                        help="parts of the frame-store section: the UCF101-shaped root (files, "
+                             "bytes, start-up), loader clips/s, packing speed")
     parser.add_argument("--storage-rounds", type=int, default=3,
                         help="rounds of loose and packed loader epochs")
     parser.add_argument("--cold", choices=["auto", "drop", "fadvise", "off"], default="auto",
