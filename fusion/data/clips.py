@@ -53,8 +53,9 @@ class Video:
 
     video_id: str
     label: int
-    rgb_dir: Path | None = None
-    flow_dirs: tuple[Path, ...] | None = None  # u, v; or one folder of colour images
+    # folders: Paths, or strings under a packed root (`<root>/packs/v_X.tar/jpegs_256/v_X`)
+    rgb_dir: str | Path | None = None
+    flow_dirs: tuple[str | Path, ...] | None = None  # u, v; or one folder of colour images
     rgb_frames: int = 0
     flow_frames: int = 0
     rgb_template: str = FRAME_TEMPLATE
@@ -69,13 +70,15 @@ def frame_path(folder: str, template: str, first: int, i: int) -> str:
     return os.path.join(folder, template.format(first + i))
 
 
-def _folders(folders: Path | Sequence[Path], templates: str | Sequence[str]):
-    folders = [str(folders)] if isinstance(folders, Path) else [str(f) for f in folders]
+def _folders(folders: str | Path | Sequence[str | Path], templates: str | Sequence[str]):
+    # one folder (a Path, or a string: a packed store's folders are strings) or several
+    single = isinstance(folders, (str, os.PathLike))
+    folders = [os.fspath(folders)] if single else [os.fspath(f) for f in folders]
     templates = [templates] * len(folders) if isinstance(templates, str) else list(templates)
     return folders, templates
 
 
-def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray: bool,
+def read_frames(folders: str | Path | Sequence[str | Path], indices: Sequence[int], *, gray: bool,
                 video_id: str, templates: str | Sequence[str] = FRAME_TEMPLATE,
                 first: int = 1) -> torch.Tensor:
     """Decode the frames at 0-based `indices` -> N x C x H x W uint8; frame i of a folder is
@@ -118,7 +121,7 @@ def read_frames(folders: Path | Sequence[Path], indices: Sequence[int], *, gray:
     return frames if gray else frames.permute(0, 3, 1, 2)
 
 
-def read_encoded(folders: Path | Sequence[Path], indices: Sequence[int], *, video_id: str,
+def read_encoded(folders: str | Path | Sequence[str | Path], indices: Sequence[int], *, video_id: str,
                  templates: str | Sequence[str] = FRAME_TEMPLATE,
                  first: int = 1) -> EncodedFrames:
     """`read_frames` without decoding, for decoding on the device: the same files' bytes, each

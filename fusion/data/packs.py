@@ -34,6 +34,7 @@ shares no file position anyway), at most `max_open()` of them, least recently us
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -102,6 +103,7 @@ def _expand(entry: dict) -> list[str]:
     return names + list(entry.get("names", ()))
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of templates, met once per folder at start-up
 def _template_ends(template: str) -> tuple[str, str]:
     return template.split("{", 1)[0], template.rsplit("}", 1)[-1]
 

@@ -15,6 +15,7 @@ against the frames on disk (it must equal the RGB or the flow count). Classes ar
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -152,10 +153,10 @@ def classes_without_videos(train: list[tuple[str, int, int]], all_classes: list[
             f"them): {names}"]
 
 
-def first_number(store, folder: Path, template: str) -> int:
+def first_number(store, folder: str | Path, template: str) -> int:
     """1 if the folder's first file is numbered 1 (MMAction2's RGB), 0 if numbered 0 (flow
     written by some denseflow builds)."""
-    return 0 if store.is_file(folder / template.format(0)) else 1
+    return 0 if store.is_file(os.path.join(folder, template.format(0))) else 1
 
 
 def _notes(numbering: Counter, gaps: Counter, totals_off: list[str], list_file: Path) -> list[str]:

@@ -417,7 +417,7 @@ def folder(root: str | Path, *, subset: str = "train",
             videos.append(None)
             continue
         video = Video(key, chosen.index(class_name), video_dir if clip.use_rgb else None,
-                      tuple(video_dir / ("flow_rgb" if c == "rgb" else c)
+                      tuple(os.path.join(video_dir, "flow_rgb" if c == "rgb" else c)
                             for c in flow_components(flow_format))
                       if clip.use_flow else None)
         flow_files(video, flow_format)

@@ -98,8 +98,8 @@ class LooseStore:
     def count(self, folder: Path, template: str) -> int:
         return self.index.count(folder, template)
 
-    def is_file(self, path: Path) -> bool:
-        return path.is_file()
+    def is_file(self, path: str | Path) -> bool:
+        return os.path.isfile(path)
 
     def save(self) -> None:
         self.index.save()
@@ -228,21 +228,22 @@ class PackedStore:
             raise FrameError(f"cannot read the pack {cached}")
         return cached
 
-    def video_dir(self, key: str, folder: str) -> Path | None:
+    def video_dir(self, key: str, folder: str) -> str | None:
         """`<pack of key>/<folder>` when the pack holds that folder (or one matching it but for
         case); None when there is no such pack or folder. A damaged pack gives its path, and
-        counting its frames the error that names it."""
+        counting its frames the error that names it. A string, not a Path: made once per
+        folder of every video at start-up, where pathlib's parsing was a third of the time."""
         pack = self._pack(key)
         try:
             actual = self.header(pack).find_dir(folder)
         except FileNotFoundError:
             return None
         except FrameError:
-            return Path(f"{pack}/{folder}")
-        return None if actual is None else Path(f"{pack}/{actual}")
+            return f"{pack}/{folder}"
+        return None if actual is None else f"{pack}/{actual}"
 
-    def where(self, key: str, folder: str) -> Path:
-        return Path(f"{self._pack(key)}/{folder}")
+    def where(self, key: str, folder: str) -> str:
+        return f"{self._pack(key)}/{folder}"
 
     def videos_in(self, group: str) -> list[str]:
         if self._index is not None and self._index.covers(group):
@@ -250,17 +251,17 @@ class PackedStore:
         return sorted(p.name[:-len(SUFFIX)] for p in (self.tree / group).iterdir()
                       if p.name.endswith(SUFFIX) and p.is_file())
 
-    def _parts(self, path: Path) -> tuple[str, str]:
+    def _parts(self, path: str | Path) -> tuple[str, str]:
         parts = split(str(path))
         if parts is None:
             raise ValueError(f"{path} is not a path into a pack")
         return parts
 
-    def count(self, folder: Path, template: str) -> int:
+    def count(self, folder: str | Path, template: str) -> int:
         pack, member = self._parts(folder)
         return self.header(pack).count(member, template)
 
-    def is_file(self, path: Path) -> bool:
+    def is_file(self, path: str | Path) -> bool:
         pack, member = self._parts(path)
         folder, _, name = member.rpartition("/")
         try:
