@@ -19,7 +19,8 @@ import sys
 
 from fusion.choices import FLOW_FORMATS
 from fusion.cli import ArgumentParser
-from fusion.data.extract import Execution, extract_all, parse_shard
+from fusion.data.extract import Execution, extract_all
+from fusion.data.parallel import parse_shard
 from fusion.data.jobs import LAYOUTS, STORES, Settings
 from fusion.data.flow import DEFAULT_BOUND, METHODS, RAFT_MODELS
 from fusion.data.sampling import FLOW_PAIRS

@@ -378,6 +378,32 @@ def test_three_workers_read_one_pack_at_once(trees):
         assert torch.equal(a.rgb, b.rgb) and torch.equal(a.flow, b.flow)
 
 
+def test_a_clip_is_one_positioned_read_of_its_pack(trees, monkeypatch):
+    """A clip's frames lie together in its pack: read ahead, its 11 files (1 RGB, 5 u, 5 v)
+    are one positioned read, not 11 (two where the stack loops past the video's last frame
+    to its first), and give the samples that reading file by file gives; nothing read ahead
+    is kept once the clip is made."""
+    _, packed = trees["ucf101"]
+    data = ucf101(packed, subset="train", clip=ClipSpec(segments=1, flow_stack=5),
+                  image_size=16)
+    packs.close_all()
+    data[(5, 0, True)]  # opens the pack
+    reads, real = [], os.pread
+    monkeypatch.setattr(packs.os, "pread", lambda fd, n, at: reads.append(n) or real(fd, n, at))
+    counts, ahead = [], []
+    for seed in range(6, 14):
+        reads.clear()
+        ahead.append(data[(seed, 0, True)])
+        counts.append(len(reads))
+        assert not packs._ahead.frames
+    assert max(counts) <= 2 and counts.count(1) >= len(counts) // 2, counts
+    monkeypatch.setattr(packs, "read_ahead", lambda paths: None)  # file by file
+    reads.clear()
+    one_by_one = [data[(seed, 0, True)] for seed in range(6, 14)]
+    assert len(reads) == 11 * len(counts)
+    assert_same(ahead, one_by_one)
+
+
 @pytest.fixture
 def bound():
     before = packs.max_open()

@@ -26,7 +26,8 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 from fusion.choices import DECODE_PLACES, MODES, ON_BAD, resolve_name
-from fusion.data.imagefiles import DecodeError, jpeg_size, read_bytes, read_image
+from fusion.data.imagefiles import DecodeError, jpeg_size, read_ahead, read_bytes, read_image
+from fusion.data.packs import MARK
 from fusion.data.loader import (ClipLayout, EncodedFrames, EncodedSample, FrameError, Sample,
                                 read_sample, seeded)
 from fusion.data.sampling import SPREAD, ClipSpec, clip_frames
@@ -76,6 +77,24 @@ def _folders(folders: str | Path | Sequence[str | Path], templates: str | Sequen
     folders = [os.fspath(folders)] if single else [os.fspath(f) for f in folders]
     templates = [templates] * len(folders) if isinstance(templates, str) else list(templates)
     return folders, templates
+
+
+def read_clip_ahead(video: Video, rgb_idx: Sequence[int] | None,
+                    flow_idx: Sequence[int] | None) -> None:
+    """The files of a clip's RGB and flow frames, read ahead where that saves reads: a packed
+    video's (a clip's frames lie in one stretch of its pack: one positioned read for them all,
+    `packs.read_ahead`); loose files are read one by one anyway."""
+    wanted = []
+    if flow_idx is not None:
+        wanted.append((video.flow_dirs, video.flow_templates, video.flow_first, flow_idx))
+    if rgb_idx is not None:
+        wanted.append(((video.rgb_dir,), (video.rgb_template,), video.rgb_first, rgb_idx))
+    folders = [os.fspath(f) for dirs, *_ in wanted for f in dirs]
+    if any(MARK in folder for folder in folders):
+        read_ahead([frame_path(os.fspath(folder), template, first, i)
+                    for dirs, templates, first, indices in wanted
+                    for i in dict.fromkeys(indices)
+                    for folder, template in zip(dirs, templates)])
 
 
 def read_frames(folders: str | Path | Sequence[str | Path], indices: Sequence[int], *, gray: bool,
@@ -258,6 +277,7 @@ class VideoDataset(Dataset):
 
     def load(self, video: Video) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         rgb_idx, flow_idx = self.frame_indices(video)
+        read_clip_ahead(video, rgb_idx, flow_idx)
         rgb = flow = None
         if flow_idx is not None:  # N x 2 x H x W (u, v), or N x 3 x H x W (colour images)
             colour = len(video.flow_dirs) == 1
@@ -276,6 +296,7 @@ class VideoDataset(Dataset):
         """`load` up to decoding: (RGB, flow) `EncodedFrames` and the view, the crop and flip
         drawn as `load` draws them (training) or the evaluation transform."""
         rgb_idx, flow_idx = self.frame_indices(video)
+        read_clip_ahead(video, rgb_idx, flow_idx)
         rgb = flow = None
         if flow_idx is not None:
             flow = read_encoded(video.flow_dirs, flow_idx, video_id=video.video_id,

@@ -43,7 +43,7 @@ from fusion.data.flow import BATCHED, FlowEstimator
 from fusion.data.jobs import (LAYOUTS, PARTIAL, RECORDED_DEFAULTS, Job, Settings, Work,
                               check_store, failure)
 from fusion.data.pack_index import write_pack_index
-from fusion.data.parallel import die_with_parent, parse_shard  # noqa: F401 (scripts import it)
+from fusion.data.parallel import die_with_parent
 from fusion.data.video import VideoError
 from fusion.files import write_json_atomic
 from fusion.lock import LOCK_NAME, FolderLocked, live_holders, locked

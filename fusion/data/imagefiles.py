@@ -8,11 +8,13 @@ frames extracted from video carry none, and photos stay as their pixels are stor
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from fusion.data import packs
 from fusion.data.packs import MARK, read_member
 
 _FLAGS = {True: cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION,
@@ -44,6 +46,13 @@ def read_bytes(path: str) -> bytes:
     if data.startswith(_JPEG_START) and data.rfind(_JPEG_END) < 0:
         raise DecodeError("the JPEG is truncated (no end-of-image marker)")
     return data
+
+
+def read_ahead(paths: Iterable[str]) -> None:
+    """Say which frame files `read_bytes` is about to be asked for (a clip's): packed ones are
+    read at once, a pack's in as few positioned reads as their places allow
+    (`packs.read_ahead`); loose ones are read as asked, one by one."""
+    packs.read_ahead(paths)
 
 
 def read_image(path: str, *, gray: bool) -> np.ndarray:

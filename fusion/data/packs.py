@@ -42,7 +42,7 @@ import stat
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 FORMAT, VERSION = "fusion-pack", 1
@@ -53,6 +53,7 @@ INDEX_DIR = ".pack-index"
 PARTIAL = ".partial"
 BLOCK = tarfile.BLOCKSIZE  # 512
 HEAD = 4096  # bytes read to find the index's first line (a pack's header at start-up)
+GAP, SPAN = 1 << 16, 1 << 22  # read ahead through gaps up to GAP bytes, SPAN bytes at most
 READER_HEAD = 1 << 14  # and to open a pack for reading: most indexes whole in one read
 _ENCODING, _ERRORS = "utf-8", "surrogateescape"  # tarfile's own defaults on POSIX
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")  # prefix, the last run of digits, suffix
@@ -395,14 +396,40 @@ class PackReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def read(self, member: str) -> bytes:
-        """The bytes of `member` (its name in the pack), one positioned read."""
+    def place(self, member: str) -> tuple[int, int] | None:
+        """(byte offset, size) of `member`'s data, or None when the pack has no such file."""
         folder, _, name = member.rpartition("/")
         found = self.folders.get(folder)
         k = None if found is None else found[0].position(name)
-        if k is None:
+        return None if k is None else (found[1][k], found[2][k])
+
+    def read_many(self, members: Iterable[str]) -> dict[str, bytes]:
+        """The bytes of those `members` that lie whole inside the file, in as few positioned
+        reads as their places allow: files less than `GAP` bytes apart are read in one go (a
+        clip's frames lie in one stretch, so 21 reads become one). A member that cannot be
+        read is left out, for `read` to name its fault."""
+        places = sorted((*place, member) for member in set(members)
+                        if (place := self.place(member)) is not None
+                        and place[0] + place[1] <= self.file_size)
+        found, k = {}, 0
+        while k < len(places):
+            start, end, j = places[k][0], places[k][0] + places[k][1], k + 1
+            while (j < len(places) and places[j][0] - end <= GAP
+                   and places[j][0] + places[j][1] - start <= SPAN):
+                end, j = max(end, places[j][0] + places[j][1]), j + 1
+            data = os.pread(self.fd, end - start, start)
+            if len(data) == end - start:
+                for at, size, member in places[k:j]:
+                    found[member] = data[at - start:at - start + size]
+            k = j
+        return found
+
+    def read(self, member: str) -> bytes:
+        """The bytes of `member` (its name in the pack), one positioned read."""
+        place = self.place(member)
+        if place is None:
             raise PackError(f"no file {member} in the pack")
-        at, size = found[1][k], found[2][k]
+        at, size = place
         if at + size > self.file_size:
             raise PackError(f"the pack is truncated: {self.file_size} of its "
                             f"{self.expected_size} bytes, and this file lies at bytes {at} to "
@@ -419,6 +446,7 @@ _lock = threading.Lock()
 _open: OrderedDict[str, PackReader] = OrderedDict()
 _folders: set[str] = set()  # loose folders whose names end in .tar
 _owner = os.getpid()
+_ahead = threading.local()  # .frames: {path: bytes} read ahead by this thread (`read_ahead`)
 
 
 def max_open() -> int:
@@ -452,6 +480,7 @@ def _forked() -> None:
         except OSError:
             pass
     _open.clear()
+    _ahead.frames = {}
     _owner = os.getpid()
 
 
@@ -461,9 +490,27 @@ def split(path: str) -> tuple[str, str] | None:
     return None if at < 0 else (path[:at + len(SUFFIX)], path[at + len(MARK):])
 
 
+def _handle(pack: str) -> PackReader | None:
+    """This process's reader of `pack` (opened now if need be; call with `_lock` held), or
+    None when `pack` is a folder."""
+    handle = _open.get(pack)
+    if handle is None:
+        try:
+            handle = PackReader(pack)
+        except IsADirectoryError:
+            _folders.add(pack)
+            return None
+        _open[pack] = handle
+        _evict()
+    else:
+        _open.move_to_end(pack)
+    return handle
+
+
 def read_member(path: str) -> bytes | None:
-    """The bytes of `<pack>.tar/<member>`, one positioned read; None when `<pack>.tar` is a
-    folder (a loose tree may name one so). A damaged pack or a missing file: `PackError`."""
+    """The bytes of `<pack>.tar/<member>`: read ahead (`read_ahead`), else one positioned
+    read; None when `<pack>.tar` is a folder (a loose tree may name one so). A damaged pack or
+    a missing file: `PackError`."""
     parts = split(path)
     if parts is None:
         return None
@@ -472,19 +519,38 @@ def read_member(path: str) -> bytes | None:
         return None
     if os.getpid() != _owner:
         _forked()
+    ahead = getattr(_ahead, "frames", None)
+    if ahead:
+        data = ahead.pop(path, None)
+        if data is not None:
+            return data
     with _lock:
-        handle = _open.get(pack)
-        if handle is None:
-            try:
-                handle = PackReader(pack)
-            except IsADirectoryError:
-                _folders.add(pack)
-                return None
-            _open[pack] = handle
-            _evict()
-        else:
-            _open.move_to_end(pack)
-        return handle.read(member)
+        handle = _handle(pack)
+        return None if handle is None else handle.read(member)
+
+
+def read_ahead(paths: Iterable[str]) -> None:
+    """Read the packed files among `paths` (a clip's frames) ahead, each pack's in as few
+    positioned reads as their places allow (`PackReader.read_many`); `read_member` then
+    takes them from memory, once. What this thread read ahead before is dropped, so at most
+    one clip's bytes are held. Faults are left for `read_member` to name, file by file."""
+    members: dict[str, list[str]] = {}
+    for path in paths:
+        parts = split(path)
+        if parts is not None and parts[0] not in _folders:
+            members.setdefault(parts[0], []).append(parts[1])
+    if os.getpid() != _owner:
+        _forked()
+    frames = {}
+    for pack, names in members.items():
+        try:
+            with _lock:
+                handle = _handle(pack)
+                found = {} if handle is None else handle.read_many(names)
+        except OSError:  # a damaged pack: read_member names it
+            continue
+        frames.update((f"{pack}/{member}", data) for member, data in found.items())
+    _ahead.frames = frames
 
 
 def open_count() -> int:
@@ -493,6 +559,7 @@ def open_count() -> int:
 
 
 def close_all() -> None:
+    _ahead.frames = {}
     with _lock:
         while _open:
             os.close(_open.popitem()[1].fd)
