@@ -89,12 +89,15 @@ def read_clip_ahead(video: Video, rgb_idx: Sequence[int] | None,
         wanted.append((video.flow_dirs, video.flow_templates, video.flow_first, flow_idx))
     if rgb_idx is not None:
         wanted.append(((video.rgb_dir,), (video.rgb_template,), video.rgb_first, rgb_idx))
-    folders = [os.fspath(f) for dirs, *_ in wanted for f in dirs]
-    if any(MARK in folder for folder in folders):
-        read_ahead([frame_path(os.fspath(folder), template, first, i)
-                    for dirs, templates, first, indices in wanted
-                    for i in dict.fromkeys(indices)
-                    for folder, template in zip(dirs, templates)])
+    folders = []
+    for dirs, templates, first, indices in wanted:
+        for folder, template in zip(dirs, templates):
+            folder = os.fspath(folder)
+            if MARK in folder:
+                folders.append((folder, [template.format(first + i)
+                                         for i in dict.fromkeys(indices)]))
+    if folders:
+        read_ahead(folders)
 
 
 def read_frames(folders: str | Path | Sequence[str | Path], indices: Sequence[int], *, gray: bool,

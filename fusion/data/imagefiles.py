@@ -8,7 +8,7 @@ frames extracted from video carry none, and photos stay as their pixels are stor
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -48,11 +48,11 @@ def read_bytes(path: str) -> bytes:
     return data
 
 
-def read_ahead(paths: Iterable[str]) -> None:
-    """Say which frame files `read_bytes` is about to be asked for (a clip's): packed ones are
-    read at once, a pack's in as few positioned reads as their places allow
-    (`packs.read_ahead`); loose ones are read as asked, one by one."""
-    packs.read_ahead(paths)
+def read_ahead(folders: Iterable[tuple[str, Sequence[str]]]) -> None:
+    """Say which frame files `read_bytes` is about to be asked for (a clip's: each folder with
+    its file names): packed ones are read at once, a pack's in as few positioned reads as
+    their places allow (`packs.read_ahead`); loose ones are read as asked, one by one."""
+    packs.read_ahead(folders)
 
 
 def read_image(path: str, *, gray: bool) -> np.ndarray:

@@ -28,6 +28,9 @@ renamed when complete, so a killed writer leaves no pack; one cut short later (a
 stopped) is told by its size, which line 1 records: `complete` checks it, and a frame whose
 bytes lie past the end of the file is a `PackError` naming the pack and the frame.
 
+A dataset's sample reads its clip ahead (`read_ahead`): the files of a pack that lie less than
+`GAP` bytes apart come in one positioned read, so a clip is one read, not 21.
+
 Reading is per process: each keeps its own descriptors, opened on first use (a process forked
 after opening packs, a DataLoader worker, drops its parent's table and opens its own; `pread`
 shares no file position anyway), at most `max_open()` of them, least recently used closed first.
@@ -403,15 +406,19 @@ class PackReader:
         k = None if found is None else found[0].position(name)
         return None if k is None else (found[1][k], found[2][k])
 
-    def read_many(self, members: Iterable[str]) -> dict[str, bytes]:
-        """The bytes of those `members` that lie whole inside the file, in as few positioned
-        reads as their places allow: files less than `GAP` bytes apart are read in one go (a
-        clip's frames lie in one stretch, so 21 reads become one). A member that cannot be
-        read is left out, for `read` to name its fault."""
-        places = sorted((*place, member) for member in set(members)
-                        if (place := self.place(member)) is not None
-                        and place[0] + place[1] <= self.file_size)
-        found, k = {}, 0
+    def read_many(self, wanted: Iterable[tuple[str, str, str]]) -> dict[str, bytes]:
+        """{key: bytes} of the `wanted` files (folder in the pack, file name, key) that lie whole
+        inside the file, in as few positioned reads as their places allow: files less than
+        `GAP` bytes apart are read in one go (a clip's frames lie in one stretch, so 21 reads
+        become one). A file that cannot be read is left out, for `read` to name its fault."""
+        places = []
+        for folder, name, key in wanted:
+            found = self.folders.get(folder)
+            k = None if found is None else found[0].position(name)
+            if k is not None and found[1][k] + found[2][k] <= self.file_size:
+                places.append((found[1][k], found[2][k], key))
+        places.sort()
+        read, k = {}, 0
         while k < len(places):
             start, end, j = places[k][0], places[k][0] + places[k][1], k + 1
             while (j < len(places) and places[j][0] - end <= GAP
@@ -419,10 +426,10 @@ class PackReader:
                 end, j = max(end, places[j][0] + places[j][1]), j + 1
             data = os.pread(self.fd, end - start, start)
             if len(data) == end - start:
-                for at, size, member in places[k:j]:
-                    found[member] = data[at - start:at - start + size]
+                for at, size, key in places[k:j]:
+                    read[key] = data[at - start:at - start + size]
             k = j
-        return found
+        return read
 
     def read(self, member: str) -> bytes:
         """The bytes of `member` (its name in the pack), one positioned read."""
@@ -511,6 +518,11 @@ def read_member(path: str) -> bytes | None:
     """The bytes of `<pack>.tar/<member>`: read ahead (`read_ahead`), else one positioned
     read; None when `<pack>.tar` is a folder (a loose tree may name one so). A damaged pack or
     a missing file: `PackError`."""
+    ahead = getattr(_ahead, "frames", None)
+    if ahead:  # first: a clip's files are taken from memory at the cost of a dict look-up
+        data = ahead.pop(path, None)
+        if data is not None:
+            return data
     parts = split(path)
     if parts is None:
         return None
@@ -519,37 +531,37 @@ def read_member(path: str) -> bytes | None:
         return None
     if os.getpid() != _owner:
         _forked()
-    ahead = getattr(_ahead, "frames", None)
-    if ahead:
-        data = ahead.pop(path, None)
-        if data is not None:
-            return data
     with _lock:
         handle = _handle(pack)
         return None if handle is None else handle.read(member)
 
 
-def read_ahead(paths: Iterable[str]) -> None:
-    """Read the packed files among `paths` (a clip's frames) ahead, each pack's in as few
-    positioned reads as their places allow (`PackReader.read_many`); `read_member` then
-    takes them from memory, once. What this thread read ahead before is dropped, so at most
+def read_ahead(folders: Iterable[tuple[str, Sequence[str]]]) -> None:
+    """Read ahead the files `names` of each packed folder (`<pack>.tar/<folder in it>`, a
+    clip's frames): each pack's in as few positioned reads as their places allow
+    (`PackReader.read_many`). `read_member` then takes them from memory, once, by their paths
+    (`os.path.join(folder, name)`). What this thread read ahead before is dropped, so at most
     one clip's bytes are held. Faults are left for `read_member` to name, file by file."""
-    members: dict[str, list[str]] = {}
-    for path in paths:
-        parts = split(path)
-        if parts is not None and parts[0] not in _folders:
-            members.setdefault(parts[0], []).append(parts[1])
+    wanted: dict[str, list[tuple[str, str, str]]] = {}
+    for folder, names in folders:
+        at = folder.find(MARK)
+        if at < 0:
+            continue
+        pack, inside = folder[:at + len(SUFFIX)], folder[at + len(MARK):]
+        if pack not in _folders:
+            wanted.setdefault(pack, []).extend(
+                (inside, name, os.path.join(folder, name)) for name in names)
     if os.getpid() != _owner:
         _forked()
     frames = {}
-    for pack, names in members.items():
+    for pack, files in wanted.items():
         try:
             with _lock:
                 handle = _handle(pack)
-                found = {} if handle is None else handle.read_many(names)
+                if handle is not None:
+                    frames.update(handle.read_many(files))
         except OSError:  # a damaged pack: read_member names it
             continue
-        frames.update((f"{pack}/{member}", data) for member, data in found.items())
     _ahead.frames = frames
 
 
