@@ -8,9 +8,10 @@ import urllib.error
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: writing packs and JSON needs none
+    import torch
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None], *,
@@ -42,6 +43,8 @@ def load_tensors(path: str | Path, what: str):
     """`torch.load` of a weights or checkpoint file in the safe mode (tensors and plain Python
     containers only). A file it refuses, whether a pickled model object or not torch's format
     at all, is a one-line error naming the file, instead of torch's page of advice."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -86,6 +89,8 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
             return load_file(path)
         except SafetensorError as err:
             raise ValueError(f"{what} {path} is not a readable safetensors file ({err})") from None
+    import torch
+
     state = load_tensors(path, what)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{what} {path} must hold a plain state dict (name -> tensor), got "
