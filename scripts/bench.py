@@ -442,11 +442,30 @@ def bench_shaped_root(args, shaped: Path, cold: str) -> dict:
     if not (packed / "packs").is_dir():
         report["pack_shaped_s"] = pack_seconds(shaped / "loose", packed, args.workers)
     report["files"] = sizes(shaped / "loose", packed)
-    size = args.data_image_size
-    startup = {}
     index, hidden = packed / PACK_INDEX, packed / f"{PACK_INDEX}.off"
     if not index.exists() and not hidden.exists():  # packed before the index was written
         write_pack_index(packed)
+    rounds = [startup_round(args, shaped, cold) for _ in range(args.storage_rounds)]
+    if hidden.exists():
+        os.replace(hidden, index)
+    report["startup"] = {case: float(np.median([r[case] for r in rounds])) for case in rounds[0]}
+    report["startup_rounds"] = rounds
+    report["startup_ratios"] = {
+        f"{state}{without}": float(np.median([
+            r[f"loose, first use, {state}"] / r[f"packed, first use{without}, {state}"]
+            for r in rounds]))
+        for state in ("cold", "warm") if f"loose, first use, {state}" in rounds[0]
+        for without in ("", ", no pack index")}
+    return report
+
+
+def startup_round(args, shaped: Path, cold: str) -> dict[str, float]:
+    """One round of the start-up cases, in turn: seconds from constructing the training set
+    to its first batch, loose (first use, cold and warm; frame index cached) and packed (first
+    use, cold and warm, with the root's index of the packs and without it)."""
+    packed = shaped / "packed"
+    index, hidden = packed / PACK_INDEX, packed / f"{PACK_INDEX}.off"
+    startup = {}
     for first, label, frames, target in [(True, "loose, first use", "loose", shaped / "loose"),
                                          (False, "loose, index cached", "loose",
                                           shaped / "loose"),
@@ -466,11 +485,8 @@ def bench_shaped_root(args, shaped: Path, cold: str) -> dict:
                 (target / INDEX_NAME).unlink(missing_ok=True)
             gc.collect()  # the previous case's garbage is not this one's to collect
             startup[f"{label}, {state}"] = first_batch_seconds(target, frames, args.workers,
-                                                                size)
-    if hidden.exists():
-        os.replace(hidden, index)
-    report["startup"] = startup
-    return report
+                                                                args.data_image_size)
+    return startup
 
 
 def bench_loader(args, root: Path, shaped: Path | None, cold: str) -> dict:
@@ -601,15 +617,15 @@ def print_sizes(report: dict) -> None:
 
 def print_startup(report: dict) -> None:
     print(f"\n## start-up: the training set's construction to its first batch "
-          f"({report['workers']} workers; cold: {report['cold']})\n")
+          f"({report['workers']} workers; cold: {report['cold']}; medians of "
+          f"{len(report['startup_rounds'])} rounds, ratios the median of the rounds)\n")
     print(markdown([{"case": k, "seconds": v} for k, v in report["startup"].items()],
                    [("case", "case", ""), ("seconds", "seconds", ".2f")]))
-    startup = report["startup"]
+    ratios = report["startup_ratios"]
     for state in ("cold", "warm"):
-        if f"packed, first use, {state}" in startup:
-            print(f"\nloose first use / packed first use, {state}: "
-                  f"{startup[f'loose, first use, {state}'] / startup[f'packed, first use, {state}']:.1f}x "
-                  f"(without the pack index: {startup[f'loose, first use, {state}'] / startup[f'packed, first use, no pack index, {state}']:.1f}x)")
+        if state in ratios:
+            print(f"\nloose first use / packed first use, {state}: {ratios[state]:.1f}x "
+                  f"(without the pack index: {ratios[state + ', no pack index']:.1f}x)")
 
 
 # ---------------------------------------------------------------------------- report
