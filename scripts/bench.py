@@ -132,12 +132,18 @@ def loader_clips_per_s(dataset, workers: int, batch_size: int, epochs: int = 4,
     return float(np.mean(timings[1:]))
 
 
-def bench_data(args, root: Path, device: torch.device) -> dict:
+def synthetic_256x340(args, root: Path) -> Path:
+    """The synthetic UCF101-layout root the data and storage sections read (made once per
+    workdir): jpegs_256-sized frames, 256 x 340, as in Feichtenhofer's release."""
     data = root / f"frames_{args.data_groups}x{args.data_clips}"
     if not (data / "ucfTrainTestlist").is_dir():
-        # jpegs_256-sized frames: 256 x 340, as in Feichtenhofer's release
         make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
                        height=256, width=340, min_frames=24, max_frames=32)
+    return data
+
+
+def bench_data(args, root: Path, device: torch.device) -> dict:
+    data = synthetic_256x340(args, root)
     dataset = ucf101(data, subset="train",
                      clip=ClipSpec(segments=args.segments, flow_stack=args.flow_stack),
                      image_size=args.data_image_size)
@@ -494,10 +500,7 @@ def bench_loader(args, root: Path, shaped: Path | None, cold: str) -> dict:
     was made), loose and packed taking turns."""
     report = {}
     size = args.data_image_size
-    data = root / f"frames_{args.data_groups}x{args.data_clips}"
-    if not (data / "ucfTrainTestlist").is_dir():
-        make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
-                       height=256, width=340, min_frames=24, max_frames=32)
+    data = synthetic_256x340(args, root)
     data_packed = root / f"frames_{args.data_groups}x{args.data_clips}_packed"
     pack_tree(data, data_packed, progress=False)
     report["files_256x340"] = sizes(data, data_packed)
@@ -523,10 +526,7 @@ def bench_loader(args, root: Path, shaped: Path | None, cold: str) -> dict:
 
 def bench_packing(args, root: Path) -> dict:
     """Packing MB/s of the 256 x 340 frames with 1 and 2 workers, taking turns."""
-    data = root / f"frames_{args.data_groups}x{args.data_clips}"
-    if not (data / "ucfTrainTestlist").is_dir():
-        make_synthetic(data, groups=args.data_groups, clips_per_group=args.data_clips,
-                       height=256, width=340, min_frames=24, max_frames=32)
+    data = synthetic_256x340(args, root)
     report = {}
     mb = tree_size(data)["bytes"] / 1e6
     videos = len(os.listdir(data / "jpegs_256"))

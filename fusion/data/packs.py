@@ -402,6 +402,10 @@ class PackReader:
     def place(self, member: str) -> tuple[int, int] | None:
         """(byte offset, size) of `member`'s data, or None when the pack has no such file."""
         folder, _, name = member.rpartition("/")
+        return self.place_in(folder, name)
+
+    def place_in(self, folder: str, name: str) -> tuple[int, int] | None:
+        """`place` of the file `name` of `folder` (in the pack)."""
         found = self.folders.get(folder)
         k = None if found is None else found[0].position(name)
         return None if k is None else (found[1][k], found[2][k])
@@ -411,13 +415,9 @@ class PackReader:
         inside the file, in as few positioned reads as their places allow: files less than
         `GAP` bytes apart are read in one go (a clip's frames lie in one stretch, so 21 reads
         become one). A file that cannot be read is left out, for `read` to name its fault."""
-        places = []
-        for folder, name, key in wanted:
-            found = self.folders.get(folder)
-            k = None if found is None else found[0].position(name)
-            if k is not None and found[1][k] + found[2][k] <= self.file_size:
-                places.append((found[1][k], found[2][k], key))
-        places.sort()
+        places = sorted((*place, key) for folder, name, key in wanted
+                        if (place := self.place_in(folder, name)) is not None
+                        and place[0] + place[1] <= self.file_size)
         read, k = {}, 0
         while k < len(places):
             start, end, j = places[k][0], places[k][0] + places[k][1], k + 1
@@ -544,13 +544,10 @@ def read_ahead(folders: Iterable[tuple[str, Sequence[str]]]) -> None:
     one clip's bytes are held. Faults are left for `read_member` to name, file by file."""
     wanted: dict[str, list[tuple[str, str, str]]] = {}
     for folder, names in folders:
-        at = folder.find(MARK)
-        if at < 0:
-            continue
-        pack, inside = folder[:at + len(SUFFIX)], folder[at + len(MARK):]
-        if pack not in _folders:
-            wanted.setdefault(pack, []).extend(
-                (inside, name, os.path.join(folder, name)) for name in names)
+        parts = split(folder)
+        if parts is not None and parts[0] not in _folders:
+            wanted.setdefault(parts[0], []).extend(
+                (parts[1], name, os.path.join(folder, name)) for name in names)
     if os.getpid() != _owner:
         _forked()
     frames = {}
